@@ -1,0 +1,583 @@
+//! The check itself: central differences from the J± of an evaluator, the notebook's
+//! difference globally and per tensor, the worst elements, and the verdict.
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::cpu::{self, Threads};
+use crate::diagnose::{self, Diagnosis};
+use crate::error::{Error, Result};
+use crate::model::{Data, Grads, Model, ParamLayout, Params};
+
+/// Which evaluator computes the J±.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The GPU when an adapter is there, otherwise the CPU (and the report says so).
+    Auto,
+    /// The CPU f64 reference.
+    Cpu,
+    /// The GPU (wgpu); an error when no adapter is usable.
+    Gpu,
+}
+
+/// Floating-point precision of the GPU evaluation (the CPU is always f64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f64 where the adapter has SHADER_F64, f32 otherwise.
+    Auto,
+    /// f64 shaders (own exp/log; needs SHADER_F64).
+    F64,
+    /// f32 shaders with a larger ε and a looser threshold (see [`F32_EPSILON`]).
+    F32,
+}
+
+/// Whether perturbations that cross a ReLU kink count in the verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum KinkPolicy {
+    /// Keep them out of the verdict (they are still reported and counted).
+    Exclude,
+    /// Count them like every other element.
+    Include,
+}
+
+/// The notebook's ε.
+pub const DEFAULT_EPSILON: f64 = 1e-7;
+/// The notebook's verdict threshold on the difference.
+pub const DEFAULT_THRESHOLD: f64 = 2e-7;
+/// f32 default ε: near the optimum cbrt(3·u32) ≈ 7e-3 of truncation (ε²) against
+/// rounding (u32·|J|/ε) for unit-scale costs, rounded down to keep kinks rarer.
+pub const F32_EPSILON: f64 = 1e-3;
+/// f32 default threshold: at ε = 1e-3 correct gradients on the seed net give ≈ 1e-4
+/// (rounding u32·|J|/ε ≈ 3e-4 per element); planted bugs give ≥ 0.1.
+pub const F32_THRESHOLD: f64 = 1e-2;
+/// Safety factor on the per-element rounding-noise estimate u·scale/ε used by the
+/// per-tensor rule (see [`noise_floor`]). Measured on the seed net: the RMS error of
+/// correct gradients is 0.5–0.6 × u·scale/ε; 8 leaves room for error growth through
+/// deeper nets while staying 10⁵ below the smallest planted bug there.
+pub const NOISE_FACTOR: f64 = 8.0;
+
+/// J± of every perturbation, however they were computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// J(θ).
+    pub cost: f64,
+    /// J(θ + ε·e_i).
+    pub plus: Vec<f64>,
+    /// J(θ − ε·e_i).
+    pub minus: Vec<f64>,
+    /// Per-sample loss magnitude scale Σ|loss_j|/m + L2 term: the size of the numbers
+    /// whose rounding makes the noise in J±.
+    pub cost_scale: f64,
+    /// Whether the ±ε step of parameter i crossed a ReLU/leaky-ReLU kink.
+    pub kinks: Vec<bool>,
+    /// "cpu" or "gpu (adapter name)".
+    pub backend: String,
+    /// "f64" or "f32".
+    pub precision: String,
+    /// Unit roundoff of the precision the J± were computed in.
+    pub unit_roundoff: f64,
+    /// Anything the user should know about how this was computed (fallbacks, …).
+    pub notes: Vec<String>,
+}
+
+impl Evaluation {
+    /// (J⁺_i − J⁻_i)/(2ε) for every i, in f64.
+    pub fn gradapprox(&self, epsilon: f64) -> Vec<f64> {
+        self.plus
+            .iter()
+            .zip(&self.minus)
+            .map(|(p, m)| (p - m) / (2.0 * epsilon))
+            .collect()
+    }
+}
+
+/// ‖a − b‖₂ / (‖a‖₂ + ‖b‖₂), 0 when both are zero (the notebook's difference).
+pub fn difference(a: &[f64], b: &[f64]) -> f64 {
+    let (mut num, mut na, mut nb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        num += (x - y) * (x - y);
+        na += x * x;
+        nb += y * y;
+    }
+    let den = na.sqrt() + nb.sqrt();
+    if den == 0.0 { 0.0 } else { num.sqrt() / den }
+}
+
+/// The rounding-noise floor of one central difference: J± each carry an absolute error
+/// of roughly u·scale (scale includes the cost's conditioning, see [`cpu::noise_scale`]),
+/// so their difference over 2ε carries about u·scale/ε; [`NOISE_FACTOR`] covers the error
+/// growth through the forward pass.
+pub fn noise_floor(unit_roundoff: f64, cost_scale: f64, epsilon: f64) -> f64 {
+    NOISE_FACTOR * unit_roundoff * cost_scale.max(f64::MIN_POSITIVE) / epsilon
+}
+
+/// One element in a tensor's worst list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Worst {
+    /// Flat index in θ.
+    pub index: usize,
+    /// Human name, e.g. `W2[1,4]`.
+    pub element: String,
+    /// The user's (analytic) gradient.
+    pub analytic: f64,
+    /// The central difference.
+    pub numeric: f64,
+    /// |analytic − numeric|.
+    pub abs_error: f64,
+    /// Whether this element's perturbation crossed a kink.
+    pub kink: bool,
+}
+
+/// The check of one tensor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorReport {
+    /// "W1", "b1", …
+    pub name: String,
+    /// [rows, cols].
+    pub shape: [usize; 2],
+    /// The notebook's difference over this tensor's elements (kinks excluded per policy).
+    pub difference: f64,
+    /// RMS of analytic − numeric over the counted elements.
+    pub rms_error: f64,
+    /// Whether this tensor passes (see [`GradCheck`] for the rule).
+    pub passed: bool,
+    /// Elements whose perturbation crossed a kink.
+    pub kinks: usize,
+    /// The k largest |analytic − numeric|.
+    pub worst: Vec<Worst>,
+    /// What kind of mistake it looks like, when the evidence is clear.
+    pub diagnosis: Option<Diagnosis>,
+}
+
+/// Timings of the phases, seconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Timings {
+    /// Computing every J±.
+    pub evaluate_s: f64,
+    /// The whole check.
+    pub total_s: f64,
+}
+
+/// The full result of a check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// ‖grad − gradapprox‖ / (‖grad‖ + ‖gradapprox‖) over every element (the notebook's number).
+    pub difference: f64,
+    /// The same over the elements counted in the verdict (equal to `difference` when no kink is excluded).
+    pub difference_counted: f64,
+    /// The verdict.
+    pub passed: bool,
+    /// Threshold on the difference.
+    pub threshold: f64,
+    /// ε of the central differences.
+    pub epsilon: f64,
+    /// Per-element rounding-noise floor used by the per-tensor rule.
+    pub noise_floor: f64,
+    /// Which evaluator ran.
+    pub backend: String,
+    /// Its precision.
+    pub precision: String,
+    /// N.
+    pub n_params: usize,
+    /// m.
+    pub m: usize,
+    /// J(θ).
+    pub cost: f64,
+    /// Elements whose ±ε step crossed a kink.
+    pub kinks: usize,
+    /// Whether kinked elements were left out of the verdict.
+    pub kinks_excluded: bool,
+    /// One entry per tensor, in flat order.
+    pub tensors: Vec<TensorReport>,
+    /// Facts the user should know (model inferred, backend fallback, …).
+    pub notes: Vec<String>,
+    /// Wall-clock time.
+    pub timings: Timings,
+    /// Every central difference, flat (omitted from JSON: it can be millions of values).
+    #[serde(skip)]
+    pub gradapprox: Vec<f64>,
+    /// Every J(θ + ε·e_i) (omitted from JSON).
+    #[serde(skip)]
+    pub plus: Vec<f64>,
+    /// Every J(θ − ε·e_i) (omitted from JSON).
+    #[serde(skip)]
+    pub minus: Vec<f64>,
+}
+
+/// Configures and runs a gradient check.
+///
+/// Verdict: the check passes when the global difference (over the counted elements) is at
+/// most the threshold **and** every tensor passes. A tensor passes when its own difference
+/// is at most the threshold, or when its RMS error is below the rounding-noise floor
+/// ([`noise_floor`]): a tiny tensor such as b3 has a noisy relative difference even with
+/// correct gradients (the notebook's b1 shows 3.3e-7), while an error that large in
+/// absolute terms cannot be told from rounding by any finite difference at this ε.
+#[derive(Debug, Clone)]
+pub struct GradCheck {
+    /// ε; `None` = the precision's default.
+    pub epsilon: Option<f64>,
+    /// Threshold; `None` = the precision's default.
+    pub threshold: Option<f64>,
+    /// Evaluator.
+    pub backend: Backend,
+    /// GPU precision.
+    pub precision: Precision,
+    /// Kink policy.
+    pub kinks: KinkPolicy,
+    /// How many worst elements to list per tensor.
+    pub top_k: usize,
+    /// CPU threading.
+    pub threads: Threads,
+    /// Substring of the GPU adapter's name to pick.
+    pub adapter: Option<String>,
+}
+
+impl Default for GradCheck {
+    fn default() -> Self {
+        GradCheck {
+            epsilon: None,
+            threshold: None,
+            backend: Backend::Auto,
+            precision: Precision::Auto,
+            kinks: KinkPolicy::Exclude,
+            top_k: 3,
+            threads: Threads::Parallel,
+            adapter: None,
+        }
+    }
+}
+
+impl GradCheck {
+    /// Defaults: the notebook's ε and threshold, auto backend and precision, kinks excluded.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Sets ε.
+    pub fn epsilon(mut self, e: f64) -> Self {
+        self.epsilon = Some(e);
+        self
+    }
+    /// Sets the threshold.
+    pub fn threshold(mut self, t: f64) -> Self {
+        self.threshold = Some(t);
+        self
+    }
+    /// Sets the backend.
+    pub fn backend(mut self, b: Backend) -> Self {
+        self.backend = b;
+        self
+    }
+    /// Sets the precision.
+    pub fn precision(mut self, p: Precision) -> Self {
+        self.precision = p;
+        self
+    }
+    /// Sets the kink policy.
+    pub fn kinks(mut self, k: KinkPolicy) -> Self {
+        self.kinks = k;
+        self
+    }
+
+    /// Computes every J± with the configured backend.
+    pub fn evaluate(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilon: f64,
+    ) -> Result<Evaluation> {
+        validate_epsilon(epsilon)?;
+        let cpu_eval = |notes: Vec<String>| -> Result<Evaluation> {
+            let p = cpu::perturbed_costs(
+                model,
+                params,
+                data,
+                epsilon,
+                0..model.n_params(),
+                self.threads,
+            )?;
+            Ok(Evaluation {
+                cost: p.cost,
+                plus: p.plus,
+                minus: p.minus,
+                cost_scale: cost_scale(model, params, data),
+                kinks: p.kinks,
+                backend: "cpu".into(),
+                precision: "f64".into(),
+                unit_roundoff: f64::EPSILON / 2.0,
+                notes,
+            })
+        };
+        match self.backend {
+            Backend::Cpu => cpu_eval(Vec::new()),
+            Backend::Gpu => crate::gpu::evaluate(
+                model,
+                params,
+                data,
+                epsilon,
+                self.precision,
+                self.adapter.as_deref(),
+            ),
+            Backend::Auto => match crate::gpu::evaluate(
+                model,
+                params,
+                data,
+                epsilon,
+                self.precision,
+                self.adapter.as_deref(),
+            ) {
+                Ok(e) => Ok(e),
+                Err(Error::Gpu(why)) => cpu_eval(vec![format!(
+                    "GPU unavailable ({why}); fell back to the CPU f64 evaluator"
+                )]),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// The ε and threshold this check uses for a precision ("f64" or "f32").
+    pub fn defaults_for(&self, precision: &str) -> (f64, f64) {
+        let (e, t) = if precision == "f32" {
+            (F32_EPSILON, F32_THRESHOLD)
+        } else {
+            (DEFAULT_EPSILON, DEFAULT_THRESHOLD)
+        };
+        (self.epsilon.unwrap_or(e), self.threshold.unwrap_or(t))
+    }
+
+    /// Runs the check of `grads` against central differences of the model's cost.
+    pub fn run(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        grads: &Grads,
+    ) -> Result<Report> {
+        let t0 = Instant::now();
+        if grads.layout() != model.layout() {
+            return Err(Error::Shape(
+                "gradients are not laid out like the parameters".into(),
+            ));
+        }
+        let precision_hint = match (self.backend, self.precision) {
+            (Backend::Cpu, _) => "f64",
+            (_, Precision::F32) => "f32",
+            _ => "f64",
+        };
+        let (epsilon, threshold) = self.defaults_for(precision_hint);
+        validate_threshold(threshold)?;
+        let eval = self.evaluate(model, params, data, epsilon)?;
+        let evaluate_s = t0.elapsed().as_secs_f64();
+        let mut report = self.build_report(
+            model.layout(),
+            grads.as_slice(),
+            &eval,
+            epsilon,
+            threshold,
+            data.m(),
+        );
+        report.timings = Timings {
+            evaluate_s,
+            total_s: t0.elapsed().as_secs_f64(),
+        };
+        Ok(report)
+    }
+
+    /// Builds the report from an evaluation: differences, verdicts, worst elements, diagnoses.
+    pub fn build_report(
+        &self,
+        layout: &ParamLayout,
+        grad: &[f64],
+        eval: &Evaluation,
+        epsilon: f64,
+        threshold: f64,
+        m: usize,
+    ) -> Report {
+        let approx = eval.gradapprox(epsilon);
+        let counted = |i: usize| self.kinks == KinkPolicy::Include || !eval.kinks[i];
+        let floor = noise_floor(eval.unit_roundoff, eval.cost_scale, epsilon);
+        let mut tensors = Vec::new();
+        for slot in layout.tensors() {
+            let range = slot.range();
+            let idx: Vec<usize> = range.clone().filter(|&i| counted(i)).collect();
+            let a: Vec<f64> = idx.iter().map(|&i| grad[i]).collect();
+            let n: Vec<f64> = idx.iter().map(|&i| approx[i]).collect();
+            let diff = difference(&a, &n);
+            let rms = if idx.is_empty() {
+                0.0
+            } else {
+                (a.iter()
+                    .zip(&n)
+                    .map(|(x, y)| (x - y) * (x - y))
+                    .sum::<f64>()
+                    / idx.len() as f64)
+                    .sqrt()
+            };
+            let mut worst: Vec<Worst> = range
+                .clone()
+                .map(|i| Worst {
+                    index: i,
+                    element: layout.element_name(i),
+                    analytic: grad[i],
+                    numeric: approx[i],
+                    abs_error: (grad[i] - approx[i]).abs(),
+                    kink: eval.kinks[i],
+                })
+                .collect();
+            worst.sort_by(|x, y| {
+                y.abs_error
+                    .total_cmp(&x.abs_error)
+                    .then(x.index.cmp(&y.index))
+            });
+            worst.truncate(self.top_k);
+            let passed = !rms.is_nan() && (diff <= threshold || rms <= floor);
+            let diagnosis = if passed {
+                None
+            } else {
+                diagnose::diagnose_tensor(slot, &grad[range.clone()], &approx[range.clone()], m)
+            };
+            tensors.push(TensorReport {
+                name: slot.name.clone(),
+                shape: [slot.rows, slot.cols],
+                difference: diff,
+                rms_error: rms,
+                passed,
+                kinks: range.clone().filter(|&i| eval.kinks[i]).count(),
+                worst,
+                diagnosis,
+            });
+        }
+        diagnose::find_swaps(layout, grad, &approx, &mut tensors);
+        let all = difference(grad, &approx);
+        let idx: Vec<usize> = (0..grad.len()).filter(|&i| counted(i)).collect();
+        let counted_diff = if idx.len() == grad.len() {
+            all
+        } else {
+            difference(
+                &idx.iter().map(|&i| grad[i]).collect::<Vec<_>>(),
+                &idx.iter().map(|&i| approx[i]).collect::<Vec<_>>(),
+            )
+        };
+        let kinks = eval.kinks.iter().filter(|&&k| k).count();
+        let passed = counted_diff <= threshold && tensors.iter().all(|t| t.passed);
+        Report {
+            difference: all,
+            difference_counted: counted_diff,
+            passed,
+            threshold,
+            epsilon,
+            noise_floor: floor,
+            backend: eval.backend.clone(),
+            precision: eval.precision.clone(),
+            n_params: grad.len(),
+            m,
+            cost: eval.cost,
+            kinks,
+            kinks_excluded: self.kinks == KinkPolicy::Exclude && kinks > 0,
+            tensors,
+            notes: eval.notes.clone(),
+            timings: Timings::default(),
+            gradapprox: approx,
+            plus: eval.plus.clone(),
+            minus: eval.minus.clone(),
+        }
+    }
+}
+
+/// The magnitude whose rounding is the noise in J± ([`cpu::noise_scale`]).
+pub fn cost_scale(model: &Model, params: &Params, data: &Data) -> f64 {
+    cpu::noise_scale(model, &cpu::forward(model, params, data), data)
+}
+
+/// ε must be a finite number > 0.
+pub fn validate_epsilon(e: f64) -> Result<()> {
+    if e.is_finite() && e > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "epsilon = {e} must be a finite number > 0"
+        )))
+    }
+}
+
+/// The threshold must be a finite number > 0.
+pub fn validate_threshold(t: f64) -> Result<()> {
+    if t.is_finite() && t > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "threshold = {t} must be a finite number > 0"
+        )))
+    }
+}
+
+/// Central differences of any function on the CPU: `f` is J and `theta` the point. One
+/// copy of θ is perturbed in place and restored after each element (fl(θ_i ± ε), as the
+/// notebook). The result feeds [`GradCheck::build_report`] with a layout such as
+/// [`ParamLayout::single`].
+pub fn check_fn<F: FnMut(&[f64]) -> f64>(
+    mut f: F,
+    theta: &[f64],
+    epsilon: f64,
+) -> Result<Evaluation> {
+    validate_epsilon(epsilon)?;
+    let mut t = theta.to_vec();
+    let cost = f(&t);
+    let (mut plus, mut minus) = (Vec::with_capacity(t.len()), Vec::with_capacity(t.len()));
+    for i in 0..t.len() {
+        let orig = t[i];
+        t[i] = orig + epsilon;
+        plus.push(f(&t));
+        t[i] = orig - epsilon;
+        minus.push(f(&t));
+        t[i] = orig;
+    }
+    Ok(Evaluation {
+        cost,
+        cost_scale: cost.abs(),
+        kinks: vec![false; t.len()],
+        plus,
+        minus,
+        backend: "cpu".into(),
+        precision: "f64".into(),
+        unit_roundoff: f64::EPSILON / 2.0,
+        notes: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notebook_one_dimensional_check() {
+        // J(θ) = θ·x at x = 2, θ = 4: dJ/dθ = x.
+        let x = 2.0;
+        let eval = check_fn(|t| t[0] * x, &[4.0], 1e-7).unwrap();
+        let approx = eval.gradapprox(1e-7);
+        assert!((approx[0] - 2.0).abs() < 1e-8);
+        let d = difference(&[x], &approx);
+        // The notebook's own number, to 1e-12 relative.
+        let want = 2.919335883291695e-10;
+        assert!((d - want).abs() <= 1e-12 * want, "{d}");
+    }
+
+    #[test]
+    fn difference_is_symmetric_and_zero_safe() {
+        assert_eq!(difference(&[0.0, 0.0], &[0.0, 0.0]), 0.0);
+        assert_eq!(difference(&[1.0], &[-1.0]), 1.0);
+        let d = difference(&[1.0, 2.0], &[1.0, 2.2]);
+        assert!((d - 0.2 / (5f64.sqrt() + (1.0 + 4.84f64).sqrt())).abs() < 1e-15);
+    }
+
+    #[test]
+    fn bad_epsilon_is_an_error() {
+        for e in [0.0, -1e-7, f64::NAN, f64::INFINITY] {
+            assert!(check_fn(|t| t[0], &[1.0], e).is_err());
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Command-line edge: parses arguments, runs the library, prints, picks the exit code
+//! (0 pass, 1 a gradient is wrong, 2 bad input or usage).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use gradcheck::check::{self, Backend, GradCheck, KinkPolicy, Precision, Report};
+use gradcheck::examples::{self, Example};
+use gradcheck::io::Problem;
+use gradcheck::model::ParamLayout;
+use gradcheck::report;
+
+#[derive(Parser)]
+#[command(
+    name = "gradcheck",
+    version,
+    about = "Prove that a neural network's backpropagation is right: every central difference, batched on the GPU, compared in f64."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check gradients against central differences of the cost.
+    Check(CheckArgs),
+    /// List GPU adapters, their f64 support and limits.
+    Devices,
+}
+
+#[derive(Args)]
+struct Inputs {
+    /// A built-in example instead of files.
+    #[arg(long, value_enum, conflicts_with_all = ["params", "data", "grads", "model"])]
+    example: Option<Example>,
+    /// Parameters W1, b1, … (.npz).
+    #[arg(long, requires = "data")]
+    params: Option<PathBuf>,
+    /// Data X (n0 × m), Y (nL × m) (.npz).
+    #[arg(long, requires = "params")]
+    data: Option<PathBuf>,
+    /// Gradients dW1, db1, … to check (.npz); default: the built-in backprop's.
+    #[arg(long)]
+    grads: Option<PathBuf>,
+    /// Model spec (.json); default: inferred from the weight shapes, notebook activations.
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    inputs: Inputs,
+    /// ε of the central differences [default: 1e-7 in f64, 1e-3 in f32].
+    #[arg(long)]
+    epsilon: Option<f64>,
+    /// Verdict threshold on the difference [default: 2e-7 in f64, 1e-2 in f32].
+    #[arg(long)]
+    threshold: Option<f64>,
+    /// Which evaluator computes the J±.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: Backend,
+    /// GPU precision.
+    #[arg(long, value_enum, default_value = "auto")]
+    precision: Precision,
+    /// Whether elements whose ±ε step crosses a ReLU kink count in the verdict.
+    #[arg(long, value_enum, default_value = "exclude")]
+    kinks: KinkPolicy,
+    /// GPU adapter: a substring of its name.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Worst elements listed per tensor.
+    #[arg(long, default_value_t = 3)]
+    top: usize,
+    /// Write the JSON report to PATH ('-' = stdout, replacing the table).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> Result<ExitCode> {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return Ok(ExitCode::from(code));
+        }
+    };
+    match cli.command {
+        Command::Check(a) => run_check(a),
+        Command::Devices => {
+            print!("{}", gradcheck::gpu::describe_adapters());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(inputs: &Inputs) -> Result<Problem> {
+    match (&inputs.example, &inputs.params, &inputs.data) {
+        (Some(Example::SeedBuggy), ..) => Ok(examples::seed_problem(true)?),
+        (Some(Example::SeedFixed), ..) => Ok(examples::seed_problem(false)?),
+        (Some(Example::Seed1d), ..) => bail!("seed-1d is not a network"),
+        (None, Some(p), Some(d)) => Ok(Problem::load(
+            p,
+            d,
+            inputs.grads.as_deref(),
+            inputs.model.as_deref(),
+        )?),
+        _ => bail!("give --example NAME, or --params P.npz --data D.npz"),
+    }
+}
+
+fn configure(a: &CheckArgs) -> GradCheck {
+    let mut gc = GradCheck::new()
+        .backend(a.backend)
+        .precision(a.precision)
+        .kinks(a.kinks);
+    gc.epsilon = a.epsilon;
+    gc.threshold = a.threshold;
+    gc.top_k = a.top;
+    gc.adapter = a.adapter.clone();
+    gc
+}
+
+fn run_check(a: CheckArgs) -> Result<ExitCode> {
+    let gc = configure(&a);
+    let report = if a.inputs.example == Some(Example::Seed1d) {
+        one_d_report(&gc)?
+    } else {
+        let p = load(&a.inputs)?;
+        let mut r = gc.run(&p.model, &p.params, &p.data, &p.grads)?;
+        r.notes.splice(0..0, p.notes);
+        r
+    };
+    emit(&report, a.json.as_ref())?;
+    Ok(ExitCode::from(if report.passed { 0 } else { 1 }))
+}
+
+/// The notebook's 1-D check J(θ) = θ·x on the CPU (it has no network to batch).
+fn one_d_report(gc: &GradCheck) -> Result<Report> {
+    let (epsilon, threshold) = gc.defaults_for("f64");
+    check::validate_threshold(threshold)?;
+    let x = examples::ONE_D_X;
+    let eval = check::check_fn(|t| t[0] * x, &[examples::ONE_D_THETA], epsilon)?;
+    let mut r = gc.build_report(
+        &ParamLayout::single("theta", 1, 1),
+        &[x],
+        &eval,
+        epsilon,
+        threshold,
+        1,
+    );
+    r.notes.push("built-in example: the seed notebook's 1-D case J(θ) = θ·x, x = 2, θ = 4 (always on the CPU)".into());
+    Ok(r)
+}
+
+fn emit(r: &Report, json: Option<&PathBuf>) -> Result<()> {
+    match json {
+        Some(p) if p.as_os_str() == "-" => println!("{}", report::render_json(r)),
+        Some(p) => {
+            std::fs::write(p, report::render_json(r))
+                .with_context(|| format!("writing {}", p.display()))?;
+            print!("{}", report::render_text(r));
+        }
+        None => print!("{}", report::render_text(r)),
+    }
+    Ok(())
+}

@@ -1,0 +1,602 @@
+//! The CPU f64 reference: forward cost, analytic backprop (the "known good" gradients)
+//! and the J(θ ± ε·e_i) of every perturbation, serial or on all cores.
+//!
+//! The perturbed costs exploit the network's structure exactly as the GPU does: a
+//! perturbation of W_l[r,c] or b_l[r] changes only row r of Z_l, the next layer sees the
+//! rank-1 change W_{l+1}[:,r] ⊗ ΔA_l[r,:], and only the samples whose activations really
+//! changed are carried further (for the others every later value is bitwise the base
+//! value, so skipping them changes no bit of J).
+
+use std::ops::Range;
+
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::{Activation, Data, Grads, Loss, Model, Params, TensorKind};
+
+/// The base forward pass, kept for the perturbations.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// Pre-activations Z_l, n_l × m, one per layer.
+    pub z: Vec<Array2<f64>>,
+    /// Activations A_l = g(Z_l), n_l × m, one per layer (the last one is the output).
+    pub a: Vec<Array2<f64>>,
+    /// Per-sample loss (summed over output rows, before the 1/m).
+    pub sample_loss: Vec<f64>,
+    /// Σ_l ‖W_l‖²_F, for the L2 term.
+    pub weight_sumsq: f64,
+    /// J(θ).
+    pub cost: f64,
+}
+
+/// Z = W·A + b with each dot product accumulated by fused multiply-adds in index order:
+/// exactly what OpenBLAS's dgemm (numpy's `W @ A`) does for these shapes, which is what
+/// makes the notebook's rounding noise, and so its 1.19e-7, reproduce to the last digits.
+/// The GPU kernels accumulate the same way (WGSL `fma`).
+fn affine(w: ArrayView2<'_, f64>, b: &[f64], input: ArrayView2<'_, f64>) -> Array2<f64> {
+    let (rows, m) = (w.nrows(), input.ncols());
+    let mut z = Array2::zeros((rows, m));
+    for i in 0..rows {
+        let wr = w.row(i);
+        for j in 0..m {
+            let mut s = 0.0;
+            for (t, &wt) in wr.iter().enumerate() {
+                s = wt.mul_add(input[[t, j]], s);
+            }
+            z[[i, j]] = s + b[i];
+        }
+    }
+    z
+}
+
+/// The loss of one sample from its output pre-activations `z` (nL values) and targets `y`.
+pub fn sample_loss(loss: Loss, out: Activation, z: &[f64], y: &[f64]) -> f64 {
+    match loss {
+        Loss::BinaryCrossEntropy => {
+            // The notebook's expression, operation for operation.
+            let mut s = 0.0;
+            for (&zi, &yi) in z.iter().zip(y) {
+                let a = out.apply(zi);
+                s += (-a.ln()) * yi + (-(1.0 - a).ln()) * (1.0 - yi);
+            }
+            s
+        }
+        Loss::SoftmaxCrossEntropy => {
+            let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let mut se = 0.0;
+            for &zi in z {
+                se += (zi - mx).exp();
+            }
+            let lse = mx + se.ln();
+            let mut s = 0.0;
+            for (&zi, &yi) in z.iter().zip(y) {
+                s += yi * (lse - zi);
+            }
+            s
+        }
+        Loss::MeanSquaredError => {
+            let mut s = 0.0;
+            for (&zi, &yi) in z.iter().zip(y) {
+                let d = out.apply(zi) - yi;
+                s += 0.5 * d * d;
+            }
+            s
+        }
+    }
+}
+
+/// J from the per-sample losses (summed in sample order) and the weights' sum of squares.
+fn total_cost(model: &Model, m: usize, losses: &[f64], weight_sumsq: f64) -> f64 {
+    let mut s = 0.0;
+    for &v in losses {
+        s += v;
+    }
+    let mut j = (1.0 / m as f64) * s;
+    if model.l2() != 0.0 {
+        j += model.l2() / (2.0 * m as f64) * weight_sumsq;
+    }
+    j
+}
+
+/// The forward pass and cost at θ.
+pub fn forward(model: &Model, params: &Params, data: &Data) -> Forward {
+    let depth = model.depth();
+    let mut z = Vec::with_capacity(depth);
+    let mut a: Vec<Array2<f64>> = Vec::with_capacity(depth);
+    for l in 0..depth {
+        let input = if l == 0 {
+            data.x.view()
+        } else {
+            a[l - 1].view()
+        };
+        let b = params.bias(l);
+        let zl = affine(params.weight(l), b.as_slice().expect("contiguous"), input);
+        let g = model.activation(l);
+        a.push(zl.mapv(|v| g.apply(v)));
+        z.push(zl);
+    }
+    let m = data.m();
+    let out = model.activation(depth - 1);
+    let zl = &z[depth - 1];
+    let sample_loss: Vec<f64> = (0..m)
+        .map(|j| {
+            let zc: Vec<f64> = zl.column(j).to_vec();
+            let yc: Vec<f64> = data.y.column(j).to_vec();
+            sample_loss(model.loss(), out, &zc, &yc)
+        })
+        .collect();
+    let weight_sumsq = (0..depth)
+        .map(|l| params.weight(l).iter().map(|w| w * w).sum::<f64>())
+        .sum();
+    let cost = total_cost(model, m, &sample_loss, weight_sumsq);
+    Forward {
+        z,
+        a,
+        sample_loss,
+        weight_sumsq,
+        cost,
+    }
+}
+
+/// The magnitude whose rounding is the noise in each J±: per sample |loss_j| plus the
+/// cost's conditioning, averaged over samples, plus the L2 term. For the notebook's
+/// binary cross-entropy, −log(1 − a) turns the rounding of a (≈ u) into an absolute error
+/// u·a/(1 − a): on the seed net one sample has a = 0.9989, which alone makes the noise
+/// ~300·u per J and explains its per-tensor differences of ~3e-7.
+pub fn noise_scale(model: &Model, fwd: &Forward, data: &Data) -> f64 {
+    let out = model.depth() - 1;
+    let m = data.m() as f64;
+    let mut total = 0.0;
+    for j in 0..data.m() {
+        let mut s = fwd.sample_loss[j].abs();
+        for i in 0..fwd.z[out].nrows() {
+            let (z, a, y) = (fwd.z[out][[i, j]], fwd.a[out][[i, j]], data.y[[i, j]]);
+            s += match model.loss() {
+                Loss::BinaryCrossEntropy => {
+                    y.abs() + (1.0 - y).abs() * a / (1.0 - a).max(f64::MIN_POSITIVE)
+                }
+                Loss::SoftmaxCrossEntropy => y.abs() * (1.0 + z.abs()),
+                Loss::MeanSquaredError => (a - y).abs() * (a.abs() + z.abs()),
+            };
+        }
+        total += s;
+    }
+    total / m + model.l2() / (2.0 * m) * fwd.weight_sumsq
+}
+
+/// J(θ).
+pub fn cost(model: &Model, params: &Params, data: &Data) -> f64 {
+    forward(model, params, data).cost
+}
+
+/// The analytic gradient dJ/dθ by backpropagation: the built-in "known good" gradients.
+pub fn backprop(model: &Model, params: &Params, data: &Data) -> Grads {
+    let fwd = forward(model, params, data);
+    let depth = model.depth();
+    let m = data.m() as f64;
+    let out = depth - 1;
+    let (zl, al) = (&fwd.z[out], &fwd.a[out]);
+    // dJ/dZ_L times m.
+    let mut dz: Array2<f64> = match model.loss() {
+        Loss::BinaryCrossEntropy => al - &data.y,
+        Loss::SoftmaxCrossEntropy => {
+            let mut d = Array2::zeros(zl.raw_dim());
+            for j in 0..zl.ncols() {
+                let col = zl.column(j);
+                let mx = col.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let se: f64 = col.iter().map(|v| (v - mx).exp()).sum();
+                let ysum: f64 = data.y.column(j).sum();
+                for i in 0..zl.nrows() {
+                    d[[i, j]] = (col[i] - mx).exp() / se * ysum - data.y[[i, j]];
+                }
+            }
+            d
+        }
+        Loss::MeanSquaredError => {
+            let g = model.activation(out);
+            let mut d = al - &data.y;
+            ndarray::Zip::from(&mut d)
+                .and(zl)
+                .and(al)
+                .for_each(|d, &z, &a| *d *= g.derivative(z, a));
+            d
+        }
+    };
+    let mut values = vec![0.0; model.n_params()];
+    let layout = model.layout();
+    for l in (0..depth).rev() {
+        let input = if l == 0 {
+            data.x.view()
+        } else {
+            fwd.a[l - 1].view()
+        };
+        let mut dw = dz.dot(&input.t()) * (1.0 / m);
+        if model.l2() != 0.0 {
+            dw.scaled_add(model.l2() / m, &params.weight(l));
+        }
+        let db = dz.sum_axis(Axis(1)) * (1.0 / m);
+        values[layout.weight(l).range()].copy_from_slice(dw.as_slice().expect("standard layout"));
+        values[layout.bias(l).range()].copy_from_slice(db.as_slice().expect("standard layout"));
+        if l > 0 {
+            let g = model.activation(l - 1);
+            let mut da = params.weight(l).t().dot(&dz);
+            ndarray::Zip::from(&mut da)
+                .and(&fwd.z[l - 1])
+                .and(&fwd.a[l - 1])
+                .for_each(|d, &z, &a| *d *= g.derivative(z, a));
+            dz = da;
+        }
+    }
+    Grads::new(layout.clone(), values).expect("layout length")
+}
+
+/// J(θ ± ε·e_i) for a range of parameters, plus which of them cross an activation kink.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Perturbed {
+    /// J(θ) at the unperturbed point.
+    pub cost: f64,
+    /// J(θ + ε·e_i) for each i of the range.
+    pub plus: Vec<f64>,
+    /// J(θ − ε·e_i) for each i of the range.
+    pub minus: Vec<f64>,
+    /// True where the ±ε step moved some ReLU/leaky-ReLU pre-activation across 0.
+    pub kinks: Vec<bool>,
+}
+
+/// How many threads the CPU evaluator uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// One thread (the reference order of work; results are identical either way).
+    Serial,
+    /// Rayon's global pool.
+    Parallel,
+}
+
+/// Evaluates every J(θ ± ε·e_i), i ∈ `range`, on the CPU in f64.
+///
+/// The perturbed parameter is fl(θ_i ± ε), as the notebook's `theta_plus[i] += epsilon`.
+pub fn perturbed_costs(
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    epsilon: f64,
+    range: Range<usize>,
+    threads: Threads,
+) -> Result<Perturbed> {
+    if range.end > model.n_params() || range.start > range.end {
+        return Err(Error::Config(format!(
+            "parameter range {range:?} is outside 0..{}",
+            model.n_params()
+        )));
+    }
+    let fwd = forward(model, params, data);
+    let ctx = Ctx {
+        model,
+        params,
+        data,
+        fwd: &fwd,
+        epsilon,
+    };
+    let one = |s: &mut Scratch, i: usize| {
+        let (p, kp) = ctx.eval(s, i, 1.0);
+        let (q, kq) = ctx.eval(s, i, -1.0);
+        (p, q, kp || kq)
+    };
+    let results: Vec<(f64, f64, bool)> = match threads {
+        Threads::Serial => {
+            let mut s = Scratch::default();
+            range.map(|i| one(&mut s, i)).collect()
+        }
+        Threads::Parallel => range
+            .into_par_iter()
+            .with_min_len(64)
+            .map_init(Scratch::default, one)
+            .collect(),
+    };
+    let mut out = Perturbed {
+        cost: fwd.cost,
+        plus: Vec::with_capacity(results.len()),
+        minus: Vec::with_capacity(results.len()),
+        kinks: Vec::with_capacity(results.len()),
+    };
+    for (p, q, k) in results {
+        out.plus.push(p);
+        out.minus.push(q);
+        out.kinks.push(k);
+    }
+    Ok(out)
+}
+
+struct Ctx<'a> {
+    model: &'a Model,
+    params: &'a Params,
+    data: &'a Data,
+    fwd: &'a Forward,
+    epsilon: f64,
+}
+
+/// Per-thread buffers, reused across perturbations.
+#[derive(Default)]
+struct Scratch {
+    /// Samples whose values changed, and the changed value of the perturbed row there.
+    cols: Vec<usize>,
+    vals: Vec<f64>,
+    /// Changed columns of the current/next layer, stored column by column.
+    cur: Vec<f64>,
+    next: Vec<f64>,
+    losses: Vec<f64>,
+    zcol: Vec<f64>,
+    ycol: Vec<f64>,
+}
+
+fn crosses(g: Activation, z0: f64, z1: f64) -> bool {
+    g.has_kink() && ((z0 > 0.0) != (z1 > 0.0))
+}
+
+impl Ctx<'_> {
+    /// J(θ + sign·ε·e_i) and whether the step crossed a kink.
+    fn eval(&self, s: &mut Scratch, i: usize, sign: f64) -> (f64, bool) {
+        let (model, fwd) = (self.model, self.fwd);
+        let layout = model.layout();
+        let pos = layout.locate(i).expect("index in range");
+        let slot = &layout.tensors()[pos.tensor];
+        let (l, r) = (slot.layer, pos.row);
+        let depth = model.depth();
+        let m = self.data.m();
+        let th = self.params.as_slice()[i];
+        let moved = th + sign * self.epsilon;
+        let delta = moved - th;
+        let mut kink = false;
+
+        // Row r of Z_l: the only row the step changes.
+        let input = if l == 0 {
+            self.data.x.view()
+        } else {
+            fwd.a[l - 1].view()
+        };
+        let g = model.activation(l);
+        s.cols.clear();
+        s.vals.clear();
+        for j in 0..m {
+            let z0 = fwd.z[l][[r, j]];
+            let z1 = match slot.kind {
+                TensorKind::Weight => z0 + delta * input[[pos.col, j]],
+                TensorKind::Bias => z0 + delta,
+            };
+            if z1 != z0 {
+                kink |= crosses(g, z0, z1);
+                s.cols.push(j);
+                s.vals.push(z1);
+            }
+        }
+        s.losses.clear();
+        s.losses.extend_from_slice(&fwd.sample_loss);
+        let ny = model.sizes()[depth];
+
+        if l + 1 == depth {
+            // Output layer: the changed row goes straight into the loss.
+            for (&j, &z1) in s.cols.iter().zip(&s.vals) {
+                s.zcol.clear();
+                s.zcol.extend(fwd.z[l].column(j).iter());
+                s.zcol[r] = z1;
+                s.ycol.clear();
+                s.ycol.extend(self.data.y.column(j).iter());
+                s.losses[j] = sample_loss(model.loss(), g, &s.zcol, &s.ycol);
+            }
+        } else {
+            // ΔA_l[r, j], keeping only samples where the activation really moved.
+            let mut keep = 0;
+            for k in 0..s.cols.len() {
+                let j = s.cols[k];
+                let da = g.apply(s.vals[k]) - fwd.a[l][[r, j]];
+                if da != 0.0 {
+                    s.cols[keep] = j;
+                    s.vals[keep] = da;
+                    keep += 1;
+                }
+            }
+            s.cols.truncate(keep);
+            s.vals.truncate(keep);
+            // Layer l+1: rank-1 update of the base pre-activations.
+            let p = l + 1;
+            let np = model.sizes()[p + 1];
+            let w = self.params.weight(p);
+            let gp = model.activation(p);
+            s.cur.clear();
+            for (&j, &da) in s.cols.iter().zip(&s.vals) {
+                for ii in 0..np {
+                    let z0 = fwd.z[p][[ii, j]];
+                    let z1 = z0 + w[[ii, r]] * da;
+                    kink |= crosses(gp, z0, z1);
+                    s.cur.push(z1);
+                }
+            }
+            // Dense layers after that, only for the changed samples.
+            let mut width = np;
+            for q in p + 1..depth {
+                let gq = model.activation(q - 1);
+                for v in s.cur.iter_mut() {
+                    *v = gq.apply(*v);
+                }
+                let wq = self.params.weight(q);
+                let bq = self.params.bias(q);
+                let nq = model.sizes()[q + 1];
+                let gnext = model.activation(q);
+                s.next.clear();
+                for k in 0..s.cols.len() {
+                    let a = &s.cur[k * width..(k + 1) * width];
+                    for ii in 0..nq {
+                        let mut acc = 0.0;
+                        for (t, &wt) in wq.row(ii).iter().enumerate() {
+                            acc = wt.mul_add(a[t], acc);
+                        }
+                        let z1 = acc + bq[ii];
+                        kink |= crosses(gnext, fwd.z[q][[ii, s.cols[k]]], z1);
+                        s.next.push(z1);
+                    }
+                }
+                std::mem::swap(&mut s.cur, &mut s.next);
+                width = nq;
+            }
+            let gout = model.activation(depth - 1);
+            for (k, &j) in s.cols.iter().enumerate() {
+                s.ycol.clear();
+                s.ycol.extend(self.data.y.column(j).iter());
+                s.losses[j] =
+                    sample_loss(model.loss(), gout, &s.cur[k * ny..(k + 1) * ny], &s.ycol);
+            }
+        }
+        let sumsq = match slot.kind {
+            TensorKind::Weight => fwd.weight_sumsq - th * th + moved * moved,
+            TensorKind::Bias => fwd.weight_sumsq,
+        };
+        (total_cost(model, m, &s.losses, sumsq), kink)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelSpec, ParamLayout};
+
+    fn tiny(act: &str, loss: Loss, out: &str, l2: f64) -> (Model, Params, Data) {
+        let spec = ModelSpec {
+            layers: vec![3, 4, 2],
+            activations: vec![act.parse().unwrap(), out.parse().unwrap()],
+            loss,
+            l2,
+        };
+        let model = Model::new(spec).unwrap();
+        let n = model.n_params();
+        let theta: Vec<f64> = (0..n)
+            .map(|i| ((i * 37 % 11) as f64 - 5.0) * 0.13)
+            .collect();
+        let params = Params::new(model.layout().clone(), theta).unwrap();
+        let x = Array2::from_shape_fn((3, 5), |(i, j)| ((i * 5 + j) as f64 * 0.7).sin());
+        let y = match loss {
+            Loss::SoftmaxCrossEntropy => {
+                Array2::from_shape_fn((2, 5), |(i, j)| f64::from(u8::from(i == j % 2)))
+            }
+            _ => Array2::from_shape_fn((2, 5), |(i, j)| f64::from(u8::from((i + j) % 3 == 0))),
+        };
+        let data = Data::new(&model, x, y).unwrap();
+        (model, params, data)
+    }
+
+    /// Naive reference: copy θ, perturb, full forward pass.
+    fn naive(model: &Model, params: &Params, data: &Data, i: usize, step: f64) -> f64 {
+        let mut p = params.clone();
+        p.as_mut_slice()[i] += step;
+        cost(model, &p, data)
+    }
+
+    #[test]
+    fn structured_perturbations_equal_full_forward_passes() {
+        for (act, loss, out, l2) in [
+            ("relu", Loss::BinaryCrossEntropy, "sigmoid", 0.0),
+            ("tanh", Loss::SoftmaxCrossEntropy, "softmax", 0.3),
+            ("leaky_relu:0.1", Loss::MeanSquaredError, "identity", 0.1),
+            ("sigmoid", Loss::MeanSquaredError, "tanh", 0.0),
+        ] {
+            let (model, params, data) = tiny(act, loss, out, l2);
+            let eps = 1e-3;
+            let got = perturbed_costs(
+                &model,
+                &params,
+                &data,
+                eps,
+                0..model.n_params(),
+                Threads::Serial,
+            )
+            .unwrap();
+            for i in 0..model.n_params() {
+                let (p, q) = (
+                    naive(&model, &params, &data, i, eps),
+                    naive(&model, &params, &data, i, -eps),
+                );
+                // Rank-1 vs full recomputation reorders one addition per value: a few ulps of J.
+                assert!(
+                    (got.plus[i] - p).abs() <= 1e-14 * p.abs(),
+                    "{act} {i}: {} vs {p}",
+                    got.plus[i]
+                );
+                assert!(
+                    (got.minus[i] - q).abs() <= 1e-14 * q.abs(),
+                    "{act} {i}: {} vs {q}",
+                    got.minus[i]
+                );
+            }
+            let par = perturbed_costs(
+                &model,
+                &params,
+                &data,
+                eps,
+                0..model.n_params(),
+                Threads::Parallel,
+            )
+            .unwrap();
+            assert_eq!(par, got, "threads must not change a bit");
+        }
+    }
+
+    #[test]
+    fn backprop_matches_central_differences_for_every_activation_and_cost() {
+        for (act, loss, out, l2) in [
+            ("relu", Loss::BinaryCrossEntropy, "sigmoid", 0.0),
+            ("sigmoid", Loss::BinaryCrossEntropy, "sigmoid", 0.2),
+            ("tanh", Loss::SoftmaxCrossEntropy, "softmax", 0.3),
+            ("leaky_relu:0.1", Loss::MeanSquaredError, "identity", 0.1),
+            ("identity", Loss::MeanSquaredError, "sigmoid", 0.0),
+            ("sigmoid", Loss::MeanSquaredError, "tanh", 0.0),
+            ("relu", Loss::MeanSquaredError, "relu", 0.0),
+        ] {
+            let (model, params, data) = tiny(act, loss, out, l2);
+            let g = backprop(&model, &params, &data);
+            let eps = 1e-5;
+            let pc = perturbed_costs(
+                &model,
+                &params,
+                &data,
+                eps,
+                0..model.n_params(),
+                Threads::Serial,
+            )
+            .unwrap();
+            for i in 0..model.n_params() {
+                if pc.kinks[i] {
+                    continue;
+                }
+                let num = (pc.plus[i] - pc.minus[i]) / (2.0 * eps);
+                // Truncation O(ε²·J''') ≈ 1e-10 plus rounding u·J/ε ≈ 1e-11 here.
+                assert!(
+                    (num - g.as_slice()[i]).abs() < 1e-8,
+                    "{act}/{loss}: {} analytic {} numeric {num}",
+                    model.layout().element_name(i),
+                    g.as_slice()[i]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn closed_form_derivatives_of_activations() {
+        // g'(z) against the closed forms at a few points away from kinks.
+        for z in [-2.5f64, -0.3, 0.4, 1.7] {
+            let s = 1.0 / (1.0 + (-z).exp());
+            assert!((Activation::Sigmoid.derivative(z, s) - s * (1.0 - s)).abs() < 1e-16);
+            let t = z.tanh();
+            assert!((Activation::Tanh.derivative(z, t) - (1.0 / z.cosh().powi(2))).abs() < 1e-15);
+            assert_eq!(
+                Activation::Relu.derivative(z, 0.0),
+                if z > 0.0 { 1.0 } else { 0.0 }
+            );
+            assert_eq!(
+                Activation::LeakyRelu(0.2).derivative(z, 0.0),
+                if z > 0.0 { 1.0 } else { 0.2 }
+            );
+            assert_eq!(Activation::Identity.derivative(z, z), 1.0);
+        }
+        let _ = ParamLayout::new(&[1, 1]).unwrap();
+    }
+}

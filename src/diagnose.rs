@@ -1,0 +1,282 @@
+//! What kind of mistake a failing tensor's gradient looks like, from its analytic and
+//! numeric values.
+//!
+//! A diagnosis is only given when the evidence is clear: the pattern must explain the
+//! analytic values to within [`FIT_TOLERANCE`] (relative residual), otherwise the tensor
+//! is only reported as wrong in k of n elements, with where.
+
+use serde::Serialize;
+
+use crate::check::{TensorReport, difference};
+use crate::model::{ParamLayout, TensorKind, TensorSlot};
+
+/// Largest relative residual ‖analytic − pattern(numeric)‖/‖analytic‖ for which a
+/// pattern is called. Correct gradients sit at 1e-7 or below in f64 (1e-3 in f32 at its
+/// default ε), planted bugs at 1; 1e-2 leaves room for f32 noise either way.
+pub const FIT_TOLERANCE: f64 = 1e-2;
+
+/// An element counts as wrong when |analytic − numeric| exceeds this fraction of the
+/// tensor's RMS numeric value (plus an absolute floor for all-zero tensors).
+pub const ELEMENT_TOLERANCE: f64 = 1e-3;
+
+/// The kinds of mistake recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MistakeKind {
+    /// analytic = c · numeric for a constant c ≠ 1.
+    Scaled,
+    /// analytic = −numeric.
+    SignFlipped,
+    /// analytic = c · numeric with c = m: the 1/m averaging is missing.
+    MissingAveraging,
+    /// analytic = c · numeric with c = 1/m: the 1/m averaging is applied twice.
+    DoubledAveraging,
+    /// analytic = numericᵀ (square weight matrices).
+    Transposed,
+    /// analytic is all zeros while the numeric gradient is not.
+    AllZero,
+    /// analytic holds this tensor's neighbour's gradient and vice versa.
+    Swapped,
+    /// analytic has NaN or infinite entries.
+    NotFinite,
+    /// No pattern; wrong in some elements.
+    Elementwise,
+}
+
+/// The diagnosis of one tensor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnosis {
+    /// The pattern.
+    pub kind: MistakeKind,
+    /// The fitted factor for scaled gradients.
+    pub factor: Option<f64>,
+    /// One sentence for the user.
+    pub message: String,
+}
+
+fn norm(v: &[f64]) -> f64 {
+    v.iter().map(|x| x * x).sum::<f64>().sqrt()
+}
+
+fn residual(a: &[f64], pattern: impl Iterator<Item = f64>) -> f64 {
+    let r: f64 = a
+        .iter()
+        .zip(pattern)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
+    let na = norm(a);
+    if na == 0.0 { f64::INFINITY } else { r / na }
+}
+
+fn close(x: f64, y: f64) -> bool {
+    (x - y).abs() <= FIT_TOLERANCE * y.abs()
+}
+
+/// Diagnoses one failing tensor from its analytic (`a`) and numeric (`n`) gradients.
+/// `m` is the number of samples (to recognise a missing or doubled 1/m).
+pub fn diagnose_tensor(slot: &TensorSlot, a: &[f64], n: &[f64], m: usize) -> Option<Diagnosis> {
+    let gname = format!("d{}", slot.name);
+    let bad = a.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Some(Diagnosis {
+            kind: MistakeKind::NotFinite,
+            factor: None,
+            message: format!("{gname} has {bad} NaN/infinite entries"),
+        });
+    }
+    let nn = norm(n);
+    if norm(a) == 0.0 && nn > 0.0 {
+        return Some(Diagnosis {
+            kind: MistakeKind::AllZero,
+            factor: None,
+            message: format!(
+                "{gname} is all zero but the numeric gradient is not (a missing or never-written gradient?)"
+            ),
+        });
+    }
+    if nn > 0.0 {
+        // Least-squares factor c minimising ‖a − c·n‖.
+        let c = a.iter().zip(n).map(|(x, y)| x * y).sum::<f64>() / (nn * nn);
+        if residual(a, n.iter().map(|y| c * y)) <= FIT_TOLERANCE && !close(c, 1.0) {
+            let mf = m as f64;
+            let (kind, message) = if close(c, -1.0) {
+                (
+                    MistakeKind::SignFlipped,
+                    format!("{gname} has the wrong sign (−1 × the numeric gradient)"),
+                )
+            } else if m > 1 && close(c, mf) {
+                (
+                    MistakeKind::MissingAveraging,
+                    format!(
+                        "{gname} is {c:.3} × the numeric gradient = m: the 1/m averaging is missing"
+                    ),
+                )
+            } else if m > 1 && close(c, 1.0 / mf) {
+                (
+                    MistakeKind::DoubledAveraging,
+                    format!(
+                        "{gname} is {c:.4} × the numeric gradient = 1/m: the 1/m averaging is applied twice"
+                    ),
+                )
+            } else {
+                (
+                    MistakeKind::Scaled,
+                    format!("{gname} is {c:.3} × the numeric gradient"),
+                )
+            };
+            return Some(Diagnosis {
+                kind,
+                factor: Some(c),
+                message,
+            });
+        }
+        if slot.kind == TensorKind::Weight && slot.rows == slot.cols && slot.rows > 1 {
+            let k = slot.rows;
+            if residual(a, (0..a.len()).map(|i| n[(i % k) * k + i / k])) <= FIT_TOLERANCE {
+                return Some(Diagnosis {
+                    kind: MistakeKind::Transposed,
+                    factor: None,
+                    message: format!("{gname} is the transpose of the numeric gradient"),
+                });
+            }
+        }
+    }
+    // No pattern: where are the wrong elements?
+    let scale = (nn * nn / n.len().max(1) as f64).sqrt();
+    let tol = ELEMENT_TOLERANCE * scale + 1e-12;
+    let wrong: Vec<usize> = (0..a.len())
+        .filter(|&i| (a[i] - n[i]).abs() > tol)
+        .collect();
+    if wrong.is_empty() {
+        return None;
+    }
+    let mut rows: Vec<usize> = wrong.iter().map(|i| i / slot.cols).collect();
+    rows.dedup();
+    let mut cols: Vec<usize> = wrong.iter().map(|i| i % slot.cols).collect();
+    cols.sort_unstable();
+    cols.dedup();
+    let list = |v: &[usize]| {
+        let s: Vec<String> = v.iter().take(8).map(|x| x.to_string()).collect();
+        if v.len() > 8 {
+            format!("{}, … ({} in all)", s.join(", "), v.len())
+        } else {
+            s.join(", ")
+        }
+    };
+    let place = match slot.kind {
+        TensorKind::Bias => format!("rows {}", list(&rows)),
+        TensorKind::Weight => format!("rows {}; columns {}", list(&rows), list(&cols)),
+    };
+    Some(Diagnosis {
+        kind: MistakeKind::Elementwise,
+        factor: None,
+        message: format!(
+            "{gname} is wrong in {} of {} elements ({place})",
+            wrong.len(),
+            a.len()
+        ),
+    })
+}
+
+/// Recognises pairs of failing same-shape tensors whose gradients were swapped, and
+/// replaces their diagnoses.
+pub fn find_swaps(
+    layout: &ParamLayout,
+    grad: &[f64],
+    approx: &[f64],
+    tensors: &mut [TensorReport],
+) {
+    let slots = layout.tensors();
+    for s in 0..slots.len() {
+        for t in s + 1..slots.len() {
+            if tensors[s].passed || tensors[t].passed {
+                continue;
+            }
+            let (rs, rt) = (slots[s].range(), slots[t].range());
+            if slots[s].rows != slots[t].rows || slots[s].cols != slots[t].cols {
+                continue;
+            }
+            if difference(&grad[rs.clone()], &approx[rt.clone()]) <= FIT_TOLERANCE
+                && difference(&grad[rt], &approx[rs]) <= FIT_TOLERANCE
+            {
+                let (ns, nt) = (slots[s].name.clone(), slots[t].name.clone());
+                for (k, me, other) in [(s, &ns, &nt), (t, &nt, &ns)] {
+                    tensors[k].diagnosis = Some(Diagnosis {
+                        kind: MistakeKind::Swapped,
+                        factor: None,
+                        message: format!(
+                            "d{me} holds the gradient of {other}: d{ns} and d{nt} are swapped"
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(rows: usize, cols: usize) -> TensorSlot {
+        TensorSlot {
+            name: "W2".into(),
+            layer: 1,
+            kind: TensorKind::Weight,
+            rows,
+            cols,
+            offset: 0,
+        }
+    }
+
+    fn numeric(n: usize) -> Vec<f64> {
+        (0..n)
+            .map(|i| ((i * 7919) % 23) as f64 / 7.0 - 1.3)
+            .collect()
+    }
+
+    #[test]
+    fn recognises_each_pattern() {
+        let s = slot(3, 3);
+        let n = numeric(9);
+        let scaled: Vec<f64> = n.iter().map(|v| 2.0 * v).collect();
+        let d = diagnose_tensor(&s, &scaled, &n, 5).unwrap();
+        assert_eq!(d.kind, MistakeKind::Scaled);
+        assert!((d.factor.unwrap() - 2.0).abs() < 1e-12);
+        let neg: Vec<f64> = n.iter().map(|v| -v).collect();
+        assert_eq!(
+            diagnose_tensor(&s, &neg, &n, 5).unwrap().kind,
+            MistakeKind::SignFlipped
+        );
+        let by_m: Vec<f64> = n.iter().map(|v| 5.0 * v).collect();
+        assert_eq!(
+            diagnose_tensor(&s, &by_m, &n, 5).unwrap().kind,
+            MistakeKind::MissingAveraging
+        );
+        let t: Vec<f64> = (0..9).map(|i| n[(i % 3) * 3 + i / 3]).collect();
+        assert_eq!(
+            diagnose_tensor(&s, &t, &n, 5).unwrap().kind,
+            MistakeKind::Transposed
+        );
+        assert_eq!(
+            diagnose_tensor(&s, &[0.0; 9], &n, 5).unwrap().kind,
+            MistakeKind::AllZero
+        );
+        let mut one = n.clone();
+        one[4] += 1.0;
+        let d = diagnose_tensor(&s, &one, &n, 5).unwrap();
+        assert_eq!(d.kind, MistakeKind::Elementwise);
+        assert!(
+            d.message.contains("1 of 9") && d.message.contains("rows 1; columns 1"),
+            "{}",
+            d.message
+        );
+        let mut nan = n.clone();
+        nan[0] = f64::NAN;
+        assert_eq!(
+            diagnose_tensor(&s, &nan, &n, 5).unwrap().kind,
+            MistakeKind::NotFinite
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! The library's error type: every bad input is named (file, tensor, shape) so the CLI
+//! can print one line and exit 2.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong before or during a check.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A file exists but is not what it should be (not an npz, bad JSON, bad TOML, …).
+    #[error("{path}: {msg}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
+    /// A tensor is missing from a file.
+    #[error("{path}: missing key {key:?} (the file has {present})")]
+    MissingKey {
+        /// The file.
+        path: PathBuf,
+        /// The key that should be there.
+        key: String,
+        /// The keys it does have, comma-separated.
+        present: String,
+    },
+    /// A file holds a tensor that the model has no use for.
+    #[error("{path}: unexpected key {key:?} (expected {expected})")]
+    ExtraKey {
+        /// The file.
+        path: PathBuf,
+        /// The key that should not be there.
+        key: String,
+        /// The keys the model expects, comma-separated.
+        expected: String,
+    },
+    /// Shapes disagree (message names the tensors and both shapes).
+    #[error("{0}")]
+    Shape(String),
+    /// A NaN or infinity in an input tensor.
+    #[error("{path}: {key} holds {value} at {position}")]
+    NonFinite {
+        /// The file.
+        path: PathBuf,
+        /// The tensor.
+        key: String,
+        /// NaN, inf or -inf.
+        value: String,
+        /// Index in the tensor, e.g. `[1, 2]`.
+        position: String,
+    },
+    /// The model spec is invalid.
+    #[error("model spec: {0}")]
+    Spec(String),
+    /// A setting is out of range (ε ≤ 0, threshold ≤ 0, …).
+    #[error("{0}")]
+    Config(String),
+    /// The GPU backend could not do the job.
+    #[error("gpu: {0}")]
+    Gpu(String),
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,640 @@
+//! The model family: fully connected networks, their activations and costs, and the
+//! flat parameter layout (W1, b1, W2, b2, … each row-major) that every other module
+//! indexes by.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ndarray::{ArrayView1, ArrayView2};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// An element-wise activation applied after a layer's affine map (or, for
+/// [`Activation::Softmax`], a column-wise one, allowed only on the output layer).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Activation {
+    /// max(z, 0); derivative taken as 0 at z = 0, as the notebook does.
+    Relu,
+    /// 1 / (1 + exp(−z)).
+    Sigmoid,
+    /// tanh(z).
+    Tanh,
+    /// z for z > 0, slope·z otherwise.
+    LeakyRelu(f64),
+    /// z.
+    Identity,
+    /// exp(z_i) / Σ_k exp(z_k) over each column; output layer with softmax cross-entropy only.
+    Softmax,
+}
+
+impl Activation {
+    /// g(z) for the element-wise activations (softmax is handled by the cost).
+    pub fn apply(self, z: f64) -> f64 {
+        match self {
+            Activation::Relu => z.max(0.0),
+            Activation::Sigmoid => 1.0 / (1.0 + (-z).exp()),
+            Activation::Tanh => z.tanh(),
+            Activation::LeakyRelu(s) => {
+                if z > 0.0 {
+                    z
+                } else {
+                    s * z
+                }
+            }
+            Activation::Identity | Activation::Softmax => z,
+        }
+    }
+
+    /// g'(z) expressed through z and a = g(z) (whichever is cheaper/more accurate).
+    pub fn derivative(self, z: f64, a: f64) -> f64 {
+        match self {
+            Activation::Relu => f64::from(u8::from(z > 0.0)),
+            Activation::Sigmoid => a * (1.0 - a),
+            Activation::Tanh => 1.0 - a * a,
+            Activation::LeakyRelu(s) => {
+                if z > 0.0 {
+                    1.0
+                } else {
+                    s
+                }
+            }
+            Activation::Identity | Activation::Softmax => 1.0,
+        }
+    }
+
+    /// True for activations with a kink at z = 0 (central differences across it are unreliable).
+    pub fn has_kink(self) -> bool {
+        matches!(self, Activation::Relu | Activation::LeakyRelu(_))
+    }
+
+    /// Small integer code shared with the WGSL kernels (`shaders/activation.wgsl`).
+    pub fn code(self) -> u32 {
+        match self {
+            Activation::Identity => 0,
+            Activation::Relu => 1,
+            Activation::Sigmoid => 2,
+            Activation::Tanh => 3,
+            Activation::LeakyRelu(_) => 4,
+            Activation::Softmax => 5,
+        }
+    }
+
+    /// The leaky-ReLU slope (0 for every other activation).
+    pub fn slope(self) -> f64 {
+        match self {
+            Activation::LeakyRelu(s) => s,
+            _ => 0.0,
+        }
+    }
+}
+
+impl fmt::Display for Activation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Activation::Relu => f.write_str("relu"),
+            Activation::Sigmoid => f.write_str("sigmoid"),
+            Activation::Tanh => f.write_str("tanh"),
+            Activation::LeakyRelu(s) => write!(f, "leaky_relu:{s}"),
+            Activation::Identity => f.write_str("identity"),
+            Activation::Softmax => f.write_str("softmax"),
+        }
+    }
+}
+
+/// Default leaky-ReLU slope when the spec says just `"leaky_relu"`.
+pub const DEFAULT_LEAKY_SLOPE: f64 = 0.01;
+
+impl FromStr for Activation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, arg) = match s.split_once(':') {
+            Some((n, a)) => (n, Some(a)),
+            None => (s, None),
+        };
+        let plain = |a: Activation| match arg {
+            None => Ok(a),
+            Some(_) => Err(format!("activation {name:?} takes no parameter")),
+        };
+        match name {
+            "relu" => plain(Activation::Relu),
+            "sigmoid" => plain(Activation::Sigmoid),
+            "tanh" => plain(Activation::Tanh),
+            "identity" | "linear" => plain(Activation::Identity),
+            "softmax" => plain(Activation::Softmax),
+            "leaky_relu" => match arg {
+                None => Ok(Activation::LeakyRelu(DEFAULT_LEAKY_SLOPE)),
+                Some(a) => a
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .map(Activation::LeakyRelu)
+                    .ok_or_else(|| format!("leaky_relu slope {a:?} is not a finite number")),
+            },
+            _ => Err(format!(
+                "unknown activation {s:?} (expected relu, sigmoid, tanh, leaky_relu[:slope], identity, softmax)"
+            )),
+        }
+    }
+}
+
+impl Serialize for Activation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Activation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The cost J(θ) averaged over the m samples (plus the optional L2 term).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loss {
+    /// −(1/m)·Σ[y·log a + (1−y)·log(1−a)] with a = σ(z), evaluated exactly as the notebook
+    /// writes it (so its rounding noise, and its 1.19e-7 "correct" difference, reproduce).
+    BinaryCrossEntropy,
+    /// −(1/m)·Σ_j Σ_i y_ij·log softmax(z)_ij, evaluated as Σ_i y_ij·(logsumexp(z_j) − z_ij).
+    SoftmaxCrossEntropy,
+    /// (1/(2m))·Σ_j Σ_i (a_ij − y_ij)²: the ½ is the convention of the course this
+    /// tool grew from, so that dJ/da = (a − y)/m.
+    MeanSquaredError,
+}
+
+impl Loss {
+    /// Small integer code shared with the WGSL kernels (`shaders/cost.wgsl`).
+    pub fn code(self) -> u32 {
+        match self {
+            Loss::BinaryCrossEntropy => 0,
+            Loss::SoftmaxCrossEntropy => 1,
+            Loss::MeanSquaredError => 2,
+        }
+    }
+}
+
+impl fmt::Display for Loss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Loss::BinaryCrossEntropy => "binary_cross_entropy",
+            Loss::SoftmaxCrossEntropy => "softmax_cross_entropy",
+            Loss::MeanSquaredError => "mse",
+        })
+    }
+}
+
+/// A model as written in a spec file:
+/// `{"layers":[4,5,3,1],"activations":["relu","relu","sigmoid"],"loss":"binary_cross_entropy","l2":0.0}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Layer sizes n0 (inputs) … nL (outputs).
+    pub layers: Vec<usize>,
+    /// One activation per layer after the input (L entries).
+    pub activations: Vec<Activation>,
+    /// The cost.
+    pub loss: Loss,
+    /// L2 strength λ of the term (λ/(2m))·Σ‖W_l‖²_F (0 = none).
+    #[serde(default)]
+    pub l2: f64,
+}
+
+impl ModelSpec {
+    /// The notebook's defaults for the given sizes: relu hidden layers, sigmoid output,
+    /// binary cross-entropy, no L2.
+    pub fn notebook_default(layers: Vec<usize>) -> Self {
+        let l = layers.len().saturating_sub(1);
+        let mut activations = vec![Activation::Relu; l];
+        if let Some(last) = activations.last_mut() {
+            *last = Activation::Sigmoid;
+        }
+        ModelSpec {
+            layers,
+            activations,
+            loss: Loss::BinaryCrossEntropy,
+            l2: 0.0,
+        }
+    }
+}
+
+/// The largest parameter or activation count accepted; beyond it the job could not fit
+/// in memory and is refused before anything is allocated.
+pub const MAX_ELEMENTS: usize = 1 << 31;
+
+/// A validated model: sizes, activations, cost and the parameter layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    spec: ModelSpec,
+    layout: ParamLayout,
+}
+
+impl Model {
+    /// Validates a spec (sizes, activation count, activation/cost compatibility, λ).
+    pub fn new(spec: ModelSpec) -> Result<Self, Error> {
+        let bad = |msg: String| Err(Error::Spec(msg));
+        if spec.layers.len() < 2 {
+            return bad(format!(
+                "layers {:?}: need at least an input and an output size",
+                spec.layers
+            ));
+        }
+        if let Some(i) = spec.layers.iter().position(|&n| n == 0) {
+            return bad(format!("layers {:?}: size {i} is zero", spec.layers));
+        }
+        let l = spec.layers.len() - 1;
+        if spec.activations.len() != l {
+            return bad(format!(
+                "layers {:?} need {l} activations, the spec gives {}",
+                spec.layers,
+                spec.activations.len()
+            ));
+        }
+        for (i, a) in spec.activations.iter().enumerate() {
+            if *a == Activation::Softmax && i + 1 != l {
+                return bad(format!(
+                    "softmax is only allowed on the output layer, not layer {}",
+                    i + 1
+                ));
+            }
+        }
+        let out = spec.activations[l - 1];
+        match spec.loss {
+            Loss::BinaryCrossEntropy if out != Activation::Sigmoid => {
+                return bad(format!(
+                    "binary_cross_entropy needs a sigmoid output layer, not {out}"
+                ));
+            }
+            Loss::SoftmaxCrossEntropy if out != Activation::Softmax => {
+                return bad(format!(
+                    "softmax_cross_entropy needs a softmax output layer, not {out}"
+                ));
+            }
+            Loss::MeanSquaredError if out == Activation::Softmax => {
+                return bad("mse with a softmax output is not supported".into());
+            }
+            _ => {}
+        }
+        if !(spec.l2.is_finite() && spec.l2 >= 0.0) {
+            return bad(format!("l2 = {} must be a finite number ≥ 0", spec.l2));
+        }
+        let layout = ParamLayout::new(&spec.layers)?;
+        Ok(Model { spec, layout })
+    }
+
+    /// The spec this model was built from.
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+    /// Layer sizes n0 … nL.
+    pub fn sizes(&self) -> &[usize] {
+        &self.spec.layers
+    }
+    /// Number of layers L (affine maps).
+    pub fn depth(&self) -> usize {
+        self.spec.layers.len() - 1
+    }
+    /// Activation of layer `l` (0-based: layer 0 is the first affine map).
+    pub fn activation(&self, l: usize) -> Activation {
+        self.spec.activations[l]
+    }
+    /// The cost.
+    pub fn loss(&self) -> Loss {
+        self.spec.loss
+    }
+    /// L2 strength λ.
+    pub fn l2(&self) -> f64 {
+        self.spec.l2
+    }
+    /// The flat parameter layout.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+    /// Total number of parameters N.
+    pub fn n_params(&self) -> usize {
+        self.layout.len()
+    }
+}
+
+/// Whether a tensor is a weight matrix or a bias vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TensorKind {
+    /// W_l, n_l × n_{l−1}.
+    Weight,
+    /// b_l, n_l × 1.
+    Bias,
+}
+
+/// One tensor of the flat parameter vector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSlot {
+    /// "W1", "b1", …
+    pub name: String,
+    /// 0-based layer index.
+    pub layer: usize,
+    /// Weight or bias.
+    pub kind: TensorKind,
+    /// Rows (n_l).
+    pub rows: usize,
+    /// Columns (n_{l−1} for weights, 1 for biases).
+    pub cols: usize,
+    /// Offset of element (0, 0) in the flat vector.
+    pub offset: usize,
+}
+
+impl TensorSlot {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+    /// Always false: tensors of a valid model have at least one element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Flat index range of this tensor.
+    pub fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// A flat index resolved to its tensor and position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// Index into [`ParamLayout::tensors`].
+    pub tensor: usize,
+    /// Row within the tensor.
+    pub row: usize,
+    /// Column within the tensor (0 for biases).
+    pub col: usize,
+}
+
+/// The map between the flat parameter index and (tensor, row, col): W1, b1, W2, b2, …,
+/// each row-major (the notebook's `dictionary_to_vector`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamLayout {
+    tensors: Vec<TensorSlot>,
+    len: usize,
+}
+
+impl ParamLayout {
+    /// The layout for layer sizes n0 … nL.
+    pub fn new(sizes: &[usize]) -> Result<Self, Error> {
+        let mut tensors = Vec::new();
+        let mut offset: usize = 0;
+        for l in 1..sizes.len() {
+            let (rows, cols) = (sizes[l], sizes[l - 1]);
+            for (kind, name, c) in [
+                (TensorKind::Weight, format!("W{l}"), cols),
+                (TensorKind::Bias, format!("b{l}"), 1),
+            ] {
+                let n = rows
+                    .checked_mul(c)
+                    .filter(|&n| n <= MAX_ELEMENTS)
+                    .ok_or_else(|| {
+                        Error::Spec(format!(
+                            "{name} would be {rows}×{c}: more than {MAX_ELEMENTS} elements"
+                        ))
+                    })?;
+                tensors.push(TensorSlot {
+                    name,
+                    layer: l - 1,
+                    kind,
+                    rows,
+                    cols: c,
+                    offset,
+                });
+                offset += n;
+                if offset > MAX_ELEMENTS {
+                    return Err(Error::Spec(format!(
+                        "layers {sizes:?} have more than {MAX_ELEMENTS} parameters"
+                    )));
+                }
+            }
+        }
+        Ok(ParamLayout {
+            tensors,
+            len: offset,
+        })
+    }
+
+    /// A layout of one tensor (for checks of arbitrary functions, e.g. the 1-D example).
+    pub fn single(name: &str, rows: usize, cols: usize) -> Self {
+        ParamLayout {
+            tensors: vec![TensorSlot {
+                name: name.into(),
+                layer: 0,
+                kind: TensorKind::Weight,
+                rows,
+                cols,
+                offset: 0,
+            }],
+            len: rows * cols,
+        }
+    }
+
+    /// All tensors in flat order.
+    pub fn tensors(&self) -> &[TensorSlot] {
+        &self.tensors
+    }
+    /// Total number of parameters.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True when there are no parameters (never for a valid model).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The weight tensor of layer `l` (0-based).
+    pub fn weight(&self, l: usize) -> &TensorSlot {
+        &self.tensors[2 * l]
+    }
+    /// The bias tensor of layer `l` (0-based).
+    pub fn bias(&self, l: usize) -> &TensorSlot {
+        &self.tensors[2 * l + 1]
+    }
+    /// Resolves a flat index; `None` past the end.
+    pub fn locate(&self, index: usize) -> Option<Position> {
+        if index >= self.len {
+            return None;
+        }
+        let tensor = self
+            .tensors
+            .partition_point(|t| t.offset + t.len() <= index);
+        let t = &self.tensors[tensor];
+        let local = index - t.offset;
+        Some(Position {
+            tensor,
+            row: local / t.cols,
+            col: local % t.cols,
+        })
+    }
+    /// The flat index of (tensor, row, col).
+    pub fn index(&self, p: Position) -> usize {
+        let t = &self.tensors[p.tensor];
+        t.offset + p.row * t.cols + p.col
+    }
+    /// Human name of a flat index, e.g. `W2[1,4]`.
+    pub fn element_name(&self, index: usize) -> String {
+        match self.locate(index) {
+            Some(p) => {
+                let t = &self.tensors[p.tensor];
+                match t.kind {
+                    TensorKind::Weight => format!("{}[{},{}]", t.name, p.row, p.col),
+                    TensorKind::Bias => format!("{}[{}]", t.name, p.row),
+                }
+            }
+            None => format!("#{index}"),
+        }
+    }
+}
+
+/// A flat vector laid out by a [`ParamLayout`]: parameters θ, or gradients of J w.r.t. θ.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlatTensors {
+    values: Vec<f64>,
+    layout: ParamLayout,
+}
+
+/// Model parameters θ (W1, b1, …).
+pub type Params = FlatTensors;
+/// Gradients dJ/dθ (dW1, db1, …) in the same layout.
+pub type Grads = FlatTensors;
+
+impl FlatTensors {
+    /// Wraps a flat vector; its length must match the layout.
+    pub fn new(layout: ParamLayout, values: Vec<f64>) -> Result<Self, Error> {
+        if values.len() != layout.len() {
+            return Err(Error::Shape(format!(
+                "flat vector has {} values, the layout needs {}",
+                values.len(),
+                layout.len()
+            )));
+        }
+        Ok(FlatTensors { values, layout })
+    }
+    /// All values, flat.
+    pub fn as_slice(&self) -> &[f64] {
+        &self.values
+    }
+    /// All values, flat and mutable.
+    pub fn as_mut_slice(&mut self) -> &mut [f64] {
+        &mut self.values
+    }
+    /// The layout.
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+    /// The values of one tensor, flat.
+    pub fn tensor(&self, t: usize) -> &[f64] {
+        &self.values[self.layout.tensors[t].range()]
+    }
+    /// W_l (0-based l) as an n_l × n_{l−1} view.
+    pub fn weight(&self, l: usize) -> ArrayView2<'_, f64> {
+        let t = self.layout.weight(l);
+        ArrayView2::from_shape((t.rows, t.cols), &self.values[t.range()])
+            .expect("layout and values agree")
+    }
+    /// b_l (0-based l) as a length-n_l view.
+    pub fn bias(&self, l: usize) -> ArrayView1<'_, f64> {
+        ArrayView1::from(&self.values[self.layout.bias(l).range()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_round_trips_every_index_in_notebook_order() {
+        let lay = ParamLayout::new(&[4, 5, 3, 1]).unwrap();
+        assert_eq!(lay.len(), 47);
+        let names: Vec<_> = lay.tensors().iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["W1", "b1", "W2", "b2", "W3", "b3"]);
+        for i in 0..lay.len() {
+            assert_eq!(lay.index(lay.locate(i).unwrap()), i);
+        }
+        // W1 is 5×4 row-major: index 6 = row 1, col 2; b1 starts at 20; W2 at 25.
+        assert_eq!(lay.element_name(6), "W1[1,2]");
+        assert_eq!(lay.element_name(20), "b1[0]");
+        assert_eq!(lay.element_name(25), "W2[0,0]");
+        assert_eq!(lay.element_name(46), "b3[0]");
+        assert!(lay.locate(47).is_none());
+    }
+
+    #[test]
+    fn activation_parse_and_errors() {
+        assert_eq!("leaky_relu:0.2".parse(), Ok(Activation::LeakyRelu(0.2)));
+        assert_eq!(
+            "leaky_relu".parse(),
+            Ok(Activation::LeakyRelu(DEFAULT_LEAKY_SLOPE))
+        );
+        assert!("swish".parse::<Activation>().is_err());
+        assert!("relu:3".parse::<Activation>().is_err());
+        assert!("leaky_relu:nan".parse::<Activation>().is_err());
+    }
+
+    #[test]
+    fn spec_validation_names_the_problem() {
+        let mut s = ModelSpec::notebook_default(vec![4, 5, 3, 1]);
+        assert!(Model::new(s.clone()).is_ok());
+        s.activations.pop();
+        let e = Model::new(s).unwrap_err().to_string();
+        assert!(e.contains("need 3 activations"), "{e}");
+        let mut s = ModelSpec::notebook_default(vec![4, 2]);
+        s.activations[0] = Activation::Relu;
+        let e = Model::new(s).unwrap_err().to_string();
+        assert!(e.contains("sigmoid output"), "{e}");
+        let e = ParamLayout::new(&[1 << 20, 1 << 20, 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than"), "{e}");
+    }
+}
+
+/// A batch of m samples: X (n0 × m) and Y (nL × m), one sample per column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Data {
+    /// Inputs, n0 × m.
+    pub x: ndarray::Array2<f64>,
+    /// Targets, nL × m.
+    pub y: ndarray::Array2<f64>,
+}
+
+impl Data {
+    /// Checks X and Y against the model (X rows = n0, Y rows = nL, same m ≥ 1).
+    pub fn new(
+        model: &Model,
+        x: ndarray::Array2<f64>,
+        y: ndarray::Array2<f64>,
+    ) -> Result<Self, Error> {
+        let (n0, nl) = (model.sizes()[0], *model.sizes().last().expect("validated"));
+        if x.nrows() != n0 {
+            return Err(Error::Shape(format!(
+                "X is {}×{} but the model's input layer has n0 = {n0} (X must be n0 × m)",
+                x.nrows(),
+                x.ncols()
+            )));
+        }
+        if y.nrows() != nl || y.ncols() != x.ncols() {
+            return Err(Error::Shape(format!(
+                "Y is {}×{} but must be nL × m = {nl}×{} (X is {}×{})",
+                y.nrows(),
+                y.ncols(),
+                x.ncols(),
+                x.nrows(),
+                x.ncols()
+            )));
+        }
+        if x.ncols() == 0 {
+            return Err(Error::Shape("X has no samples (m = 0)".into()));
+        }
+        Ok(Data { x, y })
+    }
+    /// Number of samples m.
+    pub fn m(&self) -> usize {
+        self.x.ncols()
+    }
+}
