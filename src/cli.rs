@@ -56,10 +56,10 @@ struct CheckArgs {
     #[command(flatten)]
     inputs: Inputs,
     /// ε of the central differences [default: 1e-7 in f64, 1e-3 in f32].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     epsilon: Option<f64>,
     /// Verdict threshold on the difference [default: 2e-7 in f64, 1e-2 in f32].
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     threshold: Option<f64>,
     /// Which evaluator computes the J±.
     #[arg(long, value_enum, default_value = "auto")]

@@ -206,21 +206,22 @@ fn flat_from(npz: &Npz, model: &Model, prefix: &str) -> Result<Vec<f64>> {
 /// model, the parameters, and whether the model was inferred.
 pub fn params_from(npz: &Npz, spec: Option<ModelSpec>) -> Result<(Model, Params, bool)> {
     let inferred = spec.is_none();
+    // A given spec is validated (sizes, memory) before anything else is read.
+    let given = spec.map(Model::new).transpose()?;
     let layers = infer_layers(npz)?;
-    let spec = match spec {
-        Some(s) => {
-            if s.layers != layers {
+    let model = match given {
+        Some(m) => {
+            if m.sizes() != layers.as_slice() {
                 return Err(Error::Shape(format!(
                     "{}: the weights give layers {layers:?} but the model spec says {:?}",
                     npz.path.display(),
-                    s.layers
+                    m.sizes()
                 )));
             }
-            s
+            m
         }
-        None => ModelSpec::notebook_default(layers),
+        None => Model::new(ModelSpec::notebook_default(layers))?,
     };
-    let model = Model::new(spec)?;
     let values = flat_from(npz, &model, "")?;
     let params = Params::new(model.layout().clone(), values)?;
     Ok((model, params, inferred))
