@@ -80,18 +80,32 @@ pub struct Evaluation {
     pub precision: String,
     /// Unit roundoff of the precision the J± were computed in.
     pub unit_roundoff: f64,
+    /// The real steps (θ_i + ε) − (θ_i − ε) when they differ from 2ε (f32: fl32(θ ± ε)
+    /// is off by up to u32·|θ|, so dividing by the nominal 2ε would bias every element);
+    /// `None` = the nominal 2ε, as the notebook divides.
+    pub steps: Option<Vec<f64>>,
     /// Anything the user should know about how this was computed (fallbacks, …).
     pub notes: Vec<String>,
 }
 
 impl Evaluation {
-    /// (J⁺_i − J⁻_i)/(2ε) for every i, in f64.
+    /// (J⁺_i − J⁻_i)/(2ε) for every i, in f64 (over the real steps where recorded).
     pub fn gradapprox(&self, epsilon: f64) -> Vec<f64> {
-        self.plus
-            .iter()
-            .zip(&self.minus)
-            .map(|(p, m)| (p - m) / (2.0 * epsilon))
-            .collect()
+        match &self.steps {
+            None => self
+                .plus
+                .iter()
+                .zip(&self.minus)
+                .map(|(p, m)| (p - m) / (2.0 * epsilon))
+                .collect(),
+            Some(h) => self
+                .plus
+                .iter()
+                .zip(&self.minus)
+                .zip(h)
+                .map(|((p, m), h)| (p - m) / h)
+                .collect(),
+        }
     }
 }
 
@@ -309,6 +323,7 @@ impl GradCheck {
                 backend: "cpu".into(),
                 precision: "f64".into(),
                 unit_roundoff: f64::EPSILON / 2.0,
+                steps: None,
                 notes,
             })
         };
@@ -545,6 +560,7 @@ pub fn check_fn<F: FnMut(&[f64]) -> f64>(
         backend: "cpu".into(),
         precision: "f64".into(),
         unit_roundoff: f64::EPSILON / 2.0,
+        steps: None,
         notes: Vec::new(),
     })
 }

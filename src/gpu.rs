@@ -1,22 +1,850 @@
-//! GPU evaluator (placeholder until the wgpu backend lands).
+//! The GPU evaluator: every J(θ ± ε·e_i) in one queue submission, through wgpu and the
+//! WGSL kernels in `shaders/`.
+//!
+//! One [`GpuContext`] holds the device and the pipelines (built once per precision);
+//! [`GpuContext::evaluate`] uploads θ, X, Y once, runs the base forward pass, then for
+//! each chunk of perturbations (consecutive parameters of one layer) the stages
+//! perturb_row → rank1 → dense… → sample_loss → reduce, all recorded into one encoder and
+//! submitted once. Chunks exist only where the adapter's limits demand them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytemuck::{Pod, Zeroable};
+use wgpu::util::DeviceExt;
 
 use crate::check::{Evaluation, Precision};
+use crate::cpu;
 use crate::error::{Error, Result};
 use crate::model::{Data, Model, Params};
 
-/// Every J± on the GPU.
-pub fn evaluate(
-    _model: &Model,
-    _params: &Params,
-    _data: &Data,
-    _epsilon: f64,
-    _precision: Precision,
-    _adapter: Option<&str>,
-) -> Result<Evaluation> {
-    Err(Error::Gpu("the GPU backend is not built yet".into()))
+/// Kernel sources, one file per family; the host prepends `alias real = f32|f64;` and the
+/// precision's math functions.
+pub mod source {
+    /// f64 exp/log/tanh.
+    pub const MATH_F64: &str = include_str!("../shaders/math_f64.wgsl");
+    /// f32 exp/log/tanh (builtins).
+    pub const MATH_F32: &str = include_str!("../shaders/math_f32.wgsl");
+    /// Bindings, the Job struct, activations.
+    pub const COMMON: &str = include_str!("../shaders/common.wgsl");
+    /// The base forward pass.
+    pub const FORWARD: &str = include_str!("../shaders/forward.wgsl");
+    /// The perturbed passes: perturb_row, rank1, dense.
+    pub const PERTURB: &str = include_str!("../shaders/perturb.wgsl");
+    /// Per-sample losses and the per-perturbation reduction.
+    pub const COST: &str = include_str!("../shaders/cost.wgsl");
+
+    /// The full source of one kernel family at a precision (`f64` or not).
+    pub fn module(family: &str, f64: bool) -> String {
+        let (alias, math) = if f64 {
+            ("alias real = f64;\n", MATH_F64)
+        } else {
+            ("alias real = f32;\n", MATH_F32)
+        };
+        format!("{alias}{math}\n{COMMON}\n{family}")
+    }
+
+    /// Every (family name, source, entry points) the evaluator uses.
+    pub fn families() -> [(&'static str, &'static str, &'static [&'static str]); 3] {
+        [
+            ("forward", FORWARD, &["base_layer"]),
+            ("perturb", PERTURB, &["perturb_row", "rank1", "dense"]),
+            ("cost", COST, &["sample_loss", "reduce"]),
+        ]
+    }
+}
+
+/// The per-dispatch description (mirrors `struct Job` in shaders/common.wgsl).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
+struct Job {
+    m: u32,
+    count: u32,
+    first: u32,
+    cols: u32,
+    layer: u32,
+    w_param: u32,
+    rows_l: u32,
+    cols_l: u32,
+    in_dim: u32,
+    out_dim: u32,
+    act: u32,
+    is_output: u32,
+    w_off: u32,
+    b_off: u32,
+    in_off: u32,
+    in_is_x: u32,
+    z_off: u32,
+    a_off: u32,
+    y_off: u32,
+    loss: u32,
+    slope_idx: u32,
+    theta_off: u32,
+    l2: u32,
+    total: u32,
+}
+
+/// Workgroup width of the 1-D kernels, and the tile of `dense` (shaders agree).
+const WG: u32 = 64;
+const TILE: u32 = 16;
+
+/// The pipelines of one precision.
+struct Pipelines {
+    layout: wgpu::BindGroupLayout,
+    by_entry: HashMap<&'static str, wgpu::ComputePipeline>,
+}
+
+/// One adapter's device, queue and pipelines, shared by every check of a process.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    has_f64: bool,
+    lost: Arc<AtomicBool>,
+    pipelines: Mutex<HashMap<bool, Arc<Pipelines>>>,
+}
+
+/// One adapter as `gradcheck devices` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterSummary {
+    /// Adapter name.
+    pub name: String,
+    /// Vulkan, Metal, Dx12, …
+    pub backend: String,
+    /// DiscreteGpu, IntegratedGpu, Cpu, …
+    pub device_type: String,
+    /// Whether SHADER_F64 is available.
+    pub shader_f64: bool,
+    /// Largest storage-buffer binding, bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest buffer, bytes.
+    pub max_buffer_size: u64,
+    /// Workgroups per dispatch dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+    /// Storage buffers per shader stage.
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// All adapters, best first (discrete GPUs first, f64-capable first within a type).
+fn adapters() -> Vec<wgpu::Adapter> {
+    let mut list = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    list.retain(|a| {
+        a.get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    });
+    list.sort_by_key(|a| {
+        (
+            rank(a.get_info().device_type),
+            !a.features().contains(wgpu::Features::SHADER_F64),
+        )
+    });
+    list
+}
+
+/// The adapters found, for `gradcheck devices`.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    adapters()
+        .iter()
+        .map(|a| {
+            let (i, l) = (a.get_info(), a.limits());
+            AdapterSummary {
+                name: i.name,
+                backend: format!("{:?}", i.backend),
+                device_type: format!("{:?}", i.device_type),
+                shader_f64: a.features().contains(wgpu::Features::SHADER_F64),
+                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+                max_buffer_size: l.max_buffer_size,
+                max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+                max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+            }
+        })
+        .collect()
 }
 
 /// A human description of the adapters found.
 pub fn describe_adapters() -> String {
-    "no GPU backend yet\n".into()
+    let list = list_adapters();
+    if list.is_empty() {
+        return "no GPU adapter found (on Debian/Ubuntu, `apt-get install mesa-vulkan-drivers` gives the software adapter llvmpipe)\n".into();
+    }
+    let mut s = String::new();
+    for (n, a) in list.iter().enumerate() {
+        s += &format!(
+            "{n}: {} [{}, {}] f64: {}\n   max storage binding {} MiB, max buffer {} MiB, {} workgroups/dim, {} storage buffers/stage\n",
+            a.name,
+            a.backend,
+            a.device_type,
+            if a.shader_f64 { "yes" } else { "no" },
+            a.max_storage_buffer_binding_size >> 20,
+            a.max_buffer_size >> 20,
+            a.max_compute_workgroups_per_dimension,
+            a.max_storage_buffers_per_shader_stage
+        );
+    }
+    s
+}
+
+fn gpu_err(e: impl std::fmt::Display) -> Error {
+    Error::Gpu(e.to_string())
+}
+
+impl GpuContext {
+    /// Opens the best adapter whose name contains `filter` (or `WGPU_ADAPTER_NAME`), with
+    /// the adapter's own limits (not the 128/256 MiB defaults) and SHADER_F64 when offered.
+    pub fn new(filter: Option<&str>) -> Result<Self> {
+        let env = std::env::var("WGPU_ADAPTER_NAME").ok();
+        let filter = filter.map(str::to_owned).or(env).map(|f| f.to_lowercase());
+        let all = adapters();
+        let adapter = all
+            .into_iter()
+            .find(|a| filter.as_ref().is_none_or(|f| a.get_info().name.to_lowercase().contains(f)))
+            .ok_or_else(|| {
+                Error::Gpu(match &filter {
+                    Some(f) => format!("no GPU adapter matching {f:?} (see `gradcheck devices`)"),
+                    None => "no GPU adapter found (on Debian/Ubuntu, `apt-get install mesa-vulkan-drivers` provides the software adapter llvmpipe)".into(),
+                })
+            })?;
+        let has_f64 = adapter.features().contains(wgpu::Features::SHADER_F64);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("gradcheck"),
+            required_features: if has_f64 {
+                wgpu::Features::SHADER_F64
+            } else {
+                wgpu::Features::empty()
+            },
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("could not open {}: {e}", adapter.get_info().name)))?;
+        let lost = Arc::new(AtomicBool::new(false));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |_, _| flag.store(true, Ordering::SeqCst));
+        Ok(GpuContext {
+            device,
+            queue,
+            info: adapter.get_info(),
+            limits,
+            has_f64,
+            lost,
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The shared context for an adapter filter, opened on first use.
+    pub fn shared(filter: Option<&str>) -> Result<Arc<GpuContext>> {
+        static CONTEXTS: OnceLock<Mutex<HashMap<Option<String>, Arc<GpuContext>>>> =
+            OnceLock::new();
+        let map = CONTEXTS.get_or_init(|| Mutex::new(HashMap::new()));
+        let key = filter.map(str::to_owned);
+        if let Some(c) = map.lock().expect("context map").get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(GpuContext::new(filter)?);
+        map.lock().expect("context map").insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// The adapter's name.
+    pub fn adapter_name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// Whether f64 shaders are available.
+    pub fn has_f64(&self) -> bool {
+        self.has_f64
+    }
+
+    fn pipelines(&self, f64: bool) -> Result<Arc<Pipelines>> {
+        if let Some(p) = self.pipelines.lock().expect("pipelines").get(&f64) {
+            return Ok(p.clone());
+        }
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+            binding,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage { read_only },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            count: None,
+        };
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("gradcheck"),
+                entries: &[
+                    wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: true,
+                            min_binding_size: wgpu::BufferSize::new(
+                                std::mem::size_of::<Job>() as u64
+                            ),
+                        },
+                        count: None,
+                    },
+                    storage(1, true),
+                    storage(2, false),
+                    storage(3, false),
+                    storage(4, false),
+                    storage(5, false),
+                    storage(6, false),
+                ],
+            });
+        let pl = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("gradcheck"),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let mut by_entry = HashMap::new();
+        for (name, src, entries) in source::families() {
+            let module = self
+                .device
+                .create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: wgpu::ShaderSource::Wgsl(source::module(src, f64).into()),
+                });
+            for &entry in entries {
+                let p = self
+                    .device
+                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                        label: Some(entry),
+                        layout: Some(&pl),
+                        module: &module,
+                        entry_point: Some(entry),
+                        compilation_options: Default::default(),
+                        cache: None,
+                    });
+                by_entry.insert(entry, p);
+            }
+        }
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!(
+                "building the {} kernels failed: {e}",
+                if f64 { "f64" } else { "f32" }
+            )));
+        }
+        let p = Arc::new(Pipelines { layout, by_entry });
+        self.pipelines
+            .lock()
+            .expect("pipelines")
+            .insert(f64, p.clone());
+        Ok(p)
+    }
+
+    /// Capacity in reals of one batch buffer: the adapter's binding/buffer limits, capped
+    /// at 512 MiB so a job leaves room for others on the device.
+    fn batch_capacity(&self, real_size: u64) -> u64 {
+        let bytes = (self.limits.max_storage_buffer_binding_size as u64)
+            .min(self.limits.max_buffer_size)
+            .min(512 << 20);
+        bytes / real_size
+    }
+
+    /// Every J(θ ± ε·e_i) on this device. `precision` Auto picks f64 when available.
+    /// `max_chunk` caps the parameters per chunk (tests force tiny chunks with it).
+    pub fn evaluate(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilon: f64,
+        precision: Precision,
+        max_chunk: Option<usize>,
+    ) -> Result<Evaluation> {
+        crate::check::validate_epsilon(epsilon)?;
+        let use_f64 = match precision {
+            Precision::F64 if !self.has_f64 => {
+                return Err(Error::Gpu(format!(
+                    "{} has no SHADER_F64; use --precision f32",
+                    self.info.name
+                )));
+            }
+            Precision::F64 => true,
+            Precision::F32 => false,
+            Precision::Auto => self.has_f64,
+        };
+        let plan = Plan::new(
+            model,
+            data,
+            self.batch_capacity(if use_f64 { 8 } else { 4 }),
+            max_chunk,
+        )?;
+        let fwd = cpu::forward(model, params, data);
+        let (plus, minus, kinks, steps) = if use_f64 {
+            let (p, m, k) =
+                self.run::<f64>(model, params, data, epsilon, &plan, fwd.weight_sumsq)?;
+            (p, m, k, None)
+        } else {
+            let (p, m, k) =
+                self.run::<f32>(model, params, data, epsilon, &plan, fwd.weight_sumsq)?;
+            // The f32 steps fl(θ ± ε) − θ differ from ε by up to u32·|θ|: divide by the real ones.
+            let steps = params
+                .as_slice()
+                .iter()
+                .map(|&t| {
+                    let t32 = t as f32;
+                    let e32 = epsilon as f32;
+                    f64::from(t32 + e32) - f64::from(t32 - e32)
+                })
+                .collect();
+            (p, m, k, Some(steps))
+        };
+        Ok(Evaluation {
+            cost: fwd.cost,
+            plus,
+            minus,
+            cost_scale: cpu::noise_scale(model, &fwd, data),
+            kinks,
+            backend: format!("gpu ({})", self.info.name),
+            precision: if use_f64 { "f64" } else { "f32" }.into(),
+            unit_roundoff: if use_f64 {
+                f64::EPSILON / 2.0
+            } else {
+                f64::from(f32::EPSILON) / 2.0
+            },
+            steps,
+            notes: Vec::new(),
+        })
+    }
+
+    fn run<R: Real>(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilon: f64,
+        plan: &Plan,
+        weight_sumsq: f64,
+    ) -> Result<(Vec<f64>, Vec<f64>, Vec<bool>)> {
+        let pipes = self.pipelines(R::IS_F64)?;
+        let dev = &self.device;
+        let n = model.n_params();
+        let m = data.m();
+        let depth = model.depth();
+        let sizes = model.sizes();
+        // Model buffer: header | θ | X | Y.
+        let header = 3 + depth;
+        let mut host: Vec<f64> = vec![epsilon, model.l2() / (2.0 * m as f64), weight_sumsq];
+        host.extend((0..depth).map(|l| model.activation(l).slope()));
+        let theta_off = host.len();
+        host.extend_from_slice(params.as_slice());
+        let x_off = host.len();
+        host.extend(data.x.iter());
+        let y_off = host.len();
+        host.extend(data.y.iter());
+        debug_assert_eq!(theta_off, header);
+        let to_u32 = |v: usize, what: &str| {
+            u32::try_from(v).map_err(|_| {
+                Error::Gpu(format!(
+                    "{what} = {v} exceeds the 32-bit indices of the kernels"
+                ))
+            })
+        };
+        to_u32(host.len(), "model buffer length")?;
+        // Base buffer: Z_l and A_l of every layer.
+        let mut z_off = Vec::new();
+        let mut a_off = Vec::new();
+        let mut base_len = 0usize;
+        for &nl in &sizes[1..] {
+            z_off.push(base_len);
+            base_len += nl * m;
+            a_off.push(base_len);
+            base_len += nl * m;
+        }
+        to_u32(base_len, "activation count")?;
+
+        let scope_oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let scope_val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let usage_rw = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        let model_buf = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("model"),
+            contents: bytemuck::cast_slice(&R::convert(&host)),
+            usage: wgpu::BufferUsages::STORAGE,
+        });
+        let mk = |label: &str, reals: usize| {
+            dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: (reals.max(1) * R::SIZE) as u64,
+                usage: usage_rw,
+                mapped_at_creation: false,
+            })
+        };
+        let base_buf = mk("base", base_len);
+        let batch_a = mk("batch a", plan.batch_reals);
+        let batch_b = mk("batch b", plan.batch_reals);
+        let results = mk("results", 2 * n);
+        let kinks = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kinks"),
+            size: (n.max(1) * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+
+        // Every dispatch: (entry, job, which batch buffer is src, workgroups x, y).
+        let mut jobs: Vec<(&'static str, Job, bool, u32, u32)> = Vec::new();
+        let layout = model.layout();
+        let grid = |total: u32| -> (u32, u32) {
+            let groups = total.div_ceil(WG).max(1);
+            let x = groups.min(self.limits.max_compute_workgroups_per_dimension);
+            (x, groups.div_ceil(x))
+        };
+        let jm = |job: &mut Job| {
+            job.m = m as u32;
+            job.y_off = y_off as u32;
+            job.theta_off = theta_off as u32;
+            job.loss = model.loss().code();
+            job.l2 = u32::from(model.l2() != 0.0);
+        };
+        let param_off = |i: usize| (theta_off + i) as u32;
+        // Base forward.
+        for l in 0..depth {
+            let mut j = Job::default();
+            jm(&mut j);
+            j.in_dim = sizes[l] as u32;
+            j.out_dim = sizes[l + 1] as u32;
+            j.act = model.activation(l).code();
+            j.slope_idx = (3 + l) as u32;
+            j.w_off = param_off(layout.weight(l).offset);
+            j.b_off = param_off(layout.bias(l).offset);
+            j.in_is_x = u32::from(l == 0);
+            j.in_off = if l == 0 {
+                x_off as u32
+            } else {
+                a_off[l - 1] as u32
+            };
+            j.z_off = z_off[l] as u32;
+            j.a_off = a_off[l] as u32;
+            j.total = to_u32(sizes[l + 1] * m, "layer size × m")?;
+            let (gx, gy) = grid(j.total);
+            jobs.push(("base_layer", j, false, gx, gy));
+        }
+        // Perturbation chunks.
+        for chunk in &plan.chunks {
+            let l = chunk.layer;
+            let k = 2 * chunk.count;
+            let cols = to_u32(k * m, "chunk columns")?;
+            let mut j = Job::default();
+            jm(&mut j);
+            j.count = k as u32;
+            j.first = chunk.first as u32;
+            j.cols = cols;
+            j.layer = l as u32;
+            j.w_param = layout.weight(l).offset as u32;
+            j.rows_l = sizes[l + 1] as u32;
+            j.cols_l = sizes[l] as u32;
+            // perturb_row: → batch a.
+            let mut s = j;
+            s.act = model.activation(l).code();
+            s.slope_idx = (3 + l) as u32;
+            s.is_output = u32::from(l + 1 == depth);
+            s.out_dim = sizes[l + 1] as u32;
+            s.in_is_x = u32::from(l == 0);
+            s.in_off = if l == 0 {
+                x_off as u32
+            } else {
+                a_off[l - 1] as u32
+            };
+            s.z_off = z_off[l] as u32;
+            s.a_off = a_off[l] as u32;
+            s.total = cols;
+            let (gx, gy) = grid(s.total);
+            jobs.push(("perturb_row", s, true, gx, gy));
+            let mut in_a = true; // the latest output is in batch a
+            if l + 1 < depth {
+                let q = l + 1;
+                let mut s = j;
+                s.act = model.activation(q).code();
+                s.slope_idx = (3 + q) as u32;
+                s.is_output = u32::from(q + 1 == depth);
+                s.in_dim = sizes[q] as u32;
+                s.out_dim = sizes[q + 1] as u32;
+                s.w_off = param_off(layout.weight(q).offset);
+                s.z_off = z_off[q] as u32;
+                s.total = to_u32(sizes[q + 1] * k * m, "rank-1 stage size")?;
+                let (gx, gy) = grid(s.total);
+                jobs.push(("rank1", s, !in_a, gx, gy));
+                in_a = !in_a;
+                for q in l + 2..depth {
+                    let mut s = j;
+                    s.act = model.activation(q).code();
+                    s.slope_idx = (3 + q) as u32;
+                    s.is_output = u32::from(q + 1 == depth);
+                    s.in_dim = sizes[q] as u32;
+                    s.out_dim = sizes[q + 1] as u32;
+                    s.w_off = param_off(layout.weight(q).offset);
+                    s.b_off = param_off(layout.bias(q).offset);
+                    s.z_off = z_off[q] as u32;
+                    let gx = cols.div_ceil(TILE);
+                    let gy = (sizes[q + 1] as u32).div_ceil(TILE);
+                    if gx > self.limits.max_compute_workgroups_per_dimension {
+                        return Err(Error::Gpu(format!(
+                            "internal: chunk of {cols} columns exceeds the workgroup limit"
+                        )));
+                    }
+                    jobs.push(("dense", s, !in_a, gx, gy));
+                    in_a = !in_a;
+                }
+            }
+            let mut s = j;
+            s.act = model.activation(depth - 1).code();
+            s.slope_idx = (3 + depth - 1) as u32;
+            s.out_dim = sizes[depth] as u32;
+            s.total = cols;
+            let (gx, gy) = grid(s.total);
+            jobs.push(("sample_loss", s, !in_a, gx, gy));
+            in_a = !in_a;
+            let mut s = j;
+            s.total = k as u32;
+            let (gx, gy) = grid(s.total);
+            jobs.push(("reduce", s, !in_a, gx, gy));
+        }
+
+        let stride = (self.limits.min_uniform_buffer_offset_alignment as usize)
+            .max(std::mem::size_of::<Job>());
+        let mut ubytes = vec![0u8; stride * jobs.len()];
+        for (n, (_, job, ..)) in jobs.iter().enumerate() {
+            ubytes[n * stride..n * stride + std::mem::size_of::<Job>()]
+                .copy_from_slice(bytemuck::bytes_of(job));
+        }
+        let ubuf = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("jobs"),
+            contents: &ubytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        // Two bind groups: (src, dst) = (a, b) and (b, a).
+        let group = |src: &wgpu::Buffer, dst: &wgpu::Buffer| {
+            dev.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("gradcheck"),
+                layout: &pipes.layout,
+                entries: &[
+                    wgpu::BindGroupEntry {
+                        binding: 0,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &ubuf,
+                            offset: 0,
+                            size: wgpu::BufferSize::new(std::mem::size_of::<Job>() as u64),
+                        }),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 1,
+                        resource: model_buf.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 2,
+                        resource: base_buf.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 3,
+                        resource: src.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 4,
+                        resource: dst.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 5,
+                        resource: results.as_entire_binding(),
+                    },
+                    wgpu::BindGroupEntry {
+                        binding: 6,
+                        resource: kinks.as_entire_binding(),
+                    },
+                ],
+            })
+        };
+        let g_ab = group(&batch_a, &batch_b);
+        let g_ba = group(&batch_b, &batch_a);
+
+        let staging_len = (2 * n * R::SIZE) as u64;
+        let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size: staging_len + (n * 4) as u64,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("gradcheck"),
+        });
+        enc.clear_buffer(&kinks, 0, None);
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("every J±"),
+                timestamp_writes: None,
+            });
+            for (n, (entry, _, src_is_b, gx, gy)) in jobs.iter().enumerate() {
+                // src_is_b: the stage reads batch b (and writes a).
+                let g = if *src_is_b { &g_ba } else { &g_ab };
+                pass.set_pipeline(&pipes.by_entry[entry]);
+                pass.set_bind_group(0, g, &[(n * stride) as u32]);
+                pass.dispatch_workgroups(*gx, *gy, 1);
+            }
+        }
+        enc.copy_buffer_to_buffer(&results, 0, &staging, 0, staging_len);
+        enc.copy_buffer_to_buffer(&kinks, 0, &staging, staging_len, (n * 4) as u64);
+        self.queue.submit([enc.finish()]);
+        if let Some(e) = pollster::block_on(scope_val.pop()) {
+            return Err(Error::Gpu(format!("validation: {e}")));
+        }
+        if let Some(e) = pollster::block_on(scope_oom.pop()) {
+            return Err(Error::Gpu(format!("out of GPU memory: {e}")));
+        }
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        dev.poll(wgpu::PollType::wait_indefinitely())
+            .map_err(gpu_err)?;
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::Gpu(
+                "the device was lost during the evaluation".into(),
+            ));
+        }
+        rx.recv().map_err(gpu_err)?.map_err(gpu_err)?;
+        let view = slice.get_mapped_range().map_err(gpu_err)?;
+        let vals: &[R] = bytemuck::cast_slice(&view[..staging_len as usize]);
+        let flags: &[u32] = bytemuck::cast_slice(&view[staging_len as usize..]);
+        let mut plus = Vec::with_capacity(n);
+        let mut minus = Vec::with_capacity(n);
+        for i in 0..n {
+            plus.push(vals[2 * i].to_f64());
+            minus.push(vals[2 * i + 1].to_f64());
+        }
+        let kinks_out = flags.iter().map(|&f| f != 0).collect();
+        drop(view);
+        staging.unmap();
+        Ok((plus, minus, kinks_out))
+    }
+}
+
+/// f32 or f64 on the device.
+trait Real: Pod {
+    const IS_F64: bool;
+    const SIZE: usize;
+    fn convert(v: &[f64]) -> Vec<Self>;
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f64 {
+    const IS_F64: bool = true;
+    const SIZE: usize = 8;
+    fn convert(v: &[f64]) -> Vec<Self> {
+        v.to_vec()
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+impl Real for f32 {
+    const IS_F64: bool = false;
+    const SIZE: usize = 4;
+    fn convert(v: &[f64]) -> Vec<Self> {
+        v.iter().map(|&x| x as f32).collect()
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+/// A chunk: `count` consecutive parameters of layer `layer` starting at flat index `first`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Chunk {
+    layer: usize,
+    first: usize,
+    count: usize,
+}
+
+/// How the 2N perturbations are split to respect the batch buffer capacity.
+#[derive(Debug)]
+struct Plan {
+    chunks: Vec<Chunk>,
+    /// Reals each of the two batch buffers must hold.
+    batch_reals: usize,
+}
+
+impl Plan {
+    fn new(model: &Model, data: &Data, capacity: u64, max_chunk: Option<usize>) -> Result<Plan> {
+        let m = data.m();
+        let sizes = model.sizes();
+        let depth = model.depth();
+        let mut chunks = Vec::new();
+        let mut batch_reals = 1;
+        for l in 0..depth {
+            // Widest batch column block any stage of a layer-l perturbation writes.
+            let widest = if l + 1 == depth {
+                sizes[depth]
+            } else {
+                *sizes[l + 2..].iter().max().expect("non-empty")
+            }
+            .max(1);
+            let per_param = 2 * m * widest;
+            // dense's grid: columns ≤ 65 535 tiles of 16.
+            let by_grid = (65_535 * TILE as usize) / (2 * m);
+            let fit = (capacity as usize / per_param)
+                .min(by_grid)
+                .min(max_chunk.unwrap_or(usize::MAX));
+            if fit == 0 {
+                return Err(Error::Gpu(format!(
+                    "one perturbation of layer {} needs {} values of batch memory, more than the adapter's buffer limit allows",
+                    l + 1,
+                    per_param / 2
+                )));
+            }
+            let range = model.layout().weight(l).offset..model.layout().bias(l).range().end;
+            let mut first = range.start;
+            while first < range.end {
+                let count = fit.min(range.end - first);
+                chunks.push(Chunk {
+                    layer: l,
+                    first,
+                    count,
+                });
+                batch_reals = batch_reals.max(count * per_param);
+                first += count;
+            }
+        }
+        Ok(Plan {
+            chunks,
+            batch_reals,
+        })
+    }
+}
+
+/// Every J± on the shared GPU context for `adapter` (see [`GpuContext::evaluate`]).
+pub fn evaluate(
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    epsilon: f64,
+    precision: Precision,
+    adapter: Option<&str>,
+) -> Result<Evaluation> {
+    GpuContext::shared(adapter)?.evaluate(model, params, data, epsilon, precision, None)
 }

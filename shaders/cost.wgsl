@@ -1,0 +1,75 @@
+// The cost of every perturbation: per-sample losses from the output pre-activations,
+// then one thread per perturbation sums them in sample order (fixed order: the same
+// inputs give bit-identical J± on every run).
+
+// One thread per column: the loss of sample j under perturbation k, from the output
+// column src[0..nL, col]. Same expressions, same order as the CPU reference.
+@compute @workgroup_size(64)
+fn sample_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let col = linear_id(wid, nwg, lid);
+    if (col >= job.total) {
+        return;
+    }
+    let j = col % job.m;
+    let n = job.out_dim;
+    var s: real = 0.0;
+    switch job.loss {
+        case 0u: {
+            // Binary cross-entropy, the notebook's expression.
+            for (var i = 0u; i < n; i++) {
+                let a = act(job.act, src[i * job.cols + col]);
+                let y = model[job.y_off + i * job.m + j];
+                s += (-log_r(a)) * y + (-log_r(1.0 - a)) * (1.0 - y);
+            }
+        }
+        case 1u: {
+            // Softmax cross-entropy through log-sum-exp.
+            var mx = src[col];
+            for (var i = 1u; i < n; i++) {
+                mx = max(mx, src[i * job.cols + col]);
+            }
+            var se: real = 0.0;
+            for (var i = 0u; i < n; i++) {
+                se += exp_r(src[i * job.cols + col] - mx);
+            }
+            let lse = mx + log_r(se);
+            for (var i = 0u; i < n; i++) {
+                s += model[job.y_off + i * job.m + j] * (lse - src[i * job.cols + col]);
+            }
+        }
+        default: {
+            // Mean squared error with the ½.
+            for (var i = 0u; i < n; i++) {
+                let d = act(job.act, src[i * job.cols + col]) - model[job.y_off + i * job.m + j];
+                s += 0.5 * d * d;
+            }
+        }
+    }
+    dst[col] = s;
+}
+
+// One thread per perturbation k: J = (1/m)·Σ_j loss + (λ/(2m))·(Σ‖W‖² − θ² + θ'²).
+@compute @workgroup_size(64)
+fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let k = linear_id(wid, nwg, lid);
+    if (k >= job.total) {
+        return;
+    }
+    let m = job.m;
+    var s: real = 0.0;
+    for (var j = 0u; j < m; j++) {
+        s += src[k * m + j];
+    }
+    var cost = (1.0 / real(m)) * s;
+    if (job.l2 == 1u) {
+        let p = param_of(k);
+        let th = model[job.theta_off + p];
+        let moved = th + sign_of(k) * model[0];
+        var sumsq = model[2];
+        if (p - job.w_param < job.rows_l * job.cols_l) {
+            sumsq = sumsq - th * th + moved * moved;
+        }
+        cost += model[1] * sumsq;
+    }
+    results[2u * job.first + k] = cost;
+}
