@@ -34,6 +34,8 @@ pub mod source {
     pub const PERTURB: &str = include_str!("../shaders/perturb.wgsl");
     /// Per-sample losses and the per-perturbation reduction.
     pub const COST: &str = include_str!("../shaders/cost.wgsl");
+    /// One elementary function over a buffer (accuracy measurements).
+    pub const PROBE: &str = include_str!("../shaders/probe.wgsl");
 
     /// The full source of one kernel family at a precision (`f64` or not).
     pub fn module(family: &str, f64: bool) -> String {
@@ -46,11 +48,12 @@ pub mod source {
     }
 
     /// Every (family name, source, entry points) the evaluator uses.
-    pub fn families() -> [(&'static str, &'static str, &'static [&'static str]); 3] {
+    pub fn families() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
         [
             ("forward", FORWARD, &["base_layer"]),
             ("perturb", PERTURB, &["perturb_row", "rank1", "dense"]),
             ("cost", COST, &["sample_loss", "reduce"]),
+            ("probe", PROBE, &["math_probe"]),
         ]
     }
 }
@@ -169,7 +172,7 @@ pub fn list_adapters() -> Vec<AdapterSummary> {
                 backend: format!("{:?}", i.backend),
                 device_type: format!("{:?}", i.device_type),
                 shader_f64: a.features().contains(wgpu::Features::SHADER_F64),
-                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size as u64,
+                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
                 max_buffer_size: l.max_buffer_size,
                 max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
                 max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
@@ -358,7 +361,7 @@ impl GpuContext {
     /// Capacity in reals of one batch buffer: the adapter's binding/buffer limits, capped
     /// at 512 MiB so a job leaves room for others on the device.
     fn batch_capacity(&self, real_size: u64) -> u64 {
-        let bytes = (self.limits.max_storage_buffer_binding_size as u64)
+        let bytes = self.limits.max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)
             .min(512 << 20);
         bytes / real_size
@@ -681,13 +684,18 @@ impl GpuContext {
         let g_ab = group(&batch_a, &batch_b);
         let g_ba = group(&batch_b, &batch_a);
 
-        let staging_len = (2 * n * R::SIZE) as u64;
-        let staging = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size: staging_len + (n * 4) as u64,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let results_len = (2 * n * R::SIZE) as u64;
+        let kinks_len = (n.max(1) * 4) as u64;
+        let readback = |label: &str, size: u64| {
+            dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let results_rb = readback("results readback", results_len);
+        let kinks_rb = readback("kinks readback", kinks_len);
         let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("gradcheck"),
         });
@@ -705,8 +713,8 @@ impl GpuContext {
                 pass.dispatch_workgroups(*gx, *gy, 1);
             }
         }
-        enc.copy_buffer_to_buffer(&results, 0, &staging, 0, staging_len);
-        enc.copy_buffer_to_buffer(&kinks, 0, &staging, staging_len, (n * 4) as u64);
+        enc.copy_buffer_to_buffer(&results, 0, &results_rb, 0, results_len);
+        enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, kinks_len);
         self.queue.submit([enc.finish()]);
         if let Some(e) = pollster::block_on(scope_val.pop()) {
             return Err(Error::Gpu(format!("validation: {e}")));
@@ -714,12 +722,160 @@ impl GpuContext {
         if let Some(e) = pollster::block_on(scope_oom.pop()) {
             return Err(Error::Gpu(format!("out of GPU memory: {e}")));
         }
+        let vals: Vec<R> = bytemuck::pod_collect_to_vec(&self.read_back(&results_rb)?);
+        let flags: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&kinks_rb)?);
+        let plus = (0..n).map(|i| vals[2 * i].to_f64()).collect();
+        let minus = (0..n).map(|i| vals[2 * i + 1].to_f64()).collect();
+        let kinks_out = flags.iter().take(n).map(|&f| f != 0).collect();
+        Ok((plus, minus, kinks_out))
+    }
+}
+
+/// The elementary functions the kernels implement (see shaders/probe.wgsl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MathFn {
+    /// exp.
+    Exp,
+    /// Natural log.
+    Log,
+    /// tanh.
+    Tanh,
+    /// 1/(1 + exp(−x)).
+    Sigmoid,
+}
+
+impl MathFn {
+    /// The host's f64 reference.
+    pub fn reference(self, x: f64) -> f64 {
+        match self {
+            MathFn::Exp => x.exp(),
+            MathFn::Log => x.ln(),
+            MathFn::Tanh => x.tanh(),
+            MathFn::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+        }
+    }
+}
+
+impl GpuContext {
+    /// Evaluates `f` at every x on the device, in f64 or f32 (for accuracy measurements).
+    pub fn math_probe(&self, f: MathFn, use_f64: bool, xs: &[f64]) -> Result<Vec<f64>> {
+        if use_f64 {
+            self.probe::<f64>(f, xs)
+        } else {
+            self.probe::<f32>(f, xs)
+        }
+    }
+
+    fn probe<R: Real>(&self, f: MathFn, xs: &[f64]) -> Result<Vec<f64>> {
+        if R::IS_F64 && !self.has_f64 {
+            return Err(Error::Gpu(format!("{} has no SHADER_F64", self.info.name)));
+        }
+        let pipes = self.pipelines(R::IS_F64)?;
+        let dev = &self.device;
+        let n = xs.len().max(1);
+        let storage = |label: &str, contents: &[u8]| {
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            })
+        };
+        let mut padded = xs.to_vec();
+        padded.resize(n, 1.0);
+        let input = storage("probe in", bytemuck::cast_slice(&R::convert(&padded)));
+        let output = storage("probe out", &vec![0u8; n * R::SIZE]);
+        let header = storage("probe model", bytemuck::cast_slice(&R::convert(&[0.0; 4])));
+        let small = storage("probe scratch", &[0u8; 16]);
+        let job = Job {
+            act: f as u32,
+            total: n as u32,
+            ..Job::default()
+        };
+        let mut ub = bytemuck::bytes_of(&job).to_vec();
+        ub.resize(256.max(ub.len()), 0);
+        let ubuf = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("probe job"),
+            contents: &ub,
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let group = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("probe"),
+            layout: &pipes.layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &ubuf,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(std::mem::size_of::<Job>() as u64),
+                    }),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: header.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: small.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: input.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 4,
+                    resource: output.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 5,
+                    resource: small.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 6,
+                    resource: small.as_entire_binding(),
+                },
+            ],
+        });
+        let bytes = (n * R::SIZE) as u64;
+        let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("probe readback"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("probe"),
+        });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("probe"),
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(&pipes.by_entry["math_probe"]);
+            pass.set_bind_group(0, &group, &[0]);
+            let groups = (n as u32).div_ceil(WG);
+            let x = groups.min(self.limits.max_compute_workgroups_per_dimension);
+            pass.dispatch_workgroups(x, groups.div_ceil(x), 1);
+        }
+        enc.copy_buffer_to_buffer(&output, 0, &staging, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let bytes = self.read_back(&staging)?;
+        Ok(bytemuck::pod_collect_to_vec::<u8, R>(&bytes)
+            .into_iter()
+            .take(xs.len())
+            .map(R::to_f64)
+            .collect())
+    }
+
+    /// Maps a MAP_READ buffer after the last submission and copies its bytes out.
+    fn read_back(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let slice = staging.slice(..);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
-        dev.poll(wgpu::PollType::wait_indefinitely())
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
             .map_err(gpu_err)?;
         if self.lost.load(Ordering::SeqCst) {
             return Err(Error::Gpu(
@@ -728,18 +884,10 @@ impl GpuContext {
         }
         rx.recv().map_err(gpu_err)?.map_err(gpu_err)?;
         let view = slice.get_mapped_range().map_err(gpu_err)?;
-        let vals: &[R] = bytemuck::cast_slice(&view[..staging_len as usize]);
-        let flags: &[u32] = bytemuck::cast_slice(&view[staging_len as usize..]);
-        let mut plus = Vec::with_capacity(n);
-        let mut minus = Vec::with_capacity(n);
-        for i in 0..n {
-            plus.push(vals[2 * i].to_f64());
-            minus.push(vals[2 * i + 1].to_f64());
-        }
-        let kinks_out = flags.iter().map(|&f| f != 0).collect();
+        let out = view.to_vec();
         drop(view);
         staging.unmap();
-        Ok((plus, minus, kinks_out))
+        Ok(out)
     }
 }
 
