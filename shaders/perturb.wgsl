@@ -136,3 +136,29 @@ fn dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
         dst[i * job.cols + col] = act(job.act, z1);
     }
 }
+
+// Stage 3 for narrow layers (out_dim < 16, e.g. the output layer): one thread per
+// (i, column), no tiles, so no 16× idle rows. Same fma order as `dense`.
+@compute @workgroup_size(64)
+fn dense_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = linear_id(wid, nwg, lid);
+    if (g >= job.total) {
+        return;
+    }
+    let i = g / job.cols;
+    let col = g % job.cols;
+    var acc: real = 0.0;
+    for (var t = 0u; t < job.in_dim; t++) {
+        acc = fma(model[job.w_off + i * job.in_dim + t], src[t * job.cols + col], acc);
+    }
+    let m = job.m;
+    let z1 = acc + model[job.b_off + i];
+    if (crosses(job.act, base[job.z_off + i * m + col % m], z1)) {
+        atomicOr(&kinks[param_of(col / m)], 1u);
+    }
+    if (job.is_output == 1u) {
+        dst[g] = z1;
+    } else {
+        dst[g] = act(job.act, z1);
+    }
+}

@@ -51,7 +51,11 @@ pub mod source {
     pub fn families() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
         [
             ("forward", FORWARD, &["base_layer"]),
-            ("perturb", PERTURB, &["perturb_row", "rank1", "dense"]),
+            (
+                "perturb",
+                PERTURB,
+                &["perturb_row", "rank1", "dense", "dense_narrow"],
+            ),
             ("cost", COST, &["sample_loss", "reduce"]),
             ("probe", PROBE, &["math_probe"]),
         ]
@@ -361,7 +365,9 @@ impl GpuContext {
     /// Capacity in reals of one batch buffer: the adapter's binding/buffer limits, capped
     /// at 512 MiB so a job leaves room for others on the device.
     fn batch_capacity(&self, real_size: u64) -> u64 {
-        let bytes = self.limits.max_storage_buffer_binding_size
+        let bytes = self
+            .limits
+            .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size)
             .min(512 << 20);
         bytes / real_size
@@ -603,8 +609,16 @@ impl GpuContext {
                     s.w_off = param_off(layout.weight(q).offset);
                     s.b_off = param_off(layout.bias(q).offset);
                     s.z_off = z_off[q] as u32;
+                    let out = sizes[q + 1] as u32;
+                    if out < TILE {
+                        s.total = to_u32(sizes[q + 1] * k * m, "dense stage size")?;
+                        let (gx, gy) = grid(s.total);
+                        jobs.push(("dense_narrow", s, !in_a, gx, gy));
+                        in_a = !in_a;
+                        continue;
+                    }
                     let gx = cols.div_ceil(TILE);
-                    let gy = (sizes[q + 1] as u32).div_ceil(TILE);
+                    let gy = out.div_ceil(TILE);
                     if gx > self.limits.max_compute_workgroups_per_dimension {
                         return Err(Error::Gpu(format!(
                             "internal: chunk of {cols} columns exceeds the workgroup limit"

@@ -178,7 +178,7 @@ fn gpu_f64_equals_cpu_f64_on_awkward_nets() {
     let Some(ctx) = gpu() else { return };
     for (n, (spec, m)) in awkward_nets().into_iter().enumerate() {
         let name = format!("{:?} m={m}", spec.layers);
-        let (model, params, data) = random_problem(spec, m, 100 + n as u64);
+        let (model, params, data) = random_problem(spec, m, 100 + n as u64).unwrap();
         let eps = 1e-6;
         let cpu = cpu::perturbed_costs(
             &model,
@@ -213,7 +213,7 @@ fn gpu_f32_is_within_its_stated_bound() {
     let Some(ctx) = gpu() else { return };
     for (n, (spec, m)) in awkward_nets().into_iter().enumerate() {
         let name = format!("{:?} m={m}", spec.layers);
-        let (model, params, data) = random_problem(spec, m, 200 + n as u64);
+        let (model, params, data) = random_problem(spec, m, 200 + n as u64).unwrap();
         let eps = 1e-3;
         let cpu = cpu::perturbed_costs(
             &model,
@@ -259,7 +259,7 @@ fn chunking_changes_no_bit() {
         loss: Loss::SoftmaxCrossEntropy,
         l2: 0.1,
     };
-    let (model, params, data) = random_problem(spec, 9, 7);
+    let (model, params, data) = random_problem(spec, 9, 7).unwrap();
     let whole = ctx
         .evaluate(&model, &params, &data, 1e-5, Precision::Auto, None)
         .unwrap();
