@@ -28,6 +28,8 @@ struct Cli {
 enum Command {
     /// Check gradients against central differences of the cost.
     Check(CheckArgs),
+    /// GPU vs CPU numerics: J±, gradapprox and differences per precision and tensor.
+    Compare(CompareArgs),
     /// List GPU adapters, their f64 support and limits.
     Devices,
 }
@@ -81,6 +83,21 @@ struct CheckArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct CompareArgs {
+    #[command(flatten)]
+    inputs: Inputs,
+    /// ε for both sides [default: each precision's].
+    #[arg(long, allow_hyphen_values = true)]
+    epsilon: Option<f64>,
+    /// GPU adapter: a substring of its name.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Write the comparison as JSON to PATH ('-' = stdout).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
 /// Parses the command line and runs it.
 pub fn run() -> Result<ExitCode> {
     let cli = match Cli::try_parse() {
@@ -93,6 +110,24 @@ pub fn run() -> Result<ExitCode> {
     };
     match cli.command {
         Command::Check(a) => run_check(a),
+        Command::Compare(a) => {
+            let p = load(&a.inputs)?;
+            let ctx = gradcheck::gpu::GpuContext::shared(a.adapter.as_deref())?;
+            let c = gradcheck::compare::compare(
+                &ctx, &p.model, &p.params, &p.data, &p.grads, a.epsilon,
+            )?;
+            let json = serde_json::to_string_pretty(&c)?;
+            match &a.json {
+                Some(path) if path.as_os_str() == "-" => println!("{json}"),
+                Some(path) => {
+                    std::fs::write(path, json)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    print!("{}", gradcheck::compare::render_text(&c));
+                }
+                None => print!("{}", gradcheck::compare::render_text(&c)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Devices => {
             print!("{}", gradcheck::gpu::describe_adapters());
             Ok(ExitCode::SUCCESS)

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod check;
+pub mod compare;
 pub mod cpu;
 pub mod diagnose;
 pub mod error;

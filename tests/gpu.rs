@@ -6,9 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::random_problem;
 use gradcheck::check::{Backend, GradCheck, Precision};
 use gradcheck::cpu::{self, Threads};
+use gradcheck::examples::random_problem;
 use gradcheck::examples::{self, expected};
 use gradcheck::gpu::{GpuContext, MathFn};
 use gradcheck::{Loss, ModelSpec};
@@ -345,4 +345,28 @@ fn auto_backend_uses_the_gpu_when_there_is_one() {
         .run(&p.model, &p.params, &p.data, &p.grads)
         .unwrap();
     assert!(r.backend.starts_with("gpu"), "{}", r.backend);
+}
+
+#[test]
+fn compare_reports_gpu_against_cpu_per_precision() {
+    let Some(ctx) = gpu() else { return };
+    let p = examples::seed_problem(true).unwrap();
+    let c =
+        gradcheck::compare::compare(&ctx, &p.model, &p.params, &p.data, &p.grads, None).unwrap();
+    let f64c = c
+        .precisions
+        .iter()
+        .find(|x| x.precision == "f64")
+        .expect("f64 adapter");
+    // Same tolerance as the J± test: ≤ 1e-13 relative; the differences then agree to 1e-8.
+    assert!(f64c.all.j_max_rel <= 1e-13, "{}", f64c.all.j_max_rel);
+    assert!(rel(f64c.all.difference_gpu, f64c.all.difference_cpu) <= 1e-8);
+    let f32c = c.precisions.iter().find(|x| x.precision == "f32").unwrap();
+    // f32 J± are a few hundred f32 ulps at most (θ, X, Y rounded to f32 included).
+    assert!(
+        f32c.all.j_max_ulp > 0.0 && f32c.all.j_max_ulp <= 512.0,
+        "{}",
+        f32c.all.j_max_ulp
+    );
+    assert_eq!(f32c.tensors.len(), 6);
 }

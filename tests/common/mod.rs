@@ -47,5 +47,3 @@ pub fn seed_dir() -> PathBuf {
         root.join("fixtures/seed")
     }
 }
-
-pub use gradcheck::examples::random_problem;
