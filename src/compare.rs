@@ -60,16 +60,19 @@ fn ulp(x: f64, f64_precision: bool) -> f64 {
     }
 }
 
-fn errors(
-    name: &str,
-    range: std::ops::Range<usize>,
-    gpu: &check::Evaluation,
-    cpu_eval: &cpu::Perturbed,
-    ga_gpu: &[f64],
-    ga_cpu: &[f64],
-    grad: &[f64],
+/// Both sides of one precision's comparison.
+struct Sides<'a> {
+    gpu: &'a check::Evaluation,
+    cpu: &'a cpu::Perturbed,
+    ga_gpu: &'a [f64],
+    ga_cpu: &'a [f64],
+    grad: &'a [f64],
     is_f64: bool,
-) -> Errors {
+}
+
+fn errors(name: &str, range: std::ops::Range<usize>, s: &Sides<'_>) -> Errors {
+    let (gpu, cpu_eval, ga_gpu, ga_cpu, grad, is_f64) =
+        (s.gpu, s.cpu, s.ga_gpu, s.ga_cpu, s.grad, s.is_f64);
     let mut e = Errors {
         name: name.into(),
         j_max_abs: 0.0,
