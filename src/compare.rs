@@ -132,32 +132,20 @@ pub fn compare(
             .zip(&cpu_eval.minus)
             .map(|(a, b)| (a - b) / (2.0 * eps))
             .collect();
-        let all = errors(
-            "all",
-            0..model.n_params(),
-            &gpu,
-            &cpu_eval,
-            &ga_gpu,
-            &ga_cpu,
+        let sides = Sides {
+            gpu: &gpu,
+            cpu: &cpu_eval,
+            ga_gpu: &ga_gpu,
+            ga_cpu: &ga_cpu,
             grad,
             is_f64,
-        );
+        };
+        let all = errors("all", 0..model.n_params(), &sides);
         let tensors = model
             .layout()
             .tensors()
             .iter()
-            .map(|t| {
-                errors(
-                    &t.name,
-                    t.range(),
-                    &gpu,
-                    &cpu_eval,
-                    &ga_gpu,
-                    &ga_cpu,
-                    grad,
-                    is_f64,
-                )
-            })
+            .map(|t| errors(&t.name, t.range(), &sides))
             .collect();
         precisions.push(PrecisionComparison {
             precision: if is_f64 { "f64" } else { "f32" }.into(),
