@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::{Data, Grads, Model, ParamLayout, Params};
 
 /// Which evaluator computes the J±.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// The GPU when an adapter is there, otherwise the CPU (and the report says so).
@@ -23,7 +23,7 @@ pub enum Backend {
 }
 
 /// Floating-point precision of the GPU evaluation (the CPU is always f64).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// f64 where the adapter has SHADER_F64, f32 otherwise.
@@ -35,7 +35,7 @@ pub enum Precision {
 }
 
 /// Whether perturbations that cross a ReLU kink count in the verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KinkPolicy {
     /// Keep them out of the verdict (they are still reported and counted).
@@ -211,6 +211,10 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Wall-clock time.
     pub timings: Timings,
+    /// Which check decided: "full", "fast", or "full (after the fast check failed)".
+    pub mode: String,
+    /// The fast check, when one ran.
+    pub fast: Option<FastCheck>,
     /// Every central difference, flat (omitted from JSON: it can be millions of values).
     #[serde(skip)]
     pub gradapprox: Vec<f64>,
@@ -480,6 +484,8 @@ impl GradCheck {
             tensors,
             notes: eval.notes.clone(),
             timings: Timings::default(),
+            mode: "full".into(),
+            fast: None,
             gradapprox: approx,
             plus: eval.plus.clone(),
             minus: eval.minus.clone(),
@@ -592,4 +598,76 @@ mod tests {
             assert!(check_fn(|t| t[0], &[1.0], e).is_err());
         }
     }
+}
+
+/// One random direction of the fast mode.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Direction {
+    /// g·u, the analytic directional derivative.
+    pub analytic: f64,
+    /// (J(θ + εu) − J(θ − εu)) / 2ε.
+    pub numeric: f64,
+}
+
+/// The fast mode's result: K random directions instead of N coordinates.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FastCheck {
+    /// Directions drawn.
+    pub directions: Vec<Direction>,
+    /// Seed of the directions (reported so a run can be repeated).
+    pub seed: u64,
+    /// The notebook's difference over the K directional derivatives.
+    pub difference: f64,
+    /// Whether it is under the threshold.
+    pub passed: bool,
+}
+
+/// Fast mode: compares g·u with the central difference of J along K random directions u
+/// with ±1 entries (so each coordinate moves by ε, as in the full check): 2K forward
+/// passes on the CPU in f64 instead of 2N. It catches a wrong gradient cheaply but cannot
+/// say where, and a few wrong entries among many right ones can be diluted below the
+/// threshold: a failure should be followed by the full check.
+pub fn fast_check(
+    p: &crate::io::Problem,
+    k: usize,
+    seed: u64,
+    epsilon: f64,
+    threshold: f64,
+) -> Result<FastCheck> {
+    validate_epsilon(epsilon)?;
+    if k == 0 {
+        return Err(Error::Config("--fast needs at least one direction".into()));
+    }
+    let (model, params, data, grads) = (&p.model, &p.params, &p.data, &p.grads);
+    let mut rng = crate::examples::Rng(seed);
+    let n = model.n_params();
+    let mut directions = Vec::with_capacity(k);
+    let mut shifted = params.clone();
+    for _ in 0..k {
+        let u: Vec<f64> = (0..n)
+            .map(|_| if rng.next_f64() < 0.5 { -1.0 } else { 1.0 })
+            .collect();
+        let analytic = grads.as_slice().iter().zip(&u).map(|(g, u)| g * u).sum();
+        let mut cost_at = |sign: f64| {
+            for ((s, t), u) in shifted
+                .as_mut_slice()
+                .iter_mut()
+                .zip(params.as_slice())
+                .zip(&u)
+            {
+                *s = t + sign * epsilon * u;
+            }
+            cpu::cost(model, &shifted, data)
+        };
+        let numeric = (cost_at(1.0) - cost_at(-1.0)) / (2.0 * epsilon);
+        directions.push(Direction { analytic, numeric });
+    }
+    let (a, b): (Vec<f64>, Vec<f64>) = directions.iter().map(|d| (d.analytic, d.numeric)).unzip();
+    let difference = difference(&a, &b);
+    Ok(FastCheck {
+        directions,
+        seed,
+        difference,
+        passed: difference <= threshold,
+    })
 }

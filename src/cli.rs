@@ -30,6 +30,8 @@ enum Command {
     Check(CheckArgs),
     /// GPU vs CPU numerics: J±, gradapprox and differences per precision and tensor.
     Compare(CompareArgs),
+    /// Run every check of a TOML manifest: JSON and JUnit reports, exit 0/1/2.
+    Batch(BatchArgs),
     /// List GPU adapters, their f64 support and limits.
     Devices,
 }
@@ -75,6 +77,13 @@ struct CheckArgs {
     /// GPU adapter: a substring of its name.
     #[arg(long)]
     adapter: Option<String>,
+    /// Fast mode: K random directions first (2K evaluations instead of 2N); on failure
+    /// the full check runs to localise the mistake.
+    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "4")]
+    fast: Option<usize>,
+    /// Seed of the fast mode's directions.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Worst elements listed per tensor.
     #[arg(long, default_value_t = 3)]
     top: usize,
@@ -98,6 +107,77 @@ struct CompareArgs {
     json: Option<PathBuf>,
 }
 
+#[derive(Args)]
+struct BatchArgs {
+    /// The manifest (TOML; see the README).
+    manifest: PathBuf,
+    /// Write the batch report (every job's full report and timing) as JSON ('-' = stdout).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+    /// Write JUnit XML, one testcase per job.
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
+    /// GPU adapter: a substring of its name (one context serves every job).
+    #[arg(long)]
+    adapter: Option<String>,
+}
+
+fn run_batch(a: BatchArgs) -> Result<ExitCode> {
+    use gradcheck::batch::{self, Manifest, Outcome};
+    let manifest = Manifest::load(&a.manifest)?;
+    // Hidden automatically when stderr is not a terminal.
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(manifest.jobs.len() as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} jobs {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let (mut perturbations, t0) = (0usize, std::time::Instant::now());
+    let report = batch::run(&manifest, a.adapter.as_deref(), |_, job| {
+        perturbations += job.report.as_ref().map_or(0, |r| 2 * r.n_params);
+        let rate = perturbations as f64 / t0.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{perturbations} perturbations, {rate:.3e}/s"));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(p) = &a.junit {
+        std::fs::write(p, report::render_junit(&report))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    match &a.json {
+        Some(p) if p.as_os_str() == "-" => println!("{json}"),
+        other => {
+            if let Some(p) = other {
+                std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
+            }
+            for j in &report.jobs {
+                let detail = match (&j.report, &j.error) {
+                    (Some(r), _) if j.outcome == Outcome::Fail => {
+                        report::failure_summary(r).trim_end().replace('\n', "; ")
+                    }
+                    (Some(r), _) => format!("difference {:e}", r.difference),
+                    (None, Some(e)) => e.clone(),
+                    _ => String::new(),
+                };
+                let tag = match j.outcome {
+                    Outcome::Pass => "pass",
+                    Outcome::Fail => "FAIL",
+                    Outcome::Error => "ERROR",
+                };
+                println!("{:<5} {:<24} {:>8.3} s  {detail}", tag, j.name, j.seconds);
+            }
+            println!(
+                "batch: {} pass, {} fail, {} error ({:.3} s)",
+                report.passed, report.failed, report.errors, report.seconds
+            );
+        }
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
 /// Parses the command line and runs it.
 pub fn run() -> Result<ExitCode> {
     let cli = match Cli::try_parse() {
@@ -110,6 +190,7 @@ pub fn run() -> Result<ExitCode> {
     };
     match cli.command {
         Command::Check(a) => run_check(a),
+        Command::Batch(a) => run_batch(a),
         Command::Compare(a) => {
             let p = load(&a.inputs)?;
             let ctx = gradcheck::gpu::GpuContext::shared(a.adapter.as_deref())?;
@@ -168,12 +249,77 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         one_d_report(&gc)?
     } else {
         let p = load(&a.inputs)?;
-        let mut r = gc.run(&p.model, &p.params, &p.data, &p.grads)?;
-        r.notes.splice(0..0, p.notes);
-        r
+        let fast = match a.fast {
+            Some(k) => {
+                let (eps, thr) = gc.defaults_for("f64");
+                check::validate_threshold(thr)?;
+                Some(check::fast_check(&p, k, a.seed, eps, thr)?)
+            }
+            None => None,
+        };
+        match fast {
+            Some(f) if f.passed => fast_report(&p, f, &gc)?,
+            _ => {
+                let mut r = gc.run(&p.model, &p.params, &p.data, &p.grads)?;
+                r.notes.splice(0..0, p.notes);
+                if let Some(f) = fast {
+                    r.notes.push(format!(
+                        "the fast check ({} directions, seed {}) failed with difference {:e}; the full check localises it",
+                        f.directions.len(),
+                        f.seed,
+                        f.difference
+                    ));
+                    r.mode = "full (after the fast check failed)".into();
+                    r.fast = Some(f);
+                }
+                r
+            }
+        }
     };
     emit(&report, a.json.as_ref())?;
     Ok(ExitCode::from(if report.passed { 0 } else { 1 }))
+}
+
+/// The report of a passing fast check: overall numbers only (no per-element evaluation).
+fn fast_report(p: &Problem, f: check::FastCheck, gc: &GradCheck) -> Result<Report> {
+    let (epsilon, threshold) = gc.defaults_for("f64");
+    let (a, n): (Vec<f64>, Vec<f64>) = f.directions.iter().map(|d| (d.analytic, d.numeric)).unzip();
+    let eval = check::Evaluation {
+        cost: gradcheck::cpu::cost(&p.model, &p.params, &p.data),
+        plus: Vec::new(),
+        minus: Vec::new(),
+        cost_scale: check::cost_scale(&p.model, &p.params, &p.data),
+        kinks: vec![false; a.len()],
+        backend: "cpu".into(),
+        precision: "f64".into(),
+        unit_roundoff: f64::EPSILON / 2.0,
+        steps: None,
+        notes: Vec::new(),
+    };
+    // One pseudo-tensor of K directional derivatives.
+    let eval = check::Evaluation {
+        plus: n.iter().map(|v| v * 2.0 * epsilon).collect(),
+        minus: vec![0.0; n.len()],
+        ..eval
+    };
+    let mut r = gc.build_report(
+        &ParamLayout::single("directions", 1, a.len()),
+        &a,
+        &eval,
+        epsilon,
+        threshold,
+        p.data.m(),
+    );
+    r.notes = p.notes.clone();
+    r.notes.push(format!(
+        "fast mode: {} random ±1 directions (seed {}) agree; the full per-element check was not run",
+        f.directions.len(),
+        f.seed
+    ));
+    r.n_params = p.model.n_params();
+    r.mode = "fast".into();
+    r.fast = Some(f);
+    Ok(r)
 }
 
 /// The notebook's 1-D check J(θ) = θ·x on the CPU (it has no network to batch).

@@ -14,6 +14,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod check;
 pub mod compare;
 pub mod cpu;

@@ -89,3 +89,77 @@ pub fn render_text(r: &Report) -> String {
 pub fn render_json(r: &Report) -> String {
     serde_json::to_string_pretty(r).expect("reports serialise")
 }
+
+/// One line per failing tensor (its difference and diagnosis): the failure text of a
+/// JUnit testcase and of batch summaries.
+pub fn failure_summary(r: &Report) -> String {
+    let mut s = format!(
+        "difference {:e} (threshold {:e})\n",
+        r.difference_counted, r.threshold
+    );
+    for t in r.tensors.iter().filter(|t| !t.passed) {
+        let _ = write!(s, "{} FAIL difference {:.3e}", t.name, t.difference);
+        if let Some(d) = &t.diagnosis {
+            let _ = write!(s, ": {}", d.message);
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// The batch as JUnit XML: one testcase per job, failures carrying the per-tensor summary.
+pub fn render_junit(b: &crate::batch::BatchReport) -> String {
+    use crate::batch::Outcome;
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let head = format!(
+        "name=\"gradcheck\" tests=\"{}\" failures=\"{}\" errors=\"{}\" time=\"{:.6}\"",
+        b.jobs.len(),
+        b.failed,
+        b.errors,
+        b.seconds
+    );
+    let _ = writeln!(s, "<testsuites {head}>");
+    let _ = writeln!(s, "  <testsuite {head}>");
+    for j in &b.jobs {
+        let _ = write!(
+            s,
+            "    <testcase classname=\"gradcheck\" name=\"{}\" time=\"{:.6}\"",
+            xml_escape(&j.name),
+            j.seconds
+        );
+        match (j.outcome, &j.report, &j.error) {
+            (Outcome::Fail, Some(r), _) => {
+                let _ = writeln!(
+                    s,
+                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                    xml_escape(&format!(
+                        "gradient check failed: difference {:e}",
+                        r.difference_counted
+                    )),
+                    xml_escape(&failure_summary(r))
+                );
+            }
+            (Outcome::Error, _, Some(e)) => {
+                let _ = writeln!(
+                    s,
+                    ">\n      <error message=\"{}\">{}</error>\n    </testcase>",
+                    xml_escape(e),
+                    xml_escape(e)
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "/>");
+            }
+        }
+    }
+    s.push_str("  </testsuite>\n</testsuites>\n");
+    s
+}

@@ -179,3 +179,42 @@ fn built_in_backprop_reproduces_the_notebooks_fixed_gradients() {
         );
     }
 }
+
+#[test]
+fn fast_mode_flags_seed_buggy_and_passes_seed_fixed() {
+    let (code, out, err) = gradcheck(&[
+        "check",
+        "--example",
+        "seed-buggy",
+        "--fast",
+        "--backend",
+        "cpu",
+        "--json",
+        "-",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let v = json(&out);
+    assert_eq!(v["mode"], "full (after the fast check failed)");
+    assert!(!v["fast"]["passed"].as_bool().unwrap());
+    check_buggy(&v);
+    let (code, out, err) = gradcheck(&[
+        "check",
+        "--example",
+        "seed-fixed",
+        "--fast",
+        "6",
+        "--seed",
+        "3",
+        "--backend",
+        "cpu",
+        "--json",
+        "-",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v = json(&out);
+    assert_eq!(v["mode"], "fast");
+    assert_eq!(v["fast"]["directions"].as_array().unwrap().len(), 6);
+    assert_eq!(v["fast"]["seed"], 3);
+    // Directional derivatives carry the same rounding noise as coordinate ones.
+    assert!(v["fast"]["difference"].as_f64().unwrap() < 2e-7);
+}

@@ -1,0 +1,250 @@
+//! Batch verification jobs: a TOML manifest of many checks, run with one shared GPU
+//! context, reported as JSON and JUnit XML.
+//!
+//! ```toml
+//! [defaults]            # optional; any job may override
+//! backend = "auto"      # auto | cpu | gpu
+//! precision = "auto"    # auto | f64 | f32
+//! epsilon = 1e-7
+//! threshold = 2e-7
+//!
+//! [[job]]
+//! name = "mlp"
+//! params = "mlp/params.npz"      # relative to the manifest
+//! data = "mlp/data.npz"
+//! grads = "mlp/grads.npz"        # optional: the built-in backprop's otherwise
+//! model = "mlp/model.json"       # optional: inferred from the shapes otherwise
+//!
+//! [[job]]
+//! name = "notebook"
+//! example = "seed-buggy"         # a built-in example instead of files
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::check::{Backend, GradCheck, KinkPolicy, Precision, Report};
+use crate::error::{Error, Result};
+use crate::examples;
+use crate::io::Problem;
+
+/// Settings a job inherits from `[defaults]` unless it sets its own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Evaluator.
+    pub backend: Option<Backend>,
+    /// GPU precision.
+    pub precision: Option<Precision>,
+    /// ε.
+    pub epsilon: Option<f64>,
+    /// Threshold.
+    pub threshold: Option<f64>,
+    /// Kink policy.
+    pub kinks: Option<KinkPolicy>,
+}
+
+/// One job of the manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Name shown in reports (default: job-N).
+    pub name: Option<String>,
+    /// Built-in example instead of files: seed-buggy or seed-fixed.
+    pub example: Option<String>,
+    /// Parameters .npz.
+    pub params: Option<PathBuf>,
+    /// Data .npz.
+    pub data: Option<PathBuf>,
+    /// Gradients .npz.
+    pub grads: Option<PathBuf>,
+    /// Model spec .json.
+    pub model: Option<PathBuf>,
+    /// Per-job settings.
+    #[serde(flatten)]
+    pub settings: Settings,
+}
+
+/// A parsed manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Settings for every job.
+    #[serde(default)]
+    pub defaults: Settings,
+    /// The jobs.
+    #[serde(rename = "job", default)]
+    pub jobs: Vec<JobSpec>,
+}
+
+impl Manifest {
+    /// Reads a manifest; relative paths in it are made relative to its folder.
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut m: Manifest = toml::from_str(&text).map_err(|e| Error::Format {
+            path: path.to_owned(),
+            msg: format!("not a valid batch manifest: {e}"),
+        })?;
+        if m.jobs.is_empty() {
+            return Err(Error::Format {
+                path: path.to_owned(),
+                msg: "the manifest has no [[job]]".into(),
+            });
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for j in &mut m.jobs {
+            for p in [&mut j.params, &mut j.data, &mut j.grads, &mut j.model]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Ok(m)
+    }
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The gradients passed.
+    Pass,
+    /// A gradient is wrong.
+    Fail,
+    /// The job could not be run (bad files, …).
+    Error,
+}
+
+/// One job's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobResult {
+    /// The job's name.
+    pub name: String,
+    /// Pass, fail or error.
+    pub outcome: Outcome,
+    /// Why it could not run.
+    pub error: Option<String>,
+    /// The full check report.
+    pub report: Option<Report>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+/// The whole batch.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchReport {
+    /// Jobs that passed.
+    pub passed: usize,
+    /// Jobs that failed.
+    pub failed: usize,
+    /// Jobs that could not run.
+    pub errors: usize,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// Every job, in manifest order.
+    pub jobs: Vec<JobResult>,
+}
+
+impl BatchReport {
+    /// 0 all pass, 1 any fails, 2 any error.
+    pub fn exit_code(&self) -> u8 {
+        if self.errors > 0 {
+            2
+        } else if self.failed > 0 {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+fn load_problem(job: &JobSpec) -> Result<Problem> {
+    match (&job.example, &job.params, &job.data) {
+        (Some(e), None, None) => match e.as_str() {
+            "seed-buggy" => examples::seed_problem(true),
+            "seed-fixed" => examples::seed_problem(false),
+            other => Err(Error::Config(format!(
+                "unknown example {other:?} (seed-buggy or seed-fixed)"
+            ))),
+        },
+        (None, Some(p), Some(d)) => Problem::load(p, d, job.grads.as_deref(), job.model.as_deref()),
+        _ => Err(Error::Config(
+            "a job needs either `example` or both `params` and `data`".into(),
+        )),
+    }
+}
+
+/// Runs one job; errors are returned, not raised.
+fn run_job(n: usize, job: &JobSpec, defaults: &Settings, adapter: Option<&str>) -> JobResult {
+    let t0 = Instant::now();
+    let name = job.name.clone().unwrap_or_else(|| format!("job-{}", n + 1));
+    let s = &job.settings;
+    let mut gc = GradCheck::new()
+        .backend(s.backend.or(defaults.backend).unwrap_or(Backend::Auto))
+        .precision(
+            s.precision
+                .or(defaults.precision)
+                .unwrap_or(Precision::Auto),
+        )
+        .kinks(s.kinks.or(defaults.kinks).unwrap_or(KinkPolicy::Exclude));
+    gc.epsilon = s.epsilon.or(defaults.epsilon);
+    gc.threshold = s.threshold.or(defaults.threshold);
+    gc.adapter = adapter.map(str::to_owned);
+    let result = load_problem(job).and_then(|p| {
+        let mut r = gc.run(&p.model, &p.params, &p.data, &p.grads)?;
+        r.notes.splice(0..0, p.notes);
+        Ok(r)
+    });
+    let seconds = t0.elapsed().as_secs_f64();
+    match result {
+        Ok(r) => JobResult {
+            name,
+            outcome: if r.passed {
+                Outcome::Pass
+            } else {
+                Outcome::Fail
+            },
+            error: None,
+            report: Some(r),
+            seconds,
+        },
+        Err(e) => JobResult {
+            name,
+            outcome: Outcome::Error,
+            error: Some(e.to_string()),
+            report: None,
+            seconds,
+        },
+    }
+}
+
+/// Runs every job in order; `progress` is called after each with (done, result).
+pub fn run(
+    manifest: &Manifest,
+    adapter: Option<&str>,
+    mut progress: impl FnMut(usize, &JobResult),
+) -> BatchReport {
+    let t0 = Instant::now();
+    let mut jobs = Vec::with_capacity(manifest.jobs.len());
+    for (n, job) in manifest.jobs.iter().enumerate() {
+        let r = run_job(n, job, &manifest.defaults, adapter);
+        progress(n + 1, &r);
+        jobs.push(r);
+    }
+    let count = |o: Outcome| jobs.iter().filter(|j| j.outcome == o).count();
+    BatchReport {
+        passed: count(Outcome::Pass),
+        failed: count(Outcome::Fail),
+        errors: count(Outcome::Error),
+        seconds: t0.elapsed().as_secs_f64(),
+        jobs,
+    }
+}

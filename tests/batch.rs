@@ -1,0 +1,137 @@
+//! Batch manifests: exit codes, the JSON report with every job, and JUnit XML that a
+//! JUnit (XML) parser reads.
+
+mod common;
+
+use common::{gradcheck, seed_dir, tempdir};
+
+fn manifest(dir: &std::path::Path, body: &str) -> String {
+    let p = dir.join("jobs.toml");
+    std::fs::write(&p, body).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn pass_fail_and_missing_file_jobs() {
+    let dir = tempdir("batch");
+    // Relative paths are relative to the manifest: copy the seed files next to it.
+    std::fs::create_dir_all(dir.join("seed")).unwrap();
+    for f in [
+        "seed_params.npz",
+        "seed_data.npz",
+        "seed_grads_fixed.npz",
+        "seed_grads_buggy.npz",
+    ] {
+        std::fs::copy(seed_dir().join(f), dir.join("seed").join(f)).unwrap();
+    }
+    let m = manifest(
+        &dir,
+        r#"
+[defaults]
+backend = "cpu"
+
+[[job]]
+name = "fixed from files"
+params = "seed/seed_params.npz"
+data = "seed/seed_data.npz"
+grads = "seed/seed_grads_fixed.npz"
+
+[[job]]
+name = "buggy <built in>"
+example = "seed-buggy"
+
+[[job]]
+name = "missing"
+params = "seed/nope.npz"
+data = "seed/seed_data.npz"
+"#,
+    );
+    let junit = dir.join("junit.xml");
+    let json = dir.join("report.json");
+    let (code, out, err) = gradcheck(&[
+        "batch",
+        &m,
+        "--json",
+        json.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "an error job makes the exit 2: {out} {err}");
+    assert!(out.contains("batch: 1 pass, 1 fail, 1 error"), "{out}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3);
+    assert_eq!(jobs[0]["outcome"], "pass");
+    assert!(
+        (jobs[0]["report"]["difference"].as_f64().unwrap() - 1.1890913024229996e-07).abs() < 1e-12
+    );
+    assert_eq!(jobs[1]["outcome"], "fail");
+    assert!(
+        jobs[1]["report"]["tensors"][2]["diagnosis"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("2.000")
+    );
+    assert_eq!(jobs[2]["outcome"], "error");
+    assert!(jobs[2]["error"].as_str().unwrap().contains("nope.npz"));
+    assert!(jobs[0]["seconds"].as_f64().unwrap() >= 0.0);
+
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).expect("well-formed JUnit XML");
+    let suite = doc
+        .descendants()
+        .find(|n| n.has_tag_name("testsuite"))
+        .unwrap();
+    assert_eq!(suite.attribute("tests"), Some("3"));
+    assert_eq!(suite.attribute("failures"), Some("1"));
+    assert_eq!(suite.attribute("errors"), Some("1"));
+    let cases: Vec<_> = suite
+        .children()
+        .filter(|n| n.has_tag_name("testcase"))
+        .collect();
+    assert_eq!(cases[1].attribute("name"), Some("buggy <built in>"));
+    let failure = cases[1]
+        .children()
+        .find(|n| n.has_tag_name("failure"))
+        .unwrap();
+    let text = failure.text().unwrap();
+    assert!(
+        text.contains("W2 FAIL") && text.contains("b1 FAIL") && text.contains("4.000"),
+        "{text}"
+    );
+    assert!(cases[2].children().any(|n| n.has_tag_name("error")));
+    assert!(cases[0].children().all(|n| !n.is_element()));
+}
+
+#[test]
+fn all_pass_exits_0_and_a_failure_exits_1() {
+    let dir = tempdir("batch-codes");
+    let m = manifest(
+        &dir,
+        "[[job]]\nexample = \"seed-fixed\"\nbackend = \"cpu\"\n",
+    );
+    assert_eq!(gradcheck(&["batch", &m]).0, 0);
+    let m = manifest(
+        &dir,
+        "[[job]]\nexample = \"seed-fixed\"\n[[job]]\nexample = \"seed-buggy\"\n[defaults]\nbackend = \"cpu\"\n",
+    );
+    assert_eq!(gradcheck(&["batch", &m]).0, 1);
+}
+
+#[test]
+fn bad_manifests_exit_2() {
+    let dir = tempdir("batch-bad");
+    let m = manifest(&dir, "[[job]]\nexample = \"seed-fixed\"\nepsilonn = 3\n");
+    let (code, _, err) = gradcheck(&["batch", &m]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("jobs.toml") && err.contains("epsilonn"),
+        "{err}"
+    );
+    let m = manifest(&dir, "");
+    let (code, _, err) = gradcheck(&["batch", &m]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no [[job]]"), "{err}");
+}
