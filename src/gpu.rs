@@ -655,48 +655,16 @@ impl GpuContext {
             usage: wgpu::BufferUsages::UNIFORM,
         });
         // Two bind groups: (src, dst) = (a, b) and (b, a).
-        let group = |src: &wgpu::Buffer, dst: &wgpu::Buffer| {
-            dev.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("gradcheck"),
-                layout: &pipes.layout,
-                entries: &[
-                    wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &ubuf,
-                            offset: 0,
-                            size: wgpu::BufferSize::new(std::mem::size_of::<Job>() as u64),
-                        }),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 1,
-                        resource: model_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 2,
-                        resource: base_buf.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 3,
-                        resource: src.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 4,
-                        resource: dst.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 5,
-                        resource: results.as_entire_binding(),
-                    },
-                    wgpu::BindGroupEntry {
-                        binding: 6,
-                        resource: kinks.as_entire_binding(),
-                    },
-                ],
-            })
-        };
-        let g_ab = group(&batch_a, &batch_b);
-        let g_ba = group(&batch_b, &batch_a);
+        let g_ab = self.bind_group(
+            &pipes,
+            &ubuf,
+            [&model_buf, &base_buf, &batch_a, &batch_b, &results, &kinks],
+        );
+        let g_ba = self.bind_group(
+            &pipes,
+            &ubuf,
+            [&model_buf, &base_buf, &batch_b, &batch_a, &results, &kinks],
+        );
 
         let results_len = (2 * n * R::SIZE) as u64;
         let kinks_len = (n.max(1) * 4) as u64;
@@ -812,44 +780,11 @@ impl GpuContext {
             contents: &ub,
             usage: wgpu::BufferUsages::UNIFORM,
         });
-        let group = dev.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("probe"),
-            layout: &pipes.layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &ubuf,
-                        offset: 0,
-                        size: wgpu::BufferSize::new(std::mem::size_of::<Job>() as u64),
-                    }),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: header.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: small.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: input.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 4,
-                    resource: output.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 5,
-                    resource: small.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 6,
-                    resource: small.as_entire_binding(),
-                },
-            ],
-        });
+        let group = self.bind_group(
+            &pipes,
+            &ubuf,
+            [&header, &small, &input, &output, &small, &small],
+        );
         let bytes = (n * R::SIZE) as u64;
         let staging = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("probe readback"),
@@ -879,6 +814,35 @@ impl GpuContext {
             .take(xs.len())
             .map(R::to_f64)
             .collect())
+    }
+
+    /// The bind group of the shared layout: the jobs uniform (bound one Job wide, moved
+    /// by dynamic offsets), then model, base, src, dst, results, kinks.
+    fn bind_group(
+        &self,
+        pipes: &Pipelines,
+        jobs: &wgpu::Buffer,
+        buffers: [&wgpu::Buffer; 6],
+    ) -> wgpu::BindGroup {
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: jobs,
+                offset: 0,
+                size: wgpu::BufferSize::new(std::mem::size_of::<Job>() as u64),
+            }),
+        }];
+        for (n, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: n as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("gradcheck"),
+            layout: &pipes.layout,
+            entries: &entries,
+        })
     }
 
     /// Maps a MAP_READ buffer after the last submission and copies its bytes out.
