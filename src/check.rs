@@ -82,7 +82,8 @@ pub struct Evaluation {
     pub unit_roundoff: f64,
     /// The real steps (θ_i + ε) − (θ_i − ε) when they differ from 2ε (f32: fl32(θ ± ε)
     /// is off by up to u32·|θ|, so dividing by the nominal 2ε would bias every element);
-    /// `None` = the nominal 2ε, as the notebook divides.
+    /// `None` = the nominal 2ε, as the notebook divides. A zero step (ε below the
+    /// precision's resolution at θ_i) moves nothing: its gradapprox is reported as 0.
     pub steps: Option<Vec<f64>>,
     /// Anything the user should know about how this was computed (fallbacks, …).
     pub notes: Vec<String>,
@@ -103,7 +104,7 @@ impl Evaluation {
                 .iter()
                 .zip(&self.minus)
                 .zip(h)
-                .map(|((p, m), h)| (p - m) / h)
+                .map(|((p, m), h)| if *h == 0.0 { 0.0 } else { (p - m) / h })
                 .collect(),
         }
     }

@@ -32,6 +32,8 @@ enum Command {
     Compare(CompareArgs),
     /// Run every check of a TOML manifest: JSON and JUnit reports, exit 0/1/2.
     Batch(BatchArgs),
+    /// The difference against ε over decades, per precision: table, JSON, SVG plot.
+    Sweep(SweepArgs),
     /// List GPU adapters, their f64 support and limits.
     Devices,
 }
@@ -59,9 +61,10 @@ struct Inputs {
 struct CheckArgs {
     #[command(flatten)]
     inputs: Inputs,
-    /// ε of the central differences [default: 1e-7 in f64, 1e-3 in f32].
-    #[arg(long, allow_hyphen_values = true)]
-    epsilon: Option<f64>,
+    /// ε of the central differences, or `auto` (a short sweep picks the best)
+    /// [default: 1e-7 in f64, 1e-3 in f32].
+    #[arg(long, allow_hyphen_values = true, value_parser = parse_epsilon)]
+    epsilon: Option<EpsilonArg>,
     /// Verdict threshold on the difference [default: 2e-7 in f64, 1e-2 in f32].
     #[arg(long, allow_hyphen_values = true)]
     threshold: Option<f64>,
@@ -105,6 +108,90 @@ struct CompareArgs {
     /// Write the comparison as JSON to PATH ('-' = stdout).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    #[command(flatten)]
+    inputs: Inputs,
+    /// Largest ε.
+    #[arg(long, default_value_t = 1e-1)]
+    from: f64,
+    /// Smallest ε.
+    #[arg(long, default_value_t = 1e-10)]
+    to: f64,
+    /// Values per decade.
+    #[arg(long, default_value_t = 3)]
+    per_decade: usize,
+    /// Which evaluator computes the J±.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: Backend,
+    /// One precision only [default: every precision the GPU has; f64 on the CPU].
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+    /// Whether kinked elements count.
+    #[arg(long, value_enum, default_value = "exclude")]
+    kinks: KinkPolicy,
+    /// GPU adapter: a substring of its name.
+    #[arg(long)]
+    adapter: Option<String>,
+    /// Write the plot as SVG.
+    #[arg(long, value_name = "PATH")]
+    svg: Option<PathBuf>,
+    /// Write the sweep as JSON ('-' = stdout).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+fn sweep_precisions(
+    backend: Backend,
+    precision: Option<Precision>,
+    adapter: Option<&str>,
+) -> Vec<Precision> {
+    if let Some(p) = precision {
+        return vec![p];
+    }
+    if backend == Backend::Cpu {
+        return vec![Precision::F64];
+    }
+    match gradcheck::gpu::GpuContext::shared(adapter) {
+        Ok(c) if c.has_f64() => vec![Precision::F64, Precision::F32],
+        Ok(_) => vec![Precision::F32],
+        Err(_) => vec![Precision::F64],
+    }
+}
+
+fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
+    let p = load(&a.inputs)?;
+    let eps = gradcheck::sweep::epsilons(a.from, a.to, a.per_decade)?;
+    let mut gc = GradCheck::new().backend(a.backend).kinks(a.kinks);
+    gc.adapter = a.adapter.clone();
+    let precisions = sweep_precisions(a.backend, a.precision, a.adapter.as_deref());
+    let s = gradcheck::sweep::sweep(
+        &gc,
+        &p.model,
+        &p.params,
+        &p.data,
+        &p.grads,
+        &eps,
+        &precisions,
+    )?;
+    if let Some(path) = &a.svg {
+        std::fs::write(path, gradcheck::sweep::render_svg(&s))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let json = serde_json::to_string_pretty(&s)?;
+    match &a.json {
+        Some(path) if path.as_os_str() == "-" => println!("{json}"),
+        other => {
+            if let Some(path) = other {
+                std::fs::write(path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            print!("{}", gradcheck::sweep::render_text(&s));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -178,6 +265,22 @@ fn run_batch(a: BatchArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(report.exit_code()))
 }
 
+/// `--epsilon`: a number or `auto`.
+#[derive(Clone, Copy)]
+enum EpsilonArg {
+    Auto,
+    Value(f64),
+}
+
+fn parse_epsilon(s: &str) -> std::result::Result<EpsilonArg, String> {
+    if s == "auto" {
+        return Ok(EpsilonArg::Auto);
+    }
+    s.parse::<f64>()
+        .map(EpsilonArg::Value)
+        .map_err(|_| format!("{s:?} is neither a number nor `auto`"))
+}
+
 /// Parses the command line and runs it.
 pub fn run() -> Result<ExitCode> {
     let cli = match Cli::try_parse() {
@@ -191,6 +294,7 @@ pub fn run() -> Result<ExitCode> {
     match cli.command {
         Command::Check(a) => run_check(a),
         Command::Batch(a) => run_batch(a),
+        Command::Sweep(a) => run_sweep(a),
         Command::Compare(a) => {
             let p = load(&a.inputs)?;
             let ctx = gradcheck::gpu::GpuContext::shared(a.adapter.as_deref())?;
@@ -236,7 +340,10 @@ fn configure(a: &CheckArgs) -> GradCheck {
         .backend(a.backend)
         .precision(a.precision)
         .kinks(a.kinks);
-    gc.epsilon = a.epsilon;
+    gc.epsilon = match a.epsilon {
+        Some(EpsilonArg::Value(e)) => Some(e),
+        _ => None,
+    };
     gc.threshold = a.threshold;
     gc.top_k = a.top;
     gc.adapter = a.adapter.clone();
@@ -249,6 +356,27 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         one_d_report(&gc)?
     } else {
         let p = load(&a.inputs)?;
+        let mut gc = gc;
+        let mut auto_note = None;
+        if let Some(EpsilonArg::Auto) = a.epsilon {
+            // A short sweep, one ε per decade from 1e-2 to 1e-9, at the check's precision.
+            let eps = gradcheck::sweep::epsilons(1e-2, 1e-9, 1)?;
+            let s = gradcheck::sweep::sweep(
+                &gc,
+                &p.model,
+                &p.params,
+                &p.data,
+                &p.grads,
+                &eps,
+                &[a.precision],
+            )?;
+            let best = s.curves[0].best_epsilon;
+            gc.epsilon = Some(best);
+            auto_note = Some(format!(
+                "--epsilon auto: a sweep over 1e-2 … 1e-9 chose ε = {best:e}"
+            ));
+        }
+        let gc = gc;
         let fast = match a.fast {
             Some(k) => {
                 let (eps, thr) = gc.defaults_for("f64");
@@ -262,6 +390,7 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
             _ => {
                 let mut r = gc.run(&p.model, &p.params, &p.data, &p.grads)?;
                 r.notes.splice(0..0, p.notes);
+                r.notes.extend(auto_note);
                 if let Some(f) = fast {
                     r.notes.push(format!(
                         "the fast check ({} directions, seed {}) failed with difference {:e}; the full check localises it",

@@ -370,3 +370,33 @@ fn compare_reports_gpu_against_cpu_per_precision() {
     );
     assert_eq!(f32c.tensors.len(), 6);
 }
+
+#[test]
+fn sweep_f32_curve_lies_above_f64() {
+    let Some(ctx) = gpu() else { return };
+    if !ctx.has_f64() {
+        return;
+    }
+    let p = examples::seed_problem(false).unwrap();
+    let eps = gradcheck::sweep::epsilons(1e-2, 1e-8, 1).unwrap();
+    let gc = GradCheck::new().backend(Backend::Gpu);
+    let s = gradcheck::sweep::sweep(
+        &gc,
+        &p.model,
+        &p.params,
+        &p.data,
+        &p.grads,
+        &eps,
+        &[Precision::F64, Precision::F32],
+    )
+    .unwrap();
+    for (a, b) in s.curves[0].points.iter().zip(&s.curves[1].points) {
+        assert!(
+            b.difference > a.difference,
+            "ε {:e}: f32 {:e} vs f64 {:e}",
+            a.epsilon,
+            b.difference,
+            a.difference
+        );
+    }
+}

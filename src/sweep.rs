@@ -1,0 +1,263 @@
+//! The ε sweep: the difference (overall and per tensor) for ε over decades — the V of
+//! truncation error (∝ ε²) falling and rounding error (∝ u/ε) rising — per precision, and
+//! the best ε.
+
+use serde::Serialize;
+
+use crate::check::{GradCheck, Precision};
+use crate::error::{Error, Result};
+use crate::model::{Data, Grads, Model, Params};
+
+/// One ε of a curve.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SweepPoint {
+    /// ε.
+    pub epsilon: f64,
+    /// The difference over the counted elements (kinks excluded per policy).
+    pub difference: f64,
+    /// Elements whose step crossed a kink at this ε.
+    pub kinks: usize,
+    /// (tensor, difference) in flat order.
+    pub tensors: Vec<(String, f64)>,
+}
+
+/// One precision's curve.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SweepCurve {
+    /// e.g. "gpu f64", "cpu f64", "gpu f32".
+    pub label: String,
+    /// One point per ε, largest ε first.
+    pub points: Vec<SweepPoint>,
+    /// The ε with the smallest difference.
+    pub best_epsilon: f64,
+}
+
+/// The whole sweep.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sweep {
+    /// The verdict threshold of the first curve's precision (drawn on the plot).
+    pub threshold: f64,
+    /// One curve per precision.
+    pub curves: Vec<SweepCurve>,
+}
+
+/// ε from `from` down to `to`, `per_decade` values per decade (log-spaced, both ends kept).
+pub fn epsilons(from: f64, to: f64, per_decade: usize) -> Result<Vec<f64>> {
+    if !(from.is_finite() && to.is_finite() && from > 0.0 && to > 0.0 && from > to)
+        || per_decade == 0
+    {
+        return Err(Error::Config(format!(
+            "sweep range {from:e} … {to:e} with {per_decade} per decade: need from > to > 0 and at least 1 per decade"
+        )));
+    }
+    let steps = ((from / to).log10() * per_decade as f64).round() as usize;
+    if steps > 400 {
+        return Err(Error::Config(format!(
+            "a sweep of {} values is too many (at most 400)",
+            steps + 1
+        )));
+    }
+    Ok((0..=steps)
+        .map(|k| from * 10f64.powf(-(k as f64) / per_decade as f64))
+        .collect())
+}
+
+/// Runs the check at every ε for each precision in `precisions`, with the backend and
+/// kink policy of `gc`.
+pub fn sweep(
+    gc: &GradCheck,
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    grads: &Grads,
+    eps: &[f64],
+    precisions: &[Precision],
+) -> Result<Sweep> {
+    let mut curves = Vec::new();
+    let mut threshold = None;
+    for &p in precisions {
+        let g = gc.clone().precision(p);
+        let mut points = Vec::with_capacity(eps.len());
+        let mut label = String::new();
+        for &e in eps {
+            let eval = g.evaluate(model, params, data, e)?;
+            let (_, thr) = g.defaults_for(&eval.precision);
+            threshold.get_or_insert(thr);
+            let r = g.build_report(model.layout(), grads.as_slice(), &eval, e, thr, data.m());
+            label = format!(
+                "{} {}",
+                eval.backend.split(' ').next().unwrap_or("cpu"),
+                eval.precision
+            );
+            points.push(SweepPoint {
+                epsilon: e,
+                difference: r.difference_counted,
+                kinks: r.kinks,
+                tensors: r
+                    .tensors
+                    .iter()
+                    .map(|t| (t.name.clone(), t.difference))
+                    .collect(),
+            });
+        }
+        let best_epsilon = points
+            .iter()
+            .filter(|p| !p.difference.is_nan())
+            .min_by(|a, b| a.difference.total_cmp(&b.difference))
+            .map(|p| p.epsilon)
+            .unwrap_or(f64::NAN);
+        curves.push(SweepCurve {
+            label,
+            points,
+            best_epsilon,
+        });
+    }
+    Ok(Sweep {
+        threshold: threshold.unwrap_or(crate::check::DEFAULT_THRESHOLD),
+        curves,
+    })
+}
+
+/// The sweep as a table: one row per ε, one column per curve.
+pub fn render_text(s: &Sweep) -> String {
+    let mut out = format!("{:>10}", "epsilon");
+    for c in &s.curves {
+        out += &format!(" {:>14}", c.label);
+    }
+    out.push('\n');
+    if let Some(first) = s.curves.first() {
+        for (k, p) in first.points.iter().enumerate() {
+            out += &format!("{:>10.2e}", p.epsilon);
+            for c in &s.curves {
+                let d = c.points[k].difference;
+                let mark = if c.best_epsilon == c.points[k].epsilon {
+                    "*"
+                } else {
+                    " "
+                };
+                out += &format!(" {:>13.3e}{mark}", d);
+            }
+            out.push('\n');
+        }
+    }
+    for c in &s.curves {
+        out += &format!("best ε for {}: {:e}\n", c.label, c.best_epsilon);
+    }
+    out
+}
+
+/// The sweep as an SVG plot: difference against ε on log axes, the threshold dashed, the
+/// best ε of each curve marked.
+pub fn render_svg(s: &Sweep) -> String {
+    let (w, h, ml, mr, mt, mb) = (820.0, 460.0, 70.0, 220.0, 30.0, 50.0);
+    let all: Vec<&SweepPoint> = s.curves.iter().flat_map(|c| &c.points).collect();
+    let floor = 1e-17;
+    let lx = |e: f64| e.log10();
+    let ly = |d: f64| d.max(floor).log10();
+    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
+    let (mut y0, mut y1) = (ly(s.threshold), ly(s.threshold));
+    for p in &all {
+        x0 = x0.min(lx(p.epsilon));
+        x1 = x1.max(lx(p.epsilon));
+        y0 = y0.min(ly(p.difference));
+        y1 = y1.max(ly(p.difference));
+    }
+    let (x0, x1) = (x0.floor(), x1.ceil().max(x0.floor() + 1.0));
+    let (y0, y1) = (y0.floor(), y1.ceil().max(y0.floor() + 1.0));
+    // ε decreases to the right, as the sweep runs.
+    let px = |e: f64| ml + (x1 - lx(e)) / (x1 - x0) * (w - ml - mr);
+    let py = |d: f64| mt + (y1 - ly(d)) / (y1 - y0) * (h - mt - mb);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+    );
+    let (left, right, top, bottom) = (ml, w - mr, mt, h - mb);
+    svg += &format!(
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n",
+        right - left,
+        bottom - top
+    );
+    let mut d = x0;
+    while d <= x1 + 1e-9 {
+        let x = px(10f64.powf(d));
+        svg += &format!(
+            "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">1e{d}</text>\n",
+            bottom + 18.0
+        );
+        d += 1.0;
+    }
+    let step = ((y1 - y0) / 10.0).ceil().max(1.0);
+    let mut d = y0;
+    while d <= y1 + 1e-9 {
+        let y = py(10f64.powf(d));
+        svg += &format!(
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{right}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">1e{d}</text>\n",
+            left - 6.0,
+            y + 4.0
+        );
+        d += step;
+    }
+    svg += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">ε</text>\n",
+        (left + right) / 2.0,
+        h - 12.0
+    );
+    svg += &format!(
+        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">difference</text>\n",
+        (top + bottom) / 2.0,
+        (top + bottom) / 2.0
+    );
+    let ty = py(s.threshold);
+    svg += &format!(
+        "<line x1=\"{left}\" y1=\"{ty:.1}\" x2=\"{right}\" y2=\"{ty:.1}\" stroke=\"#c00\" stroke-dasharray=\"6 4\"/><text x=\"{}\" y=\"{:.1}\" fill=\"#c00\">threshold {:e}</text>\n",
+        right + 6.0,
+        ty + 4.0,
+        s.threshold
+    );
+    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"];
+    for (n, c) in s.curves.iter().enumerate() {
+        let col = colors[n % colors.len()];
+        let pts: Vec<String> = c
+            .points
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", px(p.epsilon), py(p.difference)))
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{col}\" stroke-width=\"2\" points=\"{}\"/>\n",
+            pts.join(" ")
+        );
+        if let Some(b) = c.points.iter().find(|p| p.epsilon == c.best_epsilon) {
+            svg += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"{col}\"/>\n",
+                px(b.epsilon),
+                py(b.difference)
+            );
+        }
+        svg += &format!(
+            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{col}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{} (best ε {:.0e})</text>\n",
+            right + 6.0,
+            top + 20.0 + 18.0 * n as f64,
+            right + 26.0,
+            top + 20.0 + 18.0 * n as f64,
+            right + 30.0,
+            top + 24.0 + 18.0 * n as f64,
+            c.label,
+            c.best_epsilon
+        );
+    }
+    svg += "</svg>\n";
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epsilon_grid_spans_the_decades() {
+        let e = epsilons(1e-1, 1e-10, 3).unwrap();
+        assert_eq!(e.len(), 28);
+        assert!((e[0] - 1e-1).abs() < 1e-16 && (e[27] / 1e-10 - 1.0).abs() < 1e-12);
+        assert!(epsilons(1e-10, 1e-1, 3).is_err());
+        assert!(epsilons(1e-1, 1e-10, 0).is_err());
+    }
+}
