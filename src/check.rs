@@ -166,6 +166,9 @@ pub struct TensorReport {
     pub worst: Vec<Worst>,
     /// What kind of mistake it looks like, when the evidence is clear.
     pub diagnosis: Option<Diagnosis>,
+    /// With the 4-point stencil: the largest |gradapprox₂ − gradapprox₄| over the counted
+    /// elements, an estimate of the 2-point truncation error.
+    pub error_estimate: Option<f64>,
 }
 
 /// Timings of the phases, seconds.
@@ -214,6 +217,8 @@ pub struct Report {
     pub timings: Timings,
     /// Which check decided: "full", "fast", or "full (after the fast check failed)".
     pub mode: String,
+    /// Central-difference stencil: 2 points (O(ε²)) or 4 points (O(ε⁴)).
+    pub stencil: u8,
     /// The fast check, when one ran.
     pub fast: Option<FastCheck>,
     /// Every central difference, flat (omitted from JSON: it can be millions of values).
@@ -253,6 +258,9 @@ pub struct GradCheck {
     pub threads: Threads,
     /// Substring of the GPU adapter's name to pick.
     pub adapter: Option<String>,
+    /// 2 (the notebook's central difference) or 4 (Richardson: (4·g(ε) − g(2ε))/3,
+    /// i.e. (8(J₁⁺ − J₁⁻) − (J₂⁺ − J₂⁻))/12ε, error O(ε⁴); costs a second evaluation at 2ε).
+    pub stencil: u8,
 }
 
 impl Default for GradCheck {
@@ -266,6 +274,7 @@ impl Default for GradCheck {
             top_k: 3,
             threads: Threads::Parallel,
             adapter: None,
+            stencil: 2,
         }
     }
 }
@@ -390,16 +399,34 @@ impl GradCheck {
         };
         let (epsilon, threshold) = self.defaults_for(precision_hint);
         validate_threshold(threshold)?;
+        if !matches!(self.stencil, 2 | 4) {
+            return Err(Error::Config(format!(
+                "stencil {}: only 2 and 4 are supported",
+                self.stencil
+            )));
+        }
         let eval = self.evaluate(model, params, data, epsilon)?;
+        let (layout, grad, m) = (model.layout(), grads.as_slice(), data.m());
+        let mut report = match self.stencil {
+            2 => self.build_report(layout, grad, &eval, epsilon, threshold, m),
+            4 => {
+                let wide = self.evaluate(model, params, data, 2.0 * epsilon)?;
+                let (g1, g2) = (eval.gradapprox(epsilon), wide.gradapprox(2.0 * epsilon));
+                let g4: Vec<f64> = g1
+                    .iter()
+                    .zip(&g2)
+                    .map(|(a, b)| (4.0 * a - b) / 3.0)
+                    .collect();
+                let err: Vec<f64> = g1.iter().zip(&g4).map(|(a, b)| (a - b).abs()).collect();
+                let mut both = eval.clone();
+                for (k, w) in both.kinks.iter_mut().zip(&wide.kinks) {
+                    *k |= *w;
+                }
+                self.build_report_with(layout, grad, &both, g4, Some(&err), epsilon, threshold, m)
+            }
+            _ => unreachable!("validated above"),
+        };
         let evaluate_s = t0.elapsed().as_secs_f64();
-        let mut report = self.build_report(
-            model.layout(),
-            grads.as_slice(),
-            &eval,
-            epsilon,
-            threshold,
-            data.m(),
-        );
         report.timings = Timings {
             evaluate_s,
             total_s: t0.elapsed().as_secs_f64(),
@@ -417,7 +444,32 @@ impl GradCheck {
         threshold: f64,
         m: usize,
     ) -> Report {
-        let approx = eval.gradapprox(epsilon);
+        self.build_report_with(
+            layout,
+            grad,
+            eval,
+            eval.gradapprox(epsilon),
+            None,
+            epsilon,
+            threshold,
+            m,
+        )
+    }
+
+    /// [`GradCheck::build_report`] with the central differences given (`approx`), and
+    /// optionally a per-element error estimate of them (the 4-point stencil's).
+    #[allow(clippy::too_many_arguments)]
+    pub fn build_report_with(
+        &self,
+        layout: &ParamLayout,
+        grad: &[f64],
+        eval: &Evaluation,
+        approx: Vec<f64>,
+        error_estimate: Option<&[f64]>,
+        epsilon: f64,
+        threshold: f64,
+        m: usize,
+    ) -> Report {
         let counted = |i: usize| self.kinks == KinkPolicy::Include || !eval.kinks[i];
         let floor = noise_floor(eval.unit_roundoff, eval.cost_scale, epsilon);
         let mut tensors = Vec::new();
@@ -448,7 +500,10 @@ impl GradCheck {
             } else {
                 diagnose::diagnose_tensor(slot, &grad[range.clone()], &approx[range.clone()], m)
             };
+            let error_estimate =
+                error_estimate.map(|e| idx.iter().map(|&i| e[i]).fold(0.0, f64::max));
             tensors.push(TensorReport {
+                error_estimate,
                 name: slot.name.clone(),
                 shape: [slot.rows, slot.cols],
                 difference: diff,
@@ -486,6 +541,7 @@ impl GradCheck {
             notes: eval.notes.clone(),
             timings: Timings::default(),
             mode: "full".into(),
+            stencil: if error_estimate.is_some() { 4 } else { 2 },
             fast: None,
             gradapprox: approx,
             plus: eval.plus.clone(),

@@ -87,6 +87,10 @@ struct CheckArgs {
     /// Seed of the fast mode's directions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Central-difference stencil: 2 points (the notebook's) or 4 (O(ε⁴), plus a
+    /// per-element error estimate from the two).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
+    stencil: u8,
     /// Worst elements listed per tensor.
     #[arg(long, default_value_t = 3)]
     top: usize,
@@ -346,6 +350,7 @@ fn configure(a: &CheckArgs) -> GradCheck {
     };
     gc.threshold = a.threshold;
     gc.top_k = a.top;
+    gc.stencil = a.stencil;
     gc.adapter = a.adapter.clone();
     gc
 }
@@ -419,22 +424,19 @@ fn fast_report(p: &Problem, f: check::FastCheck, gc: &GradCheck) -> Result<Repor
         minus: Vec::new(),
         cost_scale: check::cost_scale(&p.model, &p.params, &p.data),
         kinks: vec![false; a.len()],
-        backend: "cpu".into(),
+        backend: "cpu (fast mode)".into(),
         precision: "f64".into(),
         unit_roundoff: f64::EPSILON / 2.0,
         steps: None,
         notes: Vec::new(),
     };
     // One pseudo-tensor of K directional derivatives.
-    let eval = check::Evaluation {
-        plus: n.iter().map(|v| v * 2.0 * epsilon).collect(),
-        minus: vec![0.0; n.len()],
-        ..eval
-    };
-    let mut r = gc.build_report(
+    let mut r = gc.build_report_with(
         &ParamLayout::single("directions", 1, a.len()),
         &a,
         &eval,
+        n,
+        None,
         epsilon,
         threshold,
         p.data.m(),

@@ -1,0 +1,160 @@
+//! Planted bugs on random networks: the diagnosis names exactly the planted tensors and
+//! kinds; with correct gradients nothing is diagnosed and the check passes — also at an ε
+//! large enough to cross ReLU kinks.
+
+use gradcheck::check::{Backend, GradCheck};
+use gradcheck::cpu;
+use gradcheck::diagnose::MistakeKind;
+use gradcheck::examples::random_problem;
+use gradcheck::{Grads, Loss, ModelSpec};
+
+fn spec(acts: [&str; 3], loss: Loss) -> ModelSpec {
+    ModelSpec {
+        // W2 is 4×4 (transposable); b1 and b2 are both 4×1 (swappable).
+        layers: vec![5, 4, 4, 3],
+        activations: acts.iter().map(|a| a.parse().unwrap()).collect(),
+        loss,
+        l2: 0.0,
+    }
+}
+
+fn nets() -> Vec<ModelSpec> {
+    vec![
+        spec(["relu", "relu", "softmax"], Loss::SoftmaxCrossEntropy),
+        spec(
+            ["tanh", "leaky_relu:0.1", "identity"],
+            Loss::MeanSquaredError,
+        ),
+        spec(["sigmoid", "relu", "sigmoid"], Loss::BinaryCrossEntropy),
+    ]
+}
+
+type Plant = fn(&mut Grads, m: usize);
+
+fn tensor(g: &mut Grads, name: &str) -> std::ops::Range<usize> {
+    g.layout()
+        .tensors()
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap()
+        .range()
+}
+
+fn plants() -> Vec<(&'static str, Vec<&'static str>, MistakeKind, Plant)> {
+    vec![
+        ("scaled", vec!["W1"], MistakeKind::Scaled, |g, _| {
+            let r = tensor(g, "W1");
+            g.as_mut_slice()[r].iter_mut().for_each(|v| *v *= 3.0)
+        }),
+        ("sign", vec!["W3"], MistakeKind::SignFlipped, |g, _| {
+            let r = tensor(g, "W3");
+            g.as_mut_slice()[r].iter_mut().for_each(|v| *v = -*v)
+        }),
+        (
+            "missing 1/m",
+            vec!["b3"],
+            MistakeKind::MissingAveraging,
+            |g, m| {
+                let r = tensor(g, "b3");
+                g.as_mut_slice()[r].iter_mut().for_each(|v| *v *= m as f64)
+            },
+        ),
+        ("transposed", vec!["W2"], MistakeKind::Transposed, |g, _| {
+            let r = tensor(g, "W2");
+            let w: Vec<f64> = g.as_slice()[r.clone()].to_vec();
+            for i in 0..4 {
+                for j in 0..4 {
+                    g.as_mut_slice()[r.start + i * 4 + j] = w[j * 4 + i];
+                }
+            }
+        }),
+        ("all zero", vec!["b1"], MistakeKind::AllZero, |g, _| {
+            let r = tensor(g, "b1");
+            g.as_mut_slice()[r].iter_mut().for_each(|v| *v = 0.0)
+        }),
+        ("swapped", vec!["b1", "b2"], MistakeKind::Swapped, |g, _| {
+            let (r1, r2) = (tensor(g, "b1"), tensor(g, "b2"));
+            let a: Vec<f64> = g.as_slice()[r1.clone()].to_vec();
+            let b: Vec<f64> = g.as_slice()[r2.clone()].to_vec();
+            g.as_mut_slice()[r1].copy_from_slice(&b);
+            g.as_mut_slice()[r2].copy_from_slice(&a);
+        }),
+        ("nan", vec!["W2"], MistakeKind::NotFinite, |g, _| {
+            let r = tensor(g, "W2");
+            g.as_mut_slice()[r.start + 5] = f64::NAN;
+        }),
+    ]
+}
+
+#[test]
+fn planted_bugs_are_named_by_tensor_and_kind() {
+    let m = 8;
+    for (n, s) in nets().into_iter().enumerate() {
+        let (model, params, data) = random_problem(s, m, 40 + n as u64).unwrap();
+        let good = cpu::backprop(&model, &params, &data);
+        for (what, tensors, kind, plant) in plants() {
+            let mut g = good.clone();
+            plant(&mut g, m);
+            let r = GradCheck::new()
+                .backend(Backend::Cpu)
+                .epsilon(1e-6)
+                .run(&model, &params, &data, &g)
+                .unwrap();
+            assert!(!r.passed, "net {n} {what}");
+            let diagnosed: Vec<(&str, MistakeKind)> = r
+                .tensors
+                .iter()
+                .filter_map(|t| t.diagnosis.as_ref().map(|d| (t.name.as_str(), d.kind)))
+                .collect();
+            let want: Vec<(&str, MistakeKind)> = tensors.iter().map(|t| (*t, kind)).collect();
+            assert_eq!(diagnosed, want, "net {n}, planted {what}");
+        }
+    }
+}
+
+#[test]
+fn correct_gradients_pass_with_nothing_diagnosed_even_across_kinks() {
+    for (n, s) in nets().into_iter().enumerate() {
+        let (model, params, data) = random_problem(s, 8, 40 + n as u64).unwrap();
+        let good = cpu::backprop(&model, &params, &data);
+        for eps in [1e-7, 1e-5, 3e-2] {
+            let r = GradCheck::new()
+                .backend(Backend::Cpu)
+                .epsilon(eps)
+                .threshold(if eps > 1e-3 { 1e-2 } else { 2e-7 })
+                .run(&model, &params, &data, &good)
+                .unwrap();
+            assert!(
+                r.passed,
+                "net {n} ε {eps}: difference {} (kinks {})",
+                r.difference_counted, r.kinks
+            );
+            assert!(
+                r.tensors.iter().all(|t| t.diagnosis.is_none()),
+                "net {n} ε {eps}"
+            );
+        }
+    }
+}
+
+#[test]
+fn large_steps_do_cross_kinks_and_excluding_them_matters() {
+    let (model, params, data) = random_problem(
+        spec(["relu", "relu", "softmax"], Loss::SoftmaxCrossEntropy),
+        32,
+        9,
+    )
+    .unwrap();
+    let good = cpu::backprop(&model, &params, &data);
+    let r = GradCheck::new()
+        .backend(Backend::Cpu)
+        .epsilon(0.3)
+        .threshold(1e-2)
+        .run(&model, &params, &data, &good)
+        .unwrap();
+    assert!(r.kinks > 0, "ε = 0.3 should cross some kink");
+    assert!(
+        r.difference_counted < r.difference,
+        "kinked elements carry the largest errors"
+    );
+}
