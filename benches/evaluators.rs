@@ -71,7 +71,12 @@ fn bench(c: &mut Criterion) {
                 }
                 g.bench_function(
                     format!("gpu {label} ({}) / {name}", ctx.adapter_name()),
-                    |b| b.iter(|| ctx.evaluate(model, params, data, 1e-7, p, None).unwrap()),
+                    |b| {
+                        b.iter(|| {
+                            ctx.evaluate(model, params, data, 1e-7, p, Default::default())
+                                .unwrap()
+                        })
+                    },
                 );
             }
         }

@@ -261,6 +261,9 @@ pub struct GradCheck {
     /// 2 (the notebook's central difference) or 4 (Richardson: (4·g(ε) − g(2ε))/3,
     /// i.e. (8(J₁⁺ − J₁⁻) − (J₂⁺ − J₂⁻))/12ε, error O(ε⁴); costs a second evaluation at 2ε).
     pub stencil: u8,
+    /// Evaluate only these parameters (a shard, see [`crate::shard`]); the others' J±
+    /// are NaN.
+    pub range: Option<std::ops::Range<usize>>,
 }
 
 impl Default for GradCheck {
@@ -275,6 +278,7 @@ impl Default for GradCheck {
             threads: Threads::Parallel,
             adapter: None,
             stencil: 2,
+            range: None,
         }
     }
 }
@@ -319,21 +323,24 @@ impl GradCheck {
         epsilon: f64,
     ) -> Result<Evaluation> {
         validate_epsilon(epsilon)?;
+        let n = model.n_params();
+        let range = self.range.clone().unwrap_or(0..n);
         let cpu_eval = |notes: Vec<String>| -> Result<Evaluation> {
-            let p = cpu::perturbed_costs(
-                model,
-                params,
-                data,
-                epsilon,
-                0..model.n_params(),
-                self.threads,
-            )?;
+            let p =
+                cpu::perturbed_costs(model, params, data, epsilon, range.clone(), self.threads)?;
+            // Full-length vectors: NaN (and no kink) outside the range.
+            let mut plus = vec![f64::NAN; n];
+            let mut minus = vec![f64::NAN; n];
+            let mut kinks = vec![false; n];
+            plus[range.clone()].copy_from_slice(&p.plus);
+            minus[range.clone()].copy_from_slice(&p.minus);
+            kinks[range.clone()].copy_from_slice(&p.kinks);
             Ok(Evaluation {
                 cost: p.cost,
-                plus: p.plus,
-                minus: p.minus,
+                plus,
+                minus,
                 cost_scale: cost_scale(model, params, data),
-                kinks: p.kinks,
+                kinks,
                 backend: "cpu".into(),
                 precision: "f64".into(),
                 unit_roundoff: f64::EPSILON / 2.0,
@@ -341,24 +348,24 @@ impl GradCheck {
                 notes,
             })
         };
+        let opts = crate::gpu::EvalOptions {
+            max_chunk: None,
+            range: self.range.clone(),
+        };
+        let gpu_eval = || {
+            crate::gpu::GpuContext::shared(self.adapter.as_deref())?.evaluate(
+                model,
+                params,
+                data,
+                epsilon,
+                self.precision,
+                opts.clone(),
+            )
+        };
         match self.backend {
             Backend::Cpu => cpu_eval(Vec::new()),
-            Backend::Gpu => crate::gpu::evaluate(
-                model,
-                params,
-                data,
-                epsilon,
-                self.precision,
-                self.adapter.as_deref(),
-            ),
-            Backend::Auto => match crate::gpu::evaluate(
-                model,
-                params,
-                data,
-                epsilon,
-                self.precision,
-                self.adapter.as_deref(),
-            ) {
+            Backend::Gpu => gpu_eval(),
+            Backend::Auto => match gpu_eval() {
                 Ok(e) => Ok(e),
                 Err(Error::Gpu(why)) => cpu_eval(vec![format!(
                     "GPU unavailable ({why}); fell back to the CPU f64 evaluator"

@@ -34,6 +34,8 @@ enum Command {
     Batch(BatchArgs),
     /// The difference against ε over decades, per precision: table, JSON, SVG plot.
     Sweep(SweepArgs),
+    /// Join the partials of `check --shard I/N` into the report one run would give.
+    Merge(MergeArgs),
     /// List GPU adapters, their f64 support and limits.
     Devices,
 }
@@ -91,6 +93,10 @@ struct CheckArgs {
     /// per-element error estimate from the two).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
     stencil: u8,
+    /// Evaluate only the I-th of N slices of the parameters (1-based) and write the
+    /// partial to --json; join the partials with `gradcheck merge`.
+    #[arg(long, value_name = "I/N", requires = "json")]
+    shard: Option<String>,
     /// Worst elements listed per tensor.
     #[arg(long, default_value_t = 3)]
     top: usize,
@@ -112,6 +118,49 @@ struct CompareArgs {
     /// Write the comparison as JSON to PATH ('-' = stdout).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    #[command(flatten)]
+    inputs: Inputs,
+    /// The partial reports written by `check --shard I/N --json PART`.
+    #[arg(required = true)]
+    parts: Vec<PathBuf>,
+    /// Verdict threshold [default: the precision's].
+    #[arg(long, allow_hyphen_values = true)]
+    threshold: Option<f64>,
+    /// Whether kinked elements count.
+    #[arg(long, value_enum, default_value = "exclude")]
+    kinks: KinkPolicy,
+    /// Write the JSON report to PATH ('-' = stdout).
+    #[arg(long, value_name = "PATH")]
+    json: Option<PathBuf>,
+}
+
+fn run_merge(a: MergeArgs) -> Result<ExitCode> {
+    let p = load(&a.inputs)?;
+    let parts = a
+        .parts
+        .iter()
+        .map(|f| gradcheck::shard::load_partial(f))
+        .collect::<gradcheck::Result<Vec<_>>>()?;
+    let (eval, epsilon) = gradcheck::shard::merge(&parts, p.model.n_params())?;
+    let mut gc = GradCheck::new().kinks(a.kinks);
+    gc.threshold = a.threshold;
+    let (_, threshold) = gc.defaults_for(&eval.precision);
+    check::validate_threshold(threshold)?;
+    let mut r = gc.build_report(
+        p.model.layout(),
+        p.grads.as_slice(),
+        &eval,
+        epsilon,
+        threshold,
+        p.data.m(),
+    );
+    r.notes.splice(0..0, p.notes);
+    emit(&r, a.json.as_ref())?;
+    Ok(ExitCode::from(if r.passed { 0 } else { 1 }))
 }
 
 #[derive(Args)]
@@ -299,6 +348,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Check(a) => run_check(a),
         Command::Batch(a) => run_batch(a),
         Command::Sweep(a) => run_sweep(a),
+        Command::Merge(a) => run_merge(a),
         Command::Compare(a) => {
             let p = load(&a.inputs)?;
             let ctx = gradcheck::gpu::GpuContext::shared(a.adapter.as_deref())?;
@@ -361,6 +411,26 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         one_d_report(&gc)?
     } else {
         let p = load(&a.inputs)?;
+        if let Some(spec) = &a.shard {
+            let (i, n) = gradcheck::shard::parse_shard(spec)?;
+            let part = gradcheck::shard::evaluate_shard(&gc, &p, i, n)?;
+            let path = a.json.as_ref().expect("clap requires --json with --shard");
+            let text = serde_json::to_string(&part)?;
+            if path.as_os_str() == "-" {
+                println!("{text}");
+            } else {
+                std::fs::write(path, text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!(
+                    "shard {i}/{n}: parameters {}..{} of {} evaluated, written to {}",
+                    part.range[0],
+                    part.range[1],
+                    part.n_params,
+                    path.display()
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
         let mut gc = gc;
         let mut auto_note = None;
         if let Some(EpsilonArg::Auto) = a.epsilon {

@@ -116,7 +116,7 @@ pub fn compare(
     for (p, default_eps) in list {
         let eps = epsilon.unwrap_or(default_eps);
         let is_f64 = p == Precision::F64;
-        let gpu = ctx.evaluate(model, params, data, eps, p, None)?;
+        let gpu = ctx.evaluate(model, params, data, eps, p, Default::default())?;
         let cpu_eval = cpu::perturbed_costs(
             model,
             params,

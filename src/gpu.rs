@@ -373,8 +373,8 @@ impl GpuContext {
         bytes / real_size
     }
 
-    /// Every J(θ ± ε·e_i) on this device. `precision` Auto picks f64 when available.
-    /// `max_chunk` caps the parameters per chunk (tests force tiny chunks with it).
+    /// Every J(θ ± ε·e_i) on this device (or those of `opts.range`). `precision` Auto
+    /// picks f64 when available.
     pub fn evaluate(
         &self,
         model: &Model,
@@ -382,7 +382,7 @@ impl GpuContext {
         data: &Data,
         epsilon: f64,
         precision: Precision,
-        max_chunk: Option<usize>,
+        opts: EvalOptions,
     ) -> Result<Evaluation> {
         crate::check::validate_epsilon(epsilon)?;
         let use_f64 = match precision {
@@ -400,10 +400,18 @@ impl GpuContext {
             model,
             data,
             self.batch_capacity(if use_f64 { 8 } else { 4 }),
-            max_chunk,
+            &opts,
         )?;
+        if let Some(r) = &opts.range {
+            if r.start > r.end || r.end > model.n_params() {
+                return Err(Error::Config(format!(
+                    "parameter range {r:?} is outside 0..{}",
+                    model.n_params()
+                )));
+            }
+        }
         let fwd = cpu::forward(model, params, data);
-        let (plus, minus, kinks, steps) = if use_f64 {
+        let (mut plus, mut minus, kinks, steps) = if use_f64 {
             let (p, m, k) =
                 self.run::<f64>(model, params, data, epsilon, &plan, fwd.weight_sumsq)?;
             (p, m, k, None)
@@ -422,6 +430,12 @@ impl GpuContext {
                 .collect();
             (p, m, k, Some(steps))
         };
+        if let Some(r) = &opts.range {
+            for i in (0..r.start).chain(r.end..model.n_params()) {
+                plus[i] = f64::NAN;
+                minus[i] = f64::NAN;
+            }
+        }
         Ok(Evaluation {
             cost: fwd.cost,
             plus,
@@ -899,6 +913,15 @@ impl Real for f32 {
     }
 }
 
+/// Options of [`GpuContext::evaluate`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Caps the parameters per chunk (tests force tiny chunks with it).
+    pub max_chunk: Option<usize>,
+    /// Evaluate only these parameters (a shard); the others' J± come back as NaN.
+    pub range: Option<std::ops::Range<usize>>,
+}
+
 /// A chunk: `count` consecutive parameters of layer `layer` starting at flat index `first`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Chunk {
@@ -916,7 +939,8 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(model: &Model, data: &Data, capacity: u64, max_chunk: Option<usize>) -> Result<Plan> {
+    fn new(model: &Model, data: &Data, capacity: u64, opts: &EvalOptions) -> Result<Plan> {
+        let wanted = opts.range.clone().unwrap_or(0..model.n_params());
         let m = data.m();
         let sizes = model.sizes();
         let depth = model.depth();
@@ -935,7 +959,7 @@ impl Plan {
             let by_grid = (65_535 * TILE as usize) / (2 * m);
             let fit = (capacity as usize / per_param)
                 .min(by_grid)
-                .min(max_chunk.unwrap_or(usize::MAX));
+                .min(opts.max_chunk.unwrap_or(usize::MAX));
             if fit == 0 {
                 return Err(Error::Gpu(format!(
                     "one perturbation of layer {} needs {} values of batch memory, more than the adapter's buffer limit allows",
@@ -943,7 +967,8 @@ impl Plan {
                     per_param / 2
                 )));
             }
-            let range = model.layout().weight(l).offset..model.layout().bias(l).range().end;
+            let layer = model.layout().weight(l).offset..model.layout().bias(l).range().end;
+            let range = layer.start.max(wanted.start)..layer.end.min(wanted.end);
             let mut first = range.start;
             while first < range.end {
                 let count = fit.min(range.end - first);
@@ -961,16 +986,4 @@ impl Plan {
             batch_reals,
         })
     }
-}
-
-/// Every J± on the shared GPU context for `adapter` (see [`GpuContext::evaluate`]).
-pub fn evaluate(
-    model: &Model,
-    params: &Params,
-    data: &Data,
-    epsilon: f64,
-    precision: Precision,
-    adapter: Option<&str>,
-) -> Result<Evaluation> {
-    GpuContext::shared(adapter)?.evaluate(model, params, data, epsilon, precision, None)
 }

@@ -25,6 +25,7 @@ pub mod gpu;
 pub mod io;
 pub mod model;
 pub mod report;
+pub mod shard;
 pub mod sweep;
 
 pub use check::{Backend, GradCheck, KinkPolicy, Precision, Report};

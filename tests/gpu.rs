@@ -190,7 +190,14 @@ fn gpu_f64_equals_cpu_f64_on_awkward_nets() {
         )
         .unwrap();
         let gpu = ctx
-            .evaluate(&model, &params, &data, eps, Precision::F64, None)
+            .evaluate(
+                &model,
+                &params,
+                &data,
+                eps,
+                Precision::F64,
+                Default::default(),
+            )
             .unwrap();
         let mut worst: f64 = 0.0;
         for i in 0..model.n_params() {
@@ -225,7 +232,14 @@ fn gpu_f32_is_within_its_stated_bound() {
         )
         .unwrap();
         let gpu = ctx
-            .evaluate(&model, &params, &data, eps, Precision::F32, None)
+            .evaluate(
+                &model,
+                &params,
+                &data,
+                eps,
+                Precision::F32,
+                Default::default(),
+            )
             .unwrap();
         let scale = gradcheck::check::cost_scale(&model, &params, &data);
         // f32 J± carry the rounding of θ, X, Y to f32 and of every operation, each a few
@@ -261,18 +275,42 @@ fn chunking_changes_no_bit() {
     };
     let (model, params, data) = random_problem(spec, 9, 7).unwrap();
     let whole = ctx
-        .evaluate(&model, &params, &data, 1e-5, Precision::Auto, None)
+        .evaluate(
+            &model,
+            &params,
+            &data,
+            1e-5,
+            Precision::Auto,
+            Default::default(),
+        )
         .unwrap();
     for chunk in [1, 3, 8] {
         let parts = ctx
-            .evaluate(&model, &params, &data, 1e-5, Precision::Auto, Some(chunk))
+            .evaluate(
+                &model,
+                &params,
+                &data,
+                1e-5,
+                Precision::Auto,
+                gradcheck::gpu::EvalOptions {
+                    max_chunk: Some(chunk),
+                    range: None,
+                },
+            )
             .unwrap();
         assert_eq!(parts.plus, whole.plus, "chunk {chunk}");
         assert_eq!(parts.minus, whole.minus, "chunk {chunk}");
         assert_eq!(parts.kinks, whole.kinks, "chunk {chunk}");
     }
     let again = ctx
-        .evaluate(&model, &params, &data, 1e-5, Precision::Auto, None)
+        .evaluate(
+            &model,
+            &params,
+            &data,
+            1e-5,
+            Precision::Auto,
+            Default::default(),
+        )
         .unwrap();
     assert_eq!(again.plus, whole.plus, "runs are bitwise reproducible");
 }
@@ -398,5 +436,36 @@ fn sweep_f32_curve_lies_above_f64() {
             b.difference,
             a.difference
         );
+    }
+}
+
+#[test]
+fn gpu_shards_equal_the_whole_evaluation() {
+    let Some(ctx) = gpu() else { return };
+    let p = examples::seed_problem(false).unwrap();
+    let whole = ctx
+        .evaluate(
+            &p.model,
+            &p.params,
+            &p.data,
+            1e-7,
+            Precision::Auto,
+            Default::default(),
+        )
+        .unwrap();
+    for n in [2, 3] {
+        for i in 1..=n {
+            let r = gradcheck::shard::shard_range(p.model.n_params(), i, n);
+            let opts = gradcheck::gpu::EvalOptions {
+                max_chunk: None,
+                range: Some(r.clone()),
+            };
+            let part = ctx
+                .evaluate(&p.model, &p.params, &p.data, 1e-7, Precision::Auto, opts)
+                .unwrap();
+            assert_eq!(part.plus[r.clone()], whole.plus[r.clone()]);
+            assert_eq!(part.minus[r.clone()], whole.minus[r.clone()]);
+            assert!(part.plus[..r.start].iter().all(|v| v.is_nan()));
+        }
     }
 }
