@@ -135,3 +135,26 @@ fn bad_manifests_exit_2() {
     assert_eq!(code, 2);
     assert!(err.contains("no [[job]]"), "{err}");
 }
+
+#[test]
+fn batch_shards_split_the_jobs() {
+    let dir = tempdir("batch-shard");
+    let m = manifest(
+        &dir,
+        "[defaults]\nbackend = \"cpu\"\n[[job]]\nexample = \"seed-fixed\"\n[[job]]\nexample = \"seed-buggy\"\n[[job]]\nexample = \"seed-fixed\"\n",
+    );
+    let (code, out, _) = gradcheck(&["batch", &m, "--shard", "1/2", "--json", "-"]);
+    assert_eq!(code, 0, "shard 1/2 holds job-1 only: {out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 1);
+    let (code, out, _) = gradcheck(&["batch", &m, "--shard", "2/2", "--json", "-"]);
+    assert_eq!(code, 1);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = v["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["job-2", "job-3"]);
+}
