@@ -375,6 +375,20 @@ impl GradCheck {
         }
     }
 
+    /// The precision the J± will be computed in ("f64" or "f32"), so that the matching
+    /// default ε and threshold can be chosen before evaluating: f64 on the CPU and on
+    /// adapters with SHADER_F64, f32 when asked for or when the GPU has no f64.
+    pub fn resolved_precision(&self) -> &'static str {
+        match (self.backend, self.precision) {
+            (Backend::Cpu, _) | (_, Precision::F64) => "f64",
+            (_, Precision::F32) => "f32",
+            (_, Precision::Auto) => match crate::gpu::GpuContext::shared(self.adapter.as_deref()) {
+                Ok(c) if !c.has_f64() => "f32",
+                _ => "f64",
+            },
+        }
+    }
+
     /// The ε and threshold this check uses for a precision ("f64" or "f32").
     pub fn defaults_for(&self, precision: &str) -> (f64, f64) {
         let (e, t) = if precision == "f32" {
@@ -399,11 +413,7 @@ impl GradCheck {
                 "gradients are not laid out like the parameters".into(),
             ));
         }
-        let precision_hint = match (self.backend, self.precision) {
-            (Backend::Cpu, _) => "f64",
-            (_, Precision::F32) => "f32",
-            _ => "f64",
-        };
+        let precision_hint = self.resolved_precision();
         let (epsilon, threshold) = self.defaults_for(precision_hint);
         validate_threshold(threshold)?;
         if !matches!(self.stencil, 2 | 4) {

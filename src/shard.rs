@@ -73,11 +73,7 @@ pub fn evaluate_shard(gc: &GradCheck, p: &Problem, i: usize, n: usize) -> Result
     let range = shard_range(total, i, n);
     let mut g = gc.clone();
     g.range = Some(range.clone());
-    let precision = match (g.backend, g.precision) {
-        (crate::check::Backend::Cpu, _)
-        | (_, crate::check::Precision::F64 | crate::check::Precision::Auto) => "f64",
-        _ => "f32",
-    };
+    let precision = g.resolved_precision();
     let (epsilon, _) = g.defaults_for(precision);
     let e = g.evaluate(&p.model, &p.params, &p.data, epsilon)?;
     Ok(Partial {
