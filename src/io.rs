@@ -256,16 +256,21 @@ pub fn data_from(npz: &Npz, model: &Model) -> Result<Data> {
     })
 }
 
-/// Reads a JSON model spec.
-pub fn spec_from_file(path: &Path) -> Result<ModelSpec> {
+/// Reads a JSON file into `T`; `what` names the expected content in the error.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
     })?;
     serde_json::from_str(&text).map_err(|e| Error::Format {
         path: path.to_owned(),
-        msg: format!("not a valid model spec: {e}"),
+        msg: format!("not a valid {what}: {e}"),
     })
+}
+
+/// Reads a JSON model spec.
+pub fn spec_from_file(path: &Path) -> Result<ModelSpec> {
+    read_json(path, "model spec")
 }
 
 /// Everything a check needs, loaded and cross-validated.

@@ -95,14 +95,7 @@ pub fn evaluate_shard(gc: &GradCheck, p: &Problem, i: usize, n: usize) -> Result
 
 /// Reads a partial written by `check --shard`.
 pub fn load_partial(path: &Path) -> Result<Partial> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| Error::Format {
-        path: path.to_owned(),
-        msg: format!("not a gradcheck shard: {e}"),
-    })
+    crate::io::read_json(path, "gradcheck shard")
 }
 
 /// Joins partials covering 0..n_params exactly once into one evaluation and its ε.
