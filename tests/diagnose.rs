@@ -117,6 +117,8 @@ fn correct_gradients_pass_with_nothing_diagnosed_even_across_kinks() {
     for (n, s) in nets().into_iter().enumerate() {
         let (model, params, data) = random_problem(s, 8, 40 + n as u64).unwrap();
         let good = cpu::backprop(&model, &params, &data);
+        // 2e-7 (the notebook's) where rounding dominates; at ε = 3e-2 the ε² truncation
+        // error alone is ~1e-4 relative, so the threshold is the f32-scale 1e-2 there.
         for eps in [1e-7, 1e-5, 3e-2] {
             let r = GradCheck::new()
                 .backend(Backend::Cpu)
