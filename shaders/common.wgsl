@@ -5,10 +5,8 @@
 // binds it with a dynamic offset (all u32: reals live in the model buffer's header).
 struct Job {
     m: u32,          // samples
-    count: u32,      // K perturbations in this chunk (2 per parameter: +, −)
     first: u32,      // flat index of the chunk's first parameter
     cols: u32,       // C = K·m columns of the batch buffers
-    layer: u32,      // perturbed layer l (0-based)
     w_param: u32,    // flat index of W_l[0,0] (parameter space)
     rows_l: u32,     // n_l
     cols_l: u32,     // n_{l−1}

@@ -159,7 +159,7 @@ fn run_merge(a: MergeArgs) -> Result<ExitCode> {
         p.data.m(),
     );
     r.notes.splice(0..0, p.notes);
-    emit(&r, a.json.as_ref())?;
+    emit_report(&r, a.json.as_ref())?;
     Ok(ExitCode::from(if r.passed { 0 } else { 1 }))
 }
 
@@ -234,16 +234,7 @@ fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     let json = serde_json::to_string_pretty(&s)?;
-    match &a.json {
-        Some(path) if path.as_os_str() == "-" => println!("{json}"),
-        other => {
-            if let Some(path) = other {
-                std::fs::write(path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            print!("{}", gradcheck::sweep::render_text(&s));
-        }
-    }
+    emit(&json, a.json.as_ref(), || gradcheck::sweep::render_text(&s))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -267,7 +258,7 @@ struct BatchArgs {
 }
 
 fn run_batch(a: BatchArgs) -> Result<ExitCode> {
-    use gradcheck::batch::{self, Manifest, Outcome};
+    use gradcheck::batch::{self, Manifest};
     let mut manifest = Manifest::load(&a.manifest)?;
     if let Some(spec) = &a.shard {
         let (i, n) = gradcheck::shard::parse_shard(spec)?;
@@ -300,34 +291,9 @@ fn run_batch(a: BatchArgs) -> Result<ExitCode> {
         std::fs::write(p, report::render_junit(&report))
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    match &a.json {
-        Some(p) if p.as_os_str() == "-" => println!("{json}"),
-        other => {
-            if let Some(p) = other {
-                std::fs::write(p, &json).with_context(|| format!("writing {}", p.display()))?;
-            }
-            for j in &report.jobs {
-                let detail = match (&j.report, &j.error) {
-                    (Some(r), _) if j.outcome == Outcome::Fail => {
-                        report::failure_summary(r).trim_end().replace('\n', "; ")
-                    }
-                    (Some(r), _) => format!("difference {:e}", r.difference),
-                    (None, Some(e)) => e.clone(),
-                    _ => String::new(),
-                };
-                let tag = match j.outcome {
-                    Outcome::Pass => "pass",
-                    Outcome::Fail => "FAIL",
-                    Outcome::Error => "ERROR",
-                };
-                println!("{:<5} {:<24} {:>8.3} s  {detail}", tag, j.name, j.seconds);
-            }
-            println!(
-                "batch: {} pass, {} fail, {} error ({:.3} s)",
-                report.passed, report.failed, report.errors, report.seconds
-            );
-        }
-    }
+    emit(&json, a.json.as_ref(), || {
+        report::render_batch_text(&report)
+    })?;
     Ok(ExitCode::from(report.exit_code()))
 }
 
@@ -369,15 +335,9 @@ pub fn run() -> Result<ExitCode> {
                 &ctx, &p.model, &p.params, &p.data, &p.grads, a.epsilon,
             )?;
             let json = serde_json::to_string_pretty(&c)?;
-            match &a.json {
-                Some(path) if path.as_os_str() == "-" => println!("{json}"),
-                Some(path) => {
-                    std::fs::write(path, json)
-                        .with_context(|| format!("writing {}", path.display()))?;
-                    print!("{}", gradcheck::compare::render_text(&c));
-                }
-                None => print!("{}", gradcheck::compare::render_text(&c)),
-            }
+            emit(&json, a.json.as_ref(), || {
+                gradcheck::compare::render_text(&c)
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices => {
@@ -493,7 +453,7 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
             }
         }
     };
-    emit(&report, a.json.as_ref())?;
+    emit_report(&report, a.json.as_ref())?;
     Ok(ExitCode::from(if report.passed { 0 } else { 1 }))
 }
 
@@ -554,15 +514,22 @@ fn one_d_report(gc: &GradCheck) -> Result<Report> {
     Ok(r)
 }
 
-fn emit(r: &Report, json: Option<&PathBuf>) -> Result<()> {
-    match json {
-        Some(p) if p.as_os_str() == "-" => println!("{}", report::render_json(r)),
-        Some(p) => {
-            std::fs::write(p, report::render_json(r))
-                .with_context(|| format!("writing {}", p.display()))?;
-            print!("{}", report::render_text(r));
+/// `--json PATH|-`: '-' prints the JSON instead of the table; a path writes it and the
+/// table still goes to stdout; no flag prints the table only.
+fn emit(json: &str, path: Option<&PathBuf>, text: impl FnOnce() -> String) -> Result<()> {
+    match path {
+        Some(p) if p.as_os_str() == "-" => println!("{json}"),
+        other => {
+            if let Some(p) = other {
+                std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
+            }
+            print!("{}", text());
         }
-        None => print!("{}", report::render_text(r)),
     }
     Ok(())
+}
+
+/// A check report through [`emit`].
+fn emit_report(r: &Report, path: Option<&PathBuf>) -> Result<()> {
+    emit(&report::render_json(r), path, || report::render_text(r))
 }

@@ -67,10 +67,8 @@ pub mod source {
 #[derive(Debug, Clone, Copy, Default, Pod, Zeroable)]
 struct Job {
     m: u32,
-    count: u32,
     first: u32,
     cols: u32,
-    layer: u32,
     w_param: u32,
     rows_l: u32,
     cols_l: u32,
@@ -574,10 +572,8 @@ impl GpuContext {
             let cols = to_u32(k * m, "chunk columns")?;
             let mut j = Job::default();
             jm(&mut j);
-            j.count = k as u32;
             j.first = chunk.first as u32;
             j.cols = cols;
-            j.layer = l as u32;
             j.w_param = layout.weight(l).offset as u32;
             j.rows_l = sizes[l + 1] as u32;
             j.cols_l = sizes[l] as u32;
@@ -656,18 +652,7 @@ impl GpuContext {
             jobs.push(("reduce", s, !in_a, gx, gy));
         }
 
-        let stride = (self.limits.min_uniform_buffer_offset_alignment as usize)
-            .max(std::mem::size_of::<Job>());
-        let mut ubytes = vec![0u8; stride * jobs.len()];
-        for (n, (_, job, ..)) in jobs.iter().enumerate() {
-            ubytes[n * stride..n * stride + std::mem::size_of::<Job>()]
-                .copy_from_slice(bytemuck::bytes_of(job));
-        }
-        let ubuf = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("jobs"),
-            contents: &ubytes,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|(_, job, ..)| job));
         // Two bind groups: (src, dst) = (a, b) and (b, a).
         let g_ab = self.bind_group(
             &pipes,
@@ -787,13 +772,7 @@ impl GpuContext {
             total: n as u32,
             ..Job::default()
         };
-        let mut ub = bytemuck::bytes_of(&job).to_vec();
-        ub.resize(256.max(ub.len()), 0);
-        let ubuf = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("probe job"),
-            contents: &ub,
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
+        let (ubuf, _) = self.jobs_buffer([&job]);
         let group = self.bind_group(
             &pipes,
             &ubuf,
@@ -828,6 +807,29 @@ impl GpuContext {
             .take(xs.len())
             .map(R::to_f64)
             .collect())
+    }
+
+    /// The uniform buffer of a list of jobs, one per `stride` bytes (the adapter's
+    /// dynamic-offset alignment), and that stride.
+    fn jobs_buffer<'a>(&self, jobs: impl IntoIterator<Item = &'a Job>) -> (wgpu::Buffer, usize) {
+        let size = std::mem::size_of::<Job>();
+        // Dynamic offsets must be multiples of the alignment: round the Job size up.
+        let stride =
+            size.next_multiple_of(self.limits.min_uniform_buffer_offset_alignment as usize);
+        let mut bytes = Vec::new();
+        for job in jobs {
+            let at = bytes.len();
+            bytes.resize(at + stride, 0);
+            bytes[at..at + size].copy_from_slice(bytemuck::bytes_of(job));
+        }
+        let buf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("jobs"),
+                contents: &bytes,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        (buf, stride)
     }
 
     /// The bind group of the shared layout: the jobs uniform (bound one Job wide, moved

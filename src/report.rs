@@ -107,6 +107,35 @@ pub fn failure_summary(r: &Report) -> String {
     s
 }
 
+/// The batch as a table: one line per job (outcome, name, seconds, what went wrong),
+/// then the totals.
+pub fn render_batch_text(b: &crate::batch::BatchReport) -> String {
+    use crate::batch::Outcome;
+    let mut s = String::new();
+    for j in &b.jobs {
+        let detail = match (&j.report, &j.error) {
+            (Some(r), _) if j.outcome == Outcome::Fail => {
+                failure_summary(r).trim_end().replace('\n', "; ")
+            }
+            (Some(r), _) => format!("difference {:e}", r.difference),
+            (None, Some(e)) => e.clone(),
+            _ => String::new(),
+        };
+        let tag = match j.outcome {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "FAIL",
+            Outcome::Error => "ERROR",
+        };
+        let _ = writeln!(s, "{tag:<5} {:<24} {:>8.3} s  {detail}", j.name, j.seconds);
+    }
+    let _ = writeln!(
+        s,
+        "batch: {} pass, {} fail, {} error ({:.3} s)",
+        b.passed, b.failed, b.errors, b.seconds
+    );
+    s
+}
+
 fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
