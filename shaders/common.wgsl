@@ -26,6 +26,8 @@ struct Job {
     theta_off: u32,  // model-buffer offset of θ
     l2: u32,         // 1 when the L2 term is on
     total: u32,      // threads that do work in this dispatch
+    n_params: u32,   // N (the Δ path writes Σ|Δloss|/m at results[2N + …])
+    delta: u32,      // 1 on the Δ path (see act_delta): stages carry changes, not values
 }
 
 // Model buffer header: [0] ε, [1] λ/(2m), [2] Σ‖W‖², [3..] leaky slopes per layer.
@@ -45,6 +47,144 @@ fn act(code: u32, z: real) -> real {
         case 4u: { return select(model[job.slope_idx] * z, z, z > 0.0); }
         default: { return z; }
     }
+}
+
+// e^x − 1 − x: Taylor to x^16/16! for |x| < 0.5 (remainder < 3e-20 relative), directly
+// beyond (where it is ≥ 0.1 and e^x − 1 − x loses at most 3 bits).
+fn exp_tail(x: real) -> real {
+    if (abs(x) >= 0.5) {
+        return exp_r(x) - 1.0 - x;
+    }
+    var p: real = 1.0 / 20922789888000.0;
+    p = p * x + 1.0 / 1307674368000.0;
+    p = p * x + 1.0 / 87178291200.0;
+    p = p * x + 1.0 / 6227020800.0;
+    p = p * x + 1.0 / 479001600.0;
+    p = p * x + 1.0 / 39916800.0;
+    p = p * x + 1.0 / 3628800.0;
+    p = p * x + 1.0 / 362880.0;
+    p = p * x + 1.0 / 40320.0;
+    p = p * x + 1.0 / 5040.0;
+    p = p * x + 1.0 / 720.0;
+    p = p * x + 1.0 / 120.0;
+    p = p * x + 1.0 / 24.0;
+    p = p * x + 1.0 / 6.0;
+    p = p * x + 0.5;
+    return x * x * p;
+}
+
+// e^x − 1 without cancellation (the builtin exp near 0 has no such accuracy).
+fn expm1_r(x: real) -> real {
+    if (abs(x) >= 0.5) {
+        return exp_r(x) - 1.0;
+    }
+    return x + exp_tail(x);
+}
+
+// log(1 + x) − x for −0.5 < x < 0.5: with s = x/(2 + x), log(1 + x) = 2·atanh(s)
+// = 2s + 2s³/3 + … (|s| ≤ 1/3, series to s^37: remainder < 1e-18 relative), and
+// 2s − x = −x²/(2 + x) exactly, so nothing cancels. Directly beyond.
+fn log1p_tail(x: real) -> real {
+    if (x <= -0.5 || x >= 0.5) {
+        return log_r(1.0 + x) - x;
+    }
+    let s = x / (2.0 + x);
+    let s2 = s * s;
+    var q: real = 1.0 / 37.0;
+    q = q * s2 + 1.0 / 35.0;
+    q = q * s2 + 1.0 / 33.0;
+    q = q * s2 + 1.0 / 31.0;
+    q = q * s2 + 1.0 / 29.0;
+    q = q * s2 + 1.0 / 27.0;
+    q = q * s2 + 1.0 / 25.0;
+    q = q * s2 + 1.0 / 23.0;
+    q = q * s2 + 1.0 / 21.0;
+    q = q * s2 + 1.0 / 19.0;
+    q = q * s2 + 1.0 / 17.0;
+    q = q * s2 + 1.0 / 15.0;
+    q = q * s2 + 1.0 / 13.0;
+    q = q * s2 + 1.0 / 11.0;
+    q = q * s2 + 1.0 / 9.0;
+    q = q * s2 + 1.0 / 7.0;
+    q = q * s2 + 1.0 / 5.0;
+    q = q * s2 + 1.0 / 3.0;
+    return 2.0 * s * s2 * q - x * x / (2.0 + x);
+}
+
+// log(1 + x) without cancellation.
+fn log1p_r(x: real) -> real {
+    if (x <= -0.5 || x >= 0.5) {
+        return log_r(1.0 + x);
+    }
+    return x + log1p_tail(x);
+}
+
+// σ(z) = 1/(1 + e^−z): relative accuracy for either sign (σ(−z) is not 1 − σ(z) here).
+fn sigmoid_r(z: real) -> real {
+    return 1.0 / (1.0 + exp_r(-z));
+}
+
+// 1 − |tanh z| = 2/(1 + e^{2|z|}), without cancellation.
+fn tanh_complement(z: real) -> real {
+    return 2.0 / (1.0 + exp_r(2.0 * abs(z)));
+}
+
+// tanh(d) accurate relative to itself for tiny d (the f32 builtin need not be).
+fn tanh_small(d: real) -> real {
+    if (abs(d) >= 0.5) {
+        return tanh_r(d);
+    }
+    let e = expm1_r(2.0 * d);
+    return e / (e + 2.0);
+}
+
+// The Δ path (`--precision f32`): g(z0 + dz) − g(z0) for activation `code` without
+// subtracting two nearly equal rounded values, so the change keeps a relative accuracy of
+// a few units of the precision however small dz is.
+fn act_delta(code: u32, z0: real, dz: real) -> real {
+    let z1 = z0 + dz;
+    switch code {
+        case 1u, 4u: {
+            // Linear on each side of the kink; a crossing (flagged) is evaluated directly,
+            // one side being exactly 0·slope.
+            if (z0 > 0.0 && z1 > 0.0) {
+                return dz;
+            }
+            if (z0 <= 0.0 && z1 <= 0.0) {
+                return select(0.0, model[job.slope_idx], code == 4u) * dz;
+            }
+            return act(code, z1) - act(code, z0);
+        }
+        case 2u: {
+            // σ(z + d) − σ(z) = σ(z + d)·σ(−z)·(1 − e^−d).
+            return sigmoid_r(z1) * sigmoid_r(-z0) * (-expm1_r(-dz));
+        }
+        case 3u: {
+            // tanh a − tanh b = (1 − tanh a·tanh b)·tanh(a − b); on one side of 0 the
+            // first factor is (1 − |tanh a|) + |tanh a|·(1 − |tanh b|).
+            let t0 = tanh_r(z0);
+            var c: real;
+            if ((z0 >= 0.0) == (z1 >= 0.0)) {
+                c = tanh_complement(z0) + abs(t0) * tanh_complement(z1);
+            } else {
+                c = 1.0 + abs(t0 * tanh_r(z1));
+            }
+            return c * tanh_small(dz);
+        }
+        default: {
+            return dz;
+        }
+    }
+}
+
+// What a perturbed stage stores for base pre-activation z0, perturbed z1 = z0 + dz:
+// plain, the perturbed activation g(z1) (z1 itself for the output layer); on the Δ path
+// the change g(z1) − g(z0) (dz for the output layer).
+fn stage_value(z0: real, z1: real, dz: real) -> real {
+    if (job.delta == 1u) {
+        return select(act_delta(job.act, z0, dz), dz, job.is_output == 1u);
+    }
+    return select(act(job.act, z1), z1, job.is_output == 1u);
 }
 
 fn crosses(code: u32, z0: real, z1: real) -> bool {

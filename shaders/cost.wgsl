@@ -10,6 +10,10 @@ fn sample_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (col >= job.total) {
         return;
     }
+    if (job.delta == 1u) {
+        dst[col] = sample_loss_delta(col);
+        return;
+    }
     let j = col % job.m;
     let n = job.out_dim;
     var s: real = 0.0;
@@ -55,6 +59,10 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (k >= job.total) {
         return;
     }
+    if (job.delta == 1u) {
+        reduce_delta(k);
+        return;
+    }
     let m = job.m;
     var s: real = 0.0;
     for (var j = 0u; j < m; j++) {
@@ -72,4 +80,111 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         cost += model[1] * sumsq;
     }
     results[2u * job.first + k] = cost;
+}
+
+// The Δ path: loss(z0 + Δz) − loss(z0) of sample j under perturbation column `col`, from
+// the output's base pre-activations z0 (base buffer) and their changes Δz (src), through
+// closed forms that never subtract two nearly equal rounded numbers.
+fn sample_loss_delta(col: u32) -> real {
+    let m = job.m;
+    let j = col % m;
+    let n = job.out_dim;
+    var s: real = 0.0;
+    switch job.loss {
+        case 0u: {
+            // BCE on σ: −log σ(z) = softplus(−z), −log(1 − σ(z)) = softplus(z), and
+            // softplus(u + d) − softplus(u) = log1p(σ(u)·expm1(d)).
+            for (var i = 0u; i < n; i++) {
+                let z0 = base[job.z_off + i * m + j];
+                let dz = src[i * job.cols + col];
+                let y = model[job.y_off + i * m + j];
+                s += y * log1p_r(sigmoid_r(-z0) * expm1_r(-dz)) + (1.0 - y) * log1p_r(sigmoid_r(z0) * expm1_r(dz));
+            }
+        }
+        case 1u: {
+            // Softmax CE, loss = Y·lse(z) − Σ y_c·z_c with Y = Σ y_c. With p = softmax(z0)
+            // and S = Σ p_c·expm1(Δz_c): Δlse = log1p(S) = Σ p_c·Δz_c + Q + (log1p(S) − S),
+            // Q = Σ p_c·(e^Δz_c − 1 − Δz_c), so Δloss = Σ (Y·p_c − y_c)·Δz_c + Y·(Q + log1p_tail(S)).
+            // Y·p_c − y_c = ((Y − y_c)·e_c − y_c·(se − e_c))/se, where the "others" sums
+            // are summed afresh when one term dominates (exact zeros for one-hot y).
+            var mx = base[job.z_off + j];
+            for (var i = 1u; i < n; i++) {
+                mx = max(mx, base[job.z_off + i * m + j]);
+            }
+            var se: real = 0.0;
+            var yy: real = 0.0;
+            for (var i = 0u; i < n; i++) {
+                se += exp_r(base[job.z_off + i * m + j] - mx);
+                yy += model[job.y_off + i * m + j];
+            }
+            var lin: real = 0.0;
+            var sm: real = 0.0;
+            var q: real = 0.0;
+            for (var c = 0u; c < n; c++) {
+                let ec = exp_r(base[job.z_off + c * m + j] - mx);
+                let yc = model[job.y_off + c * m + j];
+                var other_e = se - ec;
+                var other_y = yy - yc;
+                if (2.0 * ec > se || 2.0 * yc > yy) {
+                    other_e = 0.0;
+                    other_y = 0.0;
+                    for (var d = 0u; d < n; d++) {
+                        if (d != c) {
+                            other_e += exp_r(base[job.z_off + d * m + j] - mx);
+                            other_y += model[job.y_off + d * m + j];
+                        }
+                    }
+                }
+                let dz = src[c * job.cols + col];
+                lin += (other_y * ec - yc * other_e) / se * dz;
+                let pc = ec / se;
+                sm += pc * expm1_r(dz);
+                q += pc * exp_tail(dz);
+            }
+            s = lin + yy * (q + log1p_tail(sm));
+        }
+        default: {
+            // MSE with ½: ½(a + Δa − y)² − ½(a − y)² = Δa·((a − y) + Δa/2).
+            for (var i = 0u; i < n; i++) {
+                let da = act_delta(job.act, base[job.z_off + i * m + j], src[i * job.cols + col]);
+                let r = base[job.a_off + i * m + j] - model[job.y_off + i * m + j];
+                s += da * (r + 0.5 * da);
+            }
+        }
+    }
+    return s;
+}
+
+// The Δ path, one thread per perturbation k: ΔJ = (1/m)·Σ_j Δloss_j (Neumaier-compensated,
+// in sample order) plus the L2 change (λ/(2m))·d·(2θ + d) of a weight (d = ±ε); and
+// Σ_j |Δloss_j|/m + |ΔL2|, the size of what was summed, to results[2N + …] (noise scale).
+fn reduce_delta(k: u32) {
+    let m = job.m;
+    var s: real = 0.0;
+    var c: real = 0.0;
+    var mag: real = 0.0;
+    for (var j = 0u; j < m; j++) {
+        let v = src[k * m + j];
+        let t = s + v;
+        if (abs(s) >= abs(v)) {
+            c += (s - t) + v;
+        } else {
+            c += (v - t) + s;
+        }
+        s = t;
+        mag += abs(v);
+    }
+    var dj = (s + c) / real(m);
+    mag = mag / real(m);
+    if (job.l2 == 1u) {
+        let p = param_of(k);
+        if (p - job.w_param < job.rows_l * job.cols_l) {
+            let d = sign_of(k) * model[0];
+            let dl2 = model[1] * d * (2.0 * model[job.theta_off + p] + d);
+            dj += dl2;
+            mag += abs(dl2);
+        }
+    }
+    results[2u * job.first + k] = dj;
+    results[2u * job.n_params + 2u * job.first + k] = mag;
 }

@@ -29,8 +29,8 @@ fn perturbed_row(k: u32) -> Row {
 }
 
 // Stage 1, one thread per (k, j): the changed row r of Z_l. For the output layer the
-// whole output column (base rows, row r replaced) goes to dst; otherwise
-// ΔA_l[r, j] = g(z') − A_l[r, j] does.
+// whole output column goes to dst (plain: base rows with row r replaced; Δ path: ΔZ, zero
+// but row r); otherwise ΔA_l[r, j] does (plain: g(z') − A_l[r, j]; Δ path: act_delta).
 @compute @workgroup_size(64)
 fn perturb_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let g = linear_id(wid, nwg, lid);
@@ -41,27 +41,29 @@ fn perturb_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let k = g / m;
     let j = g % m;
     let row = perturbed_row(k);
-    let delta = row.moved - row.theta;
+    // Plain: the real step fl(θ ± ε) − θ. Δ path: ±ε itself (θ is never rounded, the
+    // host divides by 2·fl(ε)).
+    let step = select(row.moved - row.theta, sign_of(k) * model[0], job.delta == 1u);
     let z0 = base[job.z_off + row.r * m + j];
-    var z1: real;
+    var dz = step;
     if (row.is_w) {
-        var x: real;
         if (job.in_is_x == 1u) {
-            x = model[job.in_off + row.c * m + j];
+            dz = step * model[job.in_off + row.c * m + j];
         } else {
-            x = base[job.in_off + row.c * m + j];
+            dz = step * base[job.in_off + row.c * m + j];
         }
-        z1 = z0 + delta * x;
-    } else {
-        z1 = z0 + delta;
     }
+    let z1 = z0 + dz;
     if (crosses(job.act, z0, z1)) {
         atomicOr(&kinks[param_of(k)], 1u);
     }
     if (job.is_output == 1u) {
         for (var i = 0u; i < job.out_dim; i++) {
-            dst[i * job.cols + g] = select(base[job.z_off + i * m + j], z1, i == row.r);
+            let other = select(base[job.z_off + i * m + j], 0.0, job.delta == 1u);
+            dst[i * job.cols + g] = select(other, stage_value(z0, z1, dz), i == row.r);
         }
+    } else if (job.delta == 1u) {
+        dst[g] = act_delta(job.act, z0, dz);
     } else {
         dst[g] = act(job.act, z1) - base[job.a_off + row.r * m + j];
     }
@@ -81,22 +83,19 @@ fn rank1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let k = col / m;
     let j = col % m;
     let row = perturbed_row(k);
-    let da = src[col];
+    let dz = model[job.w_off + i * job.in_dim + row.r] * src[col];
     let z0 = base[job.z_off + i * m + j];
-    let z1 = z0 + model[job.w_off + i * job.in_dim + row.r] * da;
+    let z1 = z0 + dz;
     if (crosses(job.act, z0, z1)) {
         atomicOr(&kinks[param_of(k)], 1u);
     }
-    if (job.is_output == 1u) {
-        dst[g] = z1;
-    } else {
-        dst[g] = act(job.act, z1);
-    }
+    dst[g] = stage_value(z0, z1, dz);
 }
 
 // Stage 3: layers from l+2 on are one dense matmul for the whole chunk,
 // W_q (out_dim × in_dim) · src (in_dim × C), tiled through workgroup memory. Each thread
-// still accumulates its dot product by fma in index order.
+// still accumulates its dot product by fma in index order. On the Δ path src holds ΔA and
+// the product is ΔZ (no bias).
 const TILE: u32 = 16u;
 var<workgroup> tile_w: array<array<real, 16>, 16>;
 var<workgroup> tile_x: array<array<real, 16>, 16>;
@@ -124,17 +123,27 @@ fn dense(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     if (i >= job.out_dim || col >= job.cols) {
         return;
     }
+    dst[i * job.cols + col] = dense_value(i, col, acc);
+}
+
+// Stage 3's output from the dot product W_q[i, :]·src[:, col]: plain, Z = acc + b;
+// Δ path, ΔZ = acc on top of the base Z.
+fn dense_value(i: u32, col: u32, acc: real) -> real {
     let m = job.m;
-    let z1 = acc + model[job.b_off + i];
-    let k = col / m;
-    if (crosses(job.act, base[job.z_off + i * m + col % m], z1)) {
-        atomicOr(&kinks[param_of(k)], 1u);
-    }
-    if (job.is_output == 1u) {
-        dst[i * job.cols + col] = z1;
+    let z0 = base[job.z_off + i * m + col % m];
+    var z1: real;
+    var dz: real;
+    if (job.delta == 1u) {
+        dz = acc;
+        z1 = z0 + dz;
     } else {
-        dst[i * job.cols + col] = act(job.act, z1);
+        z1 = acc + model[job.b_off + i];
+        dz = z1 - z0;
     }
+    if (crosses(job.act, z0, z1)) {
+        atomicOr(&kinks[param_of(col / m)], 1u);
+    }
+    return stage_value(z0, z1, dz);
 }
 
 // Stage 3 for narrow layers (out_dim < 16, e.g. the output layer): one thread per
@@ -151,14 +160,5 @@ fn dense_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     for (var t = 0u; t < job.in_dim; t++) {
         acc = fma(model[job.w_off + i * job.in_dim + t], src[t * job.cols + col], acc);
     }
-    let m = job.m;
-    let z1 = acc + model[job.b_off + i];
-    if (crosses(job.act, base[job.z_off + i * m + col % m], z1)) {
-        atomicOr(&kinks[param_of(col / m)], 1u);
-    }
-    if (job.is_output == 1u) {
-        dst[g] = z1;
-    } else {
-        dst[g] = act(job.act, z1);
-    }
+    dst[g] = dense_value(i, col, acc);
 }

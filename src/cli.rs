@@ -465,6 +465,7 @@ fn fast_report(p: &Problem, f: check::FastCheck, gc: &GradCheck) -> Result<Repor
         cost: gradcheck::cpu::cost(&p.model, &p.params, &p.data),
         plus: Vec::new(),
         minus: Vec::new(),
+        deltas: false,
         cost_scale: check::cost_scale(&p.model, &p.params, &p.data),
         kinks: vec![false; a.len()],
         backend: "cpu (fast mode)".into(),

@@ -88,6 +88,8 @@ struct Job {
     theta_off: u32,
     l2: u32,
     total: u32,
+    n_params: u32,
+    delta: u32,
 }
 
 /// Workgroup width of the 1-D kernels, and the tile of `dense` (shaders agree).
@@ -383,17 +385,19 @@ impl GpuContext {
         opts: EvalOptions,
     ) -> Result<Evaluation> {
         crate::check::validate_epsilon(epsilon)?;
-        let use_f64 = match precision {
+        let precision = match precision {
             Precision::F64 if !self.has_f64 => {
                 return Err(Error::Gpu(format!(
                     "{} has no SHADER_F64; use --precision f32",
                     self.info.name
                 )));
             }
-            Precision::F64 => true,
-            Precision::F32 => false,
-            Precision::Auto => self.has_f64,
+            Precision::Auto if self.has_f64 => Precision::F64,
+            Precision::Auto => Precision::F32,
+            p => p,
         };
+        let use_f64 = precision == Precision::F64;
+        let delta = precision == Precision::F32;
         let plan = Plan::new(
             model,
             data,
@@ -409,39 +413,55 @@ impl GpuContext {
             }
         }
         let fwd = cpu::forward(model, params, data);
-        let (mut plus, mut minus, kinks, steps) = if use_f64 {
-            let (p, m, k) =
-                self.run::<f64>(model, params, data, epsilon, &plan, fwd.weight_sumsq)?;
-            (p, m, k, None)
+        let (mut out, steps) = if use_f64 {
+            let out =
+                self.run::<f64>(model, params, data, epsilon, &plan, fwd.weight_sumsq, false)?;
+            (out, None)
         } else {
-            let (p, m, k) =
-                self.run::<f32>(model, params, data, epsilon, &plan, fwd.weight_sumsq)?;
-            // The f32 steps fl(θ ± ε) − θ differ from ε by up to u32·|θ|: divide by the real ones.
-            let steps = params
-                .as_slice()
-                .iter()
-                .map(|&t| {
-                    let t32 = t as f32;
-                    let e32 = epsilon as f32;
-                    f64::from(t32 + e32) - f64::from(t32 - e32)
-                })
-                .collect();
-            (p, m, k, Some(steps))
+            let out =
+                self.run::<f32>(model, params, data, epsilon, &plan, fwd.weight_sumsq, delta)?;
+            let e32 = epsilon as f32;
+            let steps = if delta {
+                // The Δ path moves each pre-activation by exactly ±fl32(ε)·x: 2·fl32(ε).
+                vec![2.0 * f64::from(e32); model.n_params()]
+            } else {
+                // fl(θ ± ε) − θ differs from ε by up to u32·|θ|: divide by the real steps.
+                params
+                    .as_slice()
+                    .iter()
+                    .map(|&t| f64::from(t as f32 + e32) - f64::from(t as f32 - e32))
+                    .collect()
+            };
+            (out, Some(steps))
         };
-        if let Some(r) = &opts.range {
-            for i in (0..r.start).chain(r.end..model.n_params()) {
-                plus[i] = f64::NAN;
-                minus[i] = f64::NAN;
-            }
+        let range = opts.range.clone().unwrap_or(0..model.n_params());
+        for i in (0..range.start).chain(range.end..model.n_params()) {
+            out.plus[i] = f64::NAN;
+            out.minus[i] = f64::NAN;
         }
+        let cost_scale = match &out.magnitudes {
+            // RMS over the evaluated i of Σ_j|Δloss_j|/m, averaged over ±.
+            Some(mag) if !range.is_empty() => {
+                let sq: f64 = range
+                    .clone()
+                    .map(|i| {
+                        let a = 0.5 * (mag[2 * i] + mag[2 * i + 1]);
+                        a * a
+                    })
+                    .sum();
+                (sq / range.len() as f64).sqrt()
+            }
+            _ => cpu::noise_scale(model, &fwd, data),
+        };
         Ok(Evaluation {
             cost: fwd.cost,
-            plus,
-            minus,
-            cost_scale: cpu::noise_scale(model, &fwd, data),
-            kinks,
+            plus: out.plus,
+            minus: out.minus,
+            deltas: delta,
+            cost_scale,
+            kinks: out.kinks,
             backend: format!("gpu ({})", self.info.name),
-            precision: if use_f64 { "f64" } else { "f32" }.into(),
+            precision: precision.label().into(),
             unit_roundoff: if use_f64 {
                 f64::EPSILON / 2.0
             } else {
@@ -452,6 +472,7 @@ impl GpuContext {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run<R: Real>(
         &self,
         model: &Model,
@@ -460,7 +481,8 @@ impl GpuContext {
         epsilon: f64,
         plan: &Plan,
         weight_sumsq: f64,
-    ) -> Result<(Vec<f64>, Vec<f64>, Vec<bool>)> {
+        delta: bool,
+    ) -> Result<RunOutput> {
         let pipes = self.pipelines(R::IS_F64)?;
         let dev = &self.device;
         let n = model.n_params();
@@ -517,7 +539,9 @@ impl GpuContext {
         let base_buf = mk("base", base_len);
         let batch_a = mk("batch a", plan.batch_reals);
         let batch_b = mk("batch b", plan.batch_reals);
-        let results = mk("results", 2 * n);
+        // J± (plain) or ΔJ± then Σ|Δloss|/m (Δ path), plus even and minus odd.
+        let results_reals = if delta { 4 * n } else { 2 * n };
+        let results = mk("results", results_reals);
         let kinks = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kinks"),
             size: (n.max(1) * 4) as u64,
@@ -541,6 +565,8 @@ impl GpuContext {
             job.theta_off = theta_off as u32;
             job.loss = model.loss().code();
             job.l2 = u32::from(model.l2() != 0.0);
+            job.n_params = n as u32;
+            job.delta = u32::from(delta);
         };
         let param_off = |i: usize| (theta_off + i) as u32;
         // Base forward.
@@ -642,6 +668,8 @@ impl GpuContext {
             s.act = model.activation(depth - 1).code();
             s.slope_idx = (3 + depth - 1) as u32;
             s.out_dim = sizes[depth] as u32;
+            s.z_off = z_off[depth - 1] as u32;
+            s.a_off = a_off[depth - 1] as u32;
             s.total = cols;
             let (gx, gy) = grid(s.total);
             jobs.push(("sample_loss", s, !in_a, gx, gy));
@@ -665,7 +693,7 @@ impl GpuContext {
             [&model_buf, &base_buf, &batch_b, &batch_a, &results, &kinks],
         );
 
-        let results_len = (2 * n * R::SIZE) as u64;
+        let results_len = (results_reals * R::SIZE) as u64;
         let kinks_len = (n.max(1) * 4) as u64;
         let readback = |label: &str, size: u64| {
             dev.create_buffer(&wgpu::BufferDescriptor {
@@ -705,11 +733,22 @@ impl GpuContext {
         }
         let vals: Vec<R> = bytemuck::pod_collect_to_vec(&self.read_back(&results_rb)?);
         let flags: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&kinks_rb)?);
-        let plus = (0..n).map(|i| vals[2 * i].to_f64()).collect();
-        let minus = (0..n).map(|i| vals[2 * i + 1].to_f64()).collect();
-        let kinks_out = flags.iter().take(n).map(|&f| f != 0).collect();
-        Ok((plus, minus, kinks_out))
+        Ok(RunOutput {
+            plus: (0..n).map(|i| vals[2 * i].to_f64()).collect(),
+            minus: (0..n).map(|i| vals[2 * i + 1].to_f64()).collect(),
+            kinks: flags.iter().take(n).map(|&f| f != 0).collect(),
+            magnitudes: delta.then(|| vals[2 * n..4 * n].iter().map(|v| v.to_f64()).collect()),
+        })
     }
+}
+
+/// What one evaluation brings back from the device.
+struct RunOutput {
+    plus: Vec<f64>,
+    minus: Vec<f64>,
+    kinks: Vec<bool>,
+    /// Δ path: Σ_j|Δloss_j|/m of every perturbation (2i plus, 2i + 1 minus).
+    magnitudes: Option<Vec<f64>>,
 }
 
 /// The elementary functions the kernels implement (see shaders/probe.wgsl).
@@ -723,6 +762,10 @@ pub enum MathFn {
     Tanh,
     /// 1/(1 + exp(−x)).
     Sigmoid,
+    /// exp(x) − 1 (the Δ path's).
+    Expm1,
+    /// log(1 + x) (the Δ path's).
+    Log1p,
 }
 
 impl MathFn {
@@ -733,6 +776,8 @@ impl MathFn {
             MathFn::Log => x.ln(),
             MathFn::Tanh => x.tanh(),
             MathFn::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            MathFn::Expm1 => x.exp_m1(),
+            MathFn::Log1p => x.ln_1p(),
         }
     }
 }

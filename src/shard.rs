@@ -33,10 +33,13 @@ pub struct Partial {
     pub cost_scale: f64,
     /// Unit roundoff of the precision.
     pub unit_roundoff: f64,
-    /// J(θ + ε·e_i) for i in the range.
+    /// J(θ + ε·e_i) for i in the range (minus J(θ) when `deltas`).
     pub plus: Vec<f64>,
-    /// J(θ − ε·e_i) for i in the range.
+    /// J(θ − ε·e_i) for i in the range (minus J(θ) when `deltas`).
     pub minus: Vec<f64>,
+    /// Whether plus/minus are changes from J(θ) (the f32 Δ path).
+    #[serde(default)]
+    pub deltas: bool,
     /// Kink flags for i in the range.
     pub kinks: Vec<bool>,
     /// Real steps for i in the range (f32), else none.
@@ -88,6 +91,7 @@ pub fn evaluate_shard(gc: &GradCheck, p: &Problem, i: usize, n: usize) -> Result
         unit_roundoff: e.unit_roundoff,
         plus: e.plus[range.clone()].to_vec(),
         minus: e.minus[range.clone()].to_vec(),
+        deltas: e.deltas,
         kinks: e.kinks[range.clone()].to_vec(),
         steps: e.steps.map(|s| s[range].to_vec()),
     })
@@ -114,7 +118,8 @@ pub fn merge(parts: &[Partial], n_params: usize) -> Result<(Evaluation, f64)> {
                 p.n_params
             )));
         }
-        if p.epsilon != first.epsilon || p.precision != first.precision {
+        if p.epsilon != first.epsilon || p.precision != first.precision || p.deltas != first.deltas
+        {
             return Err(Error::Config(format!(
                 "{what} used ε = {:e} in {}, another shard ε = {:e} in {}",
                 p.epsilon, p.precision, first.epsilon, first.precision
@@ -148,11 +153,22 @@ pub fn merge(parts: &[Partial], n_params: usize) -> Result<(Evaluation, f64)> {
     } else {
         None
     };
+    // On the Δ path each shard's scale is an RMS over its own range: recombine them.
+    let cost_scale = if first.deltas {
+        let sum: f64 = sorted
+            .iter()
+            .map(|p| (p.range[1] - p.range[0]) as f64 * p.cost_scale * p.cost_scale)
+            .sum();
+        (sum / n_params.max(1) as f64).sqrt()
+    } else {
+        first.cost_scale
+    };
     let eval = Evaluation {
         cost: first.cost,
         plus: cat(&|p| p.plus.clone()),
         minus: cat(&|p| p.minus.clone()),
-        cost_scale: first.cost_scale,
+        deltas: first.deltas,
+        cost_scale,
         kinks: sorted
             .iter()
             .flat_map(|p| p.kinks.iter().copied())
