@@ -4,7 +4,7 @@
 //! ```toml
 //! [defaults]            # optional; any job may override
 //! backend = "auto"      # auto | cpu | gpu
-//! precision = "auto"    # auto | f64 | f32
+//! precision = "auto"    # auto | f64 | f32 | f32-plain
 //! epsilon = 1e-7
 //! threshold = 2e-7
 //!

@@ -208,8 +208,8 @@ fn sweep_precisions(
         return vec![Precision::F64];
     }
     match gradcheck::gpu::GpuContext::shared(adapter) {
-        Ok(c) if c.has_f64() => vec![Precision::F64, Precision::F32],
-        Ok(_) => vec![Precision::F32],
+        Ok(c) if c.has_f64() => vec![Precision::F64, Precision::F32, Precision::F32Plain],
+        Ok(_) => vec![Precision::F32, Precision::F32Plain],
         Err(_) => vec![Precision::F64],
     }
 }

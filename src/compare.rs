@@ -1,9 +1,10 @@
-//! GPU vs CPU numerics: the same J± from the GPU in f32 and f64 against the CPU f64
-//! reference, as errors of J±, of gradapprox, and of the resulting differences.
+//! GPU vs CPU numerics: the same J± from the GPU in f64, f32 (Δ path) and f32-plain against
+//! the CPU f64 reference, as errors of J±, of the changes ΔJ± = J± − J(θ) (what a central
+//! difference really uses), of gradapprox, and of the resulting differences.
 
 use serde::Serialize;
 
-use crate::check::{self, DEFAULT_EPSILON, F32_EPSILON, Precision, difference};
+use crate::check::{self, DEFAULT_EPSILON, F32_EPSILON, F32_PLAIN_EPSILON, Precision, difference};
 use crate::cpu::{self, Threads};
 use crate::error::Result;
 use crate::gpu::GpuContext;
@@ -18,8 +19,15 @@ pub struct Errors {
     pub j_max_abs: f64,
     /// max |J_gpu − J_cpu| / |J_cpu|.
     pub j_max_rel: f64,
-    /// max |J_gpu − J_cpu| in ulps of the GPU precision at J_cpu.
+    /// max |J_gpu − J_cpu| in ulps of the GPU precision at the value the GPU stores
+    /// (J±, or ΔJ± on the Δ path).
     pub j_max_ulp: f64,
+    /// Median over i and ± of |ΔJ_gpu − ΔJ_cpu| / |ΔJ_cpu| (over the changes that are
+    /// not exactly 0): the relative error of the changes, which is what the central
+    /// differences inherit.
+    pub dj_median_rel: f64,
+    /// The same, maximum (large where the samples' changes cancel, or at kinks).
+    pub dj_max_rel: f64,
     /// max |gradapprox_gpu − gradapprox_cpu|.
     pub gradapprox_max_abs: f64,
     /// The difference against the user's gradients from the GPU's J±.
@@ -31,7 +39,7 @@ pub struct Errors {
 /// One precision's comparison.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PrecisionComparison {
-    /// "f64" or "f32".
+    /// "f64", "f32" or "f32-plain".
     pub precision: String,
     /// ε used by both sides.
     pub epsilon: f64,
@@ -78,21 +86,37 @@ fn errors(name: &str, range: std::ops::Range<usize>, s: &Sides<'_>) -> Errors {
         j_max_abs: 0.0,
         j_max_rel: 0.0,
         j_max_ulp: 0.0,
+        dj_median_rel: 0.0,
+        dj_max_rel: 0.0,
         gradapprox_max_abs: 0.0,
         difference_gpu: difference(&grad[range.clone()], &ga_gpu[range.clone()]),
         difference_cpu: difference(&grad[range.clone()], &ga_cpu[range.clone()]),
     };
+    let mut rel_changes = Vec::new();
     for i in range {
-        for (g, c) in [
-            (gpu.plus[i], cpu_eval.plus[i]),
-            (gpu.minus[i], cpu_eval.minus[i]),
-        ] {
-            let d = (g - c).abs();
+        let (dp, dm) = gpu.delta(i);
+        for (dg, c) in [(dp, cpu_eval.plus[i]), (dm, cpu_eval.minus[i])] {
+            let dc = c - cpu_eval.cost;
+            // J± itself: the Δ path's J± is J(θ) + ΔJ± (only for this comparison: in f64
+            // the sum would round away ΔJ's low digits for the check).
+            let d = (gpu.cost + dg - c).abs();
             e.j_max_abs = e.j_max_abs.max(d);
             e.j_max_rel = e.j_max_rel.max(d / c.abs().max(f64::MIN_POSITIVE));
-            e.j_max_ulp = e.j_max_ulp.max(d / ulp(c, is_f64));
+            let stored = if gpu.deltas { dc } else { c };
+            e.j_max_ulp = e
+                .j_max_ulp
+                .max((dg - dc).abs() / ulp(stored, is_f64));
+            if dc != 0.0 {
+                // Exact zeros (dead units) have no relative error to speak of.
+                rel_changes.push((dg - dc).abs() / dc.abs());
+            }
         }
         e.gradapprox_max_abs = e.gradapprox_max_abs.max((ga_gpu[i] - ga_cpu[i]).abs());
+    }
+    rel_changes.sort_by(f64::total_cmp);
+    if let Some(&max) = rel_changes.last() {
+        e.dj_max_rel = max;
+        e.dj_median_rel = rel_changes[rel_changes.len() / 2];
     }
     e
 }
@@ -108,7 +132,10 @@ pub fn compare(
     epsilon: Option<f64>,
 ) -> Result<Comparison> {
     let mut precisions = Vec::new();
-    let mut list = vec![(Precision::F32, F32_EPSILON)];
+    let mut list = vec![
+        (Precision::F32, F32_EPSILON),
+        (Precision::F32Plain, F32_PLAIN_EPSILON),
+    ];
     if ctx.has_f64() {
         list.insert(0, (Precision::F64, DEFAULT_EPSILON));
     }
@@ -117,11 +144,18 @@ pub fn compare(
         let eps = epsilon.unwrap_or(default_eps);
         let is_f64 = p == Precision::F64;
         let gpu = ctx.evaluate(model, params, data, eps, p, Default::default())?;
+        // The Δ path steps by exactly fl32(ε): the reference takes the same step, so that
+        // only arithmetic is compared.
+        let cpu_eps = if gpu.deltas {
+            f64::from(eps as f32)
+        } else {
+            eps
+        };
         let cpu_eval = cpu::perturbed_costs(
             model,
             params,
             data,
-            eps,
+            cpu_eps,
             0..model.n_params(),
             Threads::Parallel,
         )?;
@@ -130,7 +164,7 @@ pub fn compare(
             .plus
             .iter()
             .zip(&cpu_eval.minus)
-            .map(|(a, b)| (a - b) / (2.0 * eps))
+            .map(|(a, b)| (a - b) / (2.0 * cpu_eps))
             .collect();
         let sides = Sides {
             gpu: &gpu,
@@ -148,7 +182,7 @@ pub fn compare(
             .map(|t| errors(&t.name, t.range(), &sides))
             .collect();
         precisions.push(PrecisionComparison {
-            precision: if is_f64 { "f64" } else { "f32" }.into(),
+            precision: p.label().into(),
             epsilon: eps,
             all,
             tensors,
@@ -162,26 +196,33 @@ pub fn compare(
 
 /// The comparison as a table.
 pub fn render_text(c: &Comparison) -> String {
-    let mut s = format!("GPU ({}) vs CPU f64 reference\n", c.adapter);
+    let mut s = format!(
+        "GPU ({}) vs CPU f64 reference (ΔJ± columns: relative error of J± − J(θ))\n",
+        c.adapter
+    );
     for p in &c.precisions {
         s += &format!("\n{} at ε = {:e}\n", p.precision, p.epsilon);
         s += &format!(
-            "{:<8} {:>11} {:>11} {:>10} {:>14} {:>12} {:>12}\n",
+            "{:<8} {:>11} {:>11} {:>10} {:>11} {:>11} {:>14} {:>12} {:>12}\n",
             "tensor",
             "J± max abs",
             "J± max rel",
-            "J± ulp",
+            "ulp",
+            "ΔJ± median",
+            "ΔJ± max",
             "gradapprox abs",
             "diff (gpu)",
             "diff (cpu)"
         );
         for e in std::iter::once(&p.all).chain(&p.tensors) {
             s += &format!(
-                "{:<8} {:>11.3e} {:>11.3e} {:>10.2} {:>14.3e} {:>12.4e} {:>12.4e}\n",
+                "{:<8} {:>11.3e} {:>11.3e} {:>10.2} {:>11.3e} {:>11.3e} {:>14.3e} {:>12.4e} {:>12.4e}\n",
                 e.name,
                 e.j_max_abs,
                 e.j_max_rel,
                 e.j_max_ulp,
+                e.dj_median_rel,
+                e.dj_max_rel,
                 e.gradapprox_max_abs,
                 e.difference_gpu,
                 e.difference_cpu

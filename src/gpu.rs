@@ -415,11 +415,11 @@ impl GpuContext {
         let fwd = cpu::forward(model, params, data);
         let (mut out, steps) = if use_f64 {
             let out =
-                self.run::<f64>(model, params, data, epsilon, &plan, fwd.weight_sumsq, false)?;
+                self.run::<f64>(model, params, data, epsilon, &plan, &fwd, false)?;
             (out, None)
         } else {
             let out =
-                self.run::<f32>(model, params, data, epsilon, &plan, fwd.weight_sumsq, delta)?;
+                self.run::<f32>(model, params, data, epsilon, &plan, &fwd, delta)?;
             let e32 = epsilon as f32;
             let steps = if delta {
                 // The Δ path moves each pre-activation by exactly ±fl32(ε)·x: 2·fl32(ε).
@@ -480,7 +480,7 @@ impl GpuContext {
         data: &Data,
         epsilon: f64,
         plan: &Plan,
-        weight_sumsq: f64,
+        fwd: &cpu::Forward,
         delta: bool,
     ) -> Result<RunOutput> {
         let pipes = self.pipelines(R::IS_F64)?;
@@ -491,7 +491,7 @@ impl GpuContext {
         let sizes = model.sizes();
         // Model buffer: header | θ | X | Y.
         let header = 3 + depth;
-        let mut host: Vec<f64> = vec![epsilon, model.l2() / (2.0 * m as f64), weight_sumsq];
+        let mut host: Vec<f64> = vec![epsilon, model.l2() / (2.0 * m as f64), fwd.weight_sumsq];
         host.extend((0..depth).map(|l| model.activation(l).slope()));
         let theta_off = host.len();
         host.extend_from_slice(params.as_slice());
@@ -536,7 +536,23 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         };
-        let base_buf = mk("base", base_len);
+        // The Δ path linearises around the base pass: take the CPU's f64 one (already
+        // computed for J(θ)), at the user's θ and rounded once, rather than an f32 pass
+        // whose accumulated rounding would move that point. Plain paths run their own.
+        let base_buf = if delta {
+            let mut host_base = Vec::with_capacity(base_len);
+            for (z, a) in fwd.z.iter().zip(&fwd.a) {
+                host_base.extend(z.iter());
+                host_base.extend(a.iter());
+            }
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("base"),
+                contents: bytemuck::cast_slice(&R::convert(&host_base)),
+                usage: usage_rw,
+            })
+        } else {
+            mk("base", base_len)
+        };
         let batch_a = mk("batch a", plan.batch_reals);
         let batch_b = mk("batch b", plan.batch_reals);
         // J± (plain) or ΔJ± then Σ|Δloss|/m (Δ path), plus even and minus odd.
@@ -569,8 +585,8 @@ impl GpuContext {
             job.delta = u32::from(delta);
         };
         let param_off = |i: usize| (theta_off + i) as u32;
-        // Base forward.
-        for l in 0..depth {
+        // Base forward (the Δ path has it from the CPU).
+        for l in (0..depth).filter(|_| !delta) {
             let mut j = Job::default();
             jm(&mut j);
             j.in_dim = sizes[l] as u32;
