@@ -65,12 +65,12 @@ fn bench(c: &mut Criterion) {
             });
         }
         if let Some(ctx) = &gpu {
-            for (p, label) in [(Precision::F64, "f64"), (Precision::F32, "f32")] {
+            for p in [Precision::F64, Precision::F32, Precision::F32Plain] {
                 if p == Precision::F64 && !ctx.has_f64() {
                     continue;
                 }
                 g.bench_function(
-                    format!("gpu {label} ({}) / {name}", ctx.adapter_name()),
+                    format!("gpu {} ({}) / {name}", p.label(), ctx.adapter_name()),
                     |b| {
                         b.iter(|| {
                             ctx.evaluate(model, params, data, 1e-7, p, Default::default())

@@ -103,9 +103,7 @@ fn errors(name: &str, range: std::ops::Range<usize>, s: &Sides<'_>) -> Errors {
             e.j_max_abs = e.j_max_abs.max(d);
             e.j_max_rel = e.j_max_rel.max(d / c.abs().max(f64::MIN_POSITIVE));
             let stored = if gpu.deltas { dc } else { c };
-            e.j_max_ulp = e
-                .j_max_ulp
-                .max((dg - dc).abs() / ulp(stored, is_f64));
+            e.j_max_ulp = e.j_max_ulp.max((dg - dc).abs() / ulp(stored, is_f64));
             if dc != 0.0 {
                 // Exact zeros (dead units) have no relative error to speak of.
                 rel_changes.push((dg - dc).abs() / dc.abs());

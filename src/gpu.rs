@@ -414,12 +414,10 @@ impl GpuContext {
         }
         let fwd = cpu::forward(model, params, data);
         let (mut out, steps) = if use_f64 {
-            let out =
-                self.run::<f64>(model, params, data, epsilon, &plan, &fwd, false)?;
+            let out = self.run::<f64>(model, params, data, epsilon, &plan, &fwd, false)?;
             (out, None)
         } else {
-            let out =
-                self.run::<f32>(model, params, data, epsilon, &plan, &fwd, delta)?;
+            let out = self.run::<f32>(model, params, data, epsilon, &plan, &fwd, delta)?;
             let e32 = epsilon as f32;
             let steps = if delta {
                 // The Δ path moves each pre-activation by exactly ±fl32(ε)·x: 2·fl32(ε).
