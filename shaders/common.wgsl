@@ -28,9 +28,11 @@ struct Job {
     total: u32,      // threads that do work in this dispatch
     n_params: u32,   // N (the Δ path writes Σ|Δloss|/m at results[2N + …])
     delta: u32,      // 1 on the Δ path (see act_delta): stages carry changes, not values
+    mask_off: u32,   // model-buffer offset of this stage's dropout factors D/keep_prob (0: none)
 }
 
-// Model buffer header: [0] ε, [1] λ/(2m), [2] Σ‖W‖², [3..] leaky slopes per layer.
+// Model buffer: header [0] ε, [1] λ/(2m), [2] Σ‖W‖², [3..] leaky slopes per layer; then θ,
+// X, Y, and the dropout factors of the layers that have dropout.
 @group(0) @binding(0) var<uniform> job: Job;
 @group(0) @binding(1) var<storage, read> model: array<real>;
 @group(0) @binding(2) var<storage, read_write> base: array<real>;
@@ -177,18 +179,34 @@ fn act_delta(code: u32, z0: real, dz: real) -> real {
     }
 }
 
-// What a perturbed stage stores for base pre-activation z0, perturbed z1 = z0 + dz:
-// plain, the perturbed activation g(z1) (z1 itself for the output layer); on the Δ path
-// the change g(z1) − g(z0) (dz for the output layer).
-fn stage_value(z0: real, z1: real, dz: real) -> real {
+// What a perturbed stage stores for element (i, j) with base pre-activation z0, perturbed
+// z1 = z0 + dz: plain, the perturbed activation g(z1) (z1 itself for the output layer); on
+// the Δ path the change g(z1) − g(z0) (dz for the output layer); times the dropout factor.
+fn stage_value(z0: real, z1: real, dz: real, i: u32, j: u32) -> real {
     if (job.delta == 1u) {
-        return select(act_delta(job.act, z0, dz), dz, job.is_output == 1u);
+        return select(act_delta(job.act, z0, dz), dz, job.is_output == 1u) * mask_at(i, j);
     }
-    return select(act(job.act, z1), z1, job.is_output == 1u);
+    return select(act(job.act, z1), z1, job.is_output == 1u) * mask_at(i, j);
 }
 
 fn crosses(code: u32, z0: real, z1: real) -> bool {
     return (code == 1u || code == 4u) && ((z0 > 0.0) != (z1 > 0.0));
+}
+
+// The dropout factor D/keep_prob of element (i, j) of this stage's layer (1 without).
+fn mask_at(i: u32, j: u32) -> real {
+    if (job.mask_off == 0u) {
+        return 1.0;
+    }
+    return model[job.mask_off + i * job.m + j];
+}
+
+// Flags perturbation k when element (i, j) moved across a kink (a dropped unit's kink
+// does not matter: its output is 0 either side).
+fn flag_kink(k: u32, z0: real, z1: real, i: u32, j: u32) {
+    if (crosses(job.act, z0, z1) && mask_at(i, j) != 0.0) {
+        atomicOr(&kinks[param_of(k)], 1u);
+    }
 }
 
 // Linear thread index of a 1-D kernel dispatched as a 2-D grid of 64-wide workgroups

@@ -25,5 +25,5 @@ fn base_layer(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     let z = acc + model[job.b_off + i];
     base[job.z_off + i * m + j] = z;
-    base[job.a_off + i * m + j] = act(job.act, z);
+    base[job.a_off + i * m + j] = act(job.act, z) * mask_at(i, j);
 }

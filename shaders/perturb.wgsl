@@ -54,18 +54,16 @@ fn perturb_row(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         }
     }
     let z1 = z0 + dz;
-    if (crosses(job.act, z0, z1)) {
-        atomicOr(&kinks[param_of(k)], 1u);
-    }
+    flag_kink(k, z0, z1, row.r, j);
     if (job.is_output == 1u) {
         for (var i = 0u; i < job.out_dim; i++) {
             let other = select(base[job.z_off + i * m + j], 0.0, job.delta == 1u);
-            dst[i * job.cols + g] = select(other, stage_value(z0, z1, dz), i == row.r);
+            dst[i * job.cols + g] = select(other, stage_value(z0, z1, dz, row.r, j), i == row.r);
         }
     } else if (job.delta == 1u) {
-        dst[g] = act_delta(job.act, z0, dz);
+        dst[g] = act_delta(job.act, z0, dz) * mask_at(row.r, j);
     } else {
-        dst[g] = act(job.act, z1) - base[job.a_off + row.r * m + j];
+        dst[g] = act(job.act, z1) * mask_at(row.r, j) - base[job.a_off + row.r * m + j];
     }
 }
 
@@ -86,10 +84,8 @@ fn rank1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let dz = model[job.w_off + i * job.in_dim + row.r] * src[col];
     let z0 = base[job.z_off + i * m + j];
     let z1 = z0 + dz;
-    if (crosses(job.act, z0, z1)) {
-        atomicOr(&kinks[param_of(k)], 1u);
-    }
-    dst[g] = stage_value(z0, z1, dz);
+    flag_kink(k, z0, z1, i, j);
+    dst[g] = stage_value(z0, z1, dz, i, j);
 }
 
 // Stage 3: layers from l+2 on are one dense matmul for the whole chunk,
@@ -140,10 +136,8 @@ fn dense_value(i: u32, col: u32, acc: real) -> real {
         z1 = acc + model[job.b_off + i];
         dz = z1 - z0;
     }
-    if (crosses(job.act, z0, z1)) {
-        atomicOr(&kinks[param_of(col / m)], 1u);
-    }
-    return stage_value(z0, z1, dz);
+    flag_kink(col / m, z0, z1, i, col % m);
+    return stage_value(z0, z1, dz, i, col % m);
 }
 
 // Stage 3 for narrow layers (out_dim < 16, e.g. the output layer): one thread per

@@ -487,6 +487,7 @@ impl GradCheck {
             }
             _ => unreachable!("validated above"),
         };
+        diagnose::dropout_slips(model, params, data, grad, &mut report.tensors);
         let evaluate_s = t0.elapsed().as_secs_f64();
         report.timings = Timings {
             evaluate_s,

@@ -64,10 +64,11 @@ struct CheckArgs {
     #[command(flatten)]
     inputs: Inputs,
     /// ε of the central differences, or `auto` (a short sweep picks the best)
-    /// [default: 1e-7 in f64, 1e-3 in f32].
+    /// [default: 1e-7 in f64, 1e-4 in f32, 1e-3 in f32-plain].
     #[arg(long, allow_hyphen_values = true, value_parser = parse_epsilon)]
     epsilon: Option<EpsilonArg>,
-    /// Verdict threshold on the difference [default: 2e-7 in f64, 1e-2 in f32].
+    /// Verdict threshold on the difference [default: 2e-7 in f64, 1e-6 in f32, 1e-2 in
+    /// f32-plain].
     #[arg(long, allow_hyphen_values = true)]
     threshold: Option<f64>,
     /// Which evaluator computes the J±.
@@ -103,6 +104,10 @@ struct CheckArgs {
     /// Write the JSON report to PATH ('-' = stdout, replacing the table).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Write the dropout masks used (D1, D2, … as 0/1, n_l × m) to PATH.npz, to feed the
+    /// same masks to your own backprop.
+    #[arg(long, value_name = "PATH.npz")]
+    save_masks: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -384,6 +389,10 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         one_d_report(&gc)?
     } else {
         let p = load(&a.inputs)?;
+        if let Some(path) = &a.save_masks {
+            let n = gradcheck::io::write_masks(path, &p.model, &p.data)?;
+            eprintln!("{n} dropout mask(s) written to {}", path.display());
+        }
         if let Some(spec) = &a.shard {
             let (i, n) = gradcheck::shard::parse_shard(spec)?;
             let part = gradcheck::shard::evaluate_shard(&gc, &p, i, n)?;

@@ -113,7 +113,11 @@ pub fn forward(model: &Model, params: &Params, data: &Data) -> Forward {
         let b = params.bias(l);
         let zl = affine(params.weight(l), b.as_slice().expect("contiguous"), input);
         let g = model.activation(l);
-        a.push(zl.mapv(|v| g.apply(v)));
+        let mut al = zl.mapv(|v| g.apply(v));
+        if let Some(mask) = mask(data, l) {
+            al *= mask;
+        }
+        a.push(al);
         z.push(zl);
     }
     let m = data.m();
@@ -165,6 +169,30 @@ pub fn noise_scale(model: &Model, fwd: &Forward, data: &Data) -> f64 {
     total / m + model.l2() / (2.0 * m) * fwd.weight_sumsq
 }
 
+/// The dropout factor D_l/keep_prob of 0-based layer `l`, if it has dropout.
+fn mask(data: &Data, l: usize) -> Option<&Array2<f64>> {
+    data.masks.get(l).and_then(Option::as_ref)
+}
+
+/// The factor element (i, j) of layer l's activations is multiplied by (1 without dropout).
+fn mask_at(data: &Data, l: usize, i: usize, j: usize) -> f64 {
+    mask(data, l).map_or(1.0, |m| m[[i, j]])
+}
+
+/// How a backward pass treats a dropout layer: correctly, or with one of the classic
+/// slips (the diagnosis compares a failing gradient with each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropoutBackward {
+    /// dA ⊙ D / keep_prob.
+    Correct,
+    /// dA / keep_prob: the mask is not applied.
+    MaskMissing,
+    /// dA ⊙ D: the 1/keep_prob scaling is not applied.
+    ScaleMissing,
+    /// dA: dropout ignored in the backward pass.
+    Ignored,
+}
+
 /// J(θ).
 pub fn cost(model: &Model, params: &Params, data: &Data) -> f64 {
     forward(model, params, data).cost
@@ -172,6 +200,16 @@ pub fn cost(model: &Model, params: &Params, data: &Data) -> f64 {
 
 /// The analytic gradient dJ/dθ by backpropagation: the built-in "known good" gradients.
 pub fn backprop(model: &Model, params: &Params, data: &Data) -> Grads {
+    backprop_with(model, params, data, |_| DropoutBackward::Correct)
+}
+
+/// [`backprop`] with the dropout of each 1-based layer treated as `how(layer)` says.
+pub fn backprop_with(
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    how: impl Fn(usize) -> DropoutBackward,
+) -> Grads {
     let fwd = forward(model, params, data);
     let depth = model.depth();
     let m = data.m() as f64;
@@ -221,10 +259,20 @@ pub fn backprop(model: &Model, params: &Params, data: &Data) -> Grads {
         if l > 0 {
             let g = model.activation(l - 1);
             let mut da = params.weight(l).t().dot(&dz);
+            if let (Some(f), Some(d)) = (mask(data, l - 1), model.dropout()) {
+                match how(l) {
+                    DropoutBackward::Correct => da *= f,
+                    DropoutBackward::MaskMissing => da *= 1.0 / d.keep_prob,
+                    DropoutBackward::ScaleMissing => {
+                        da *= &f.mapv(|v| f64::from(u8::from(v != 0.0)))
+                    }
+                    DropoutBackward::Ignored => {}
+                }
+            }
+            // g' from the unmasked activation (a masked A_l is not g(Z_l)).
             ndarray::Zip::from(&mut da)
                 .and(&fwd.z[l - 1])
-                .and(&fwd.a[l - 1])
-                .for_each(|d, &z, &a| *d *= g.derivative(z, a));
+                .for_each(|d, &z| *d *= g.derivative(z, g.apply(z)));
             dz = da;
         }
     }
@@ -365,7 +413,7 @@ impl Ctx<'_> {
                 TensorKind::Bias => z0 + delta,
             };
             if z1 != z0 {
-                kink |= crosses(g, z0, z1);
+                kink |= crosses(g, z0, z1) && mask_at(self.data, l, r, j) != 0.0;
                 s.cols.push(j);
                 s.vals.push(z1);
             }
@@ -389,7 +437,7 @@ impl Ctx<'_> {
             let mut keep = 0;
             for k in 0..s.cols.len() {
                 let j = s.cols[k];
-                let da = g.apply(s.vals[k]) - fwd.a[l][[r, j]];
+                let da = g.apply(s.vals[k]) * mask_at(self.data, l, r, j) - fwd.a[l][[r, j]];
                 if da != 0.0 {
                     s.cols[keep] = j;
                     s.vals[keep] = da;
@@ -408,7 +456,7 @@ impl Ctx<'_> {
                 for ii in 0..np {
                     let z0 = fwd.z[p][[ii, j]];
                     let z1 = z0 + w[[ii, r]] * da;
-                    kink |= crosses(gp, z0, z1);
+                    kink |= crosses(gp, z0, z1) && mask_at(self.data, p, ii, j) != 0.0;
                     s.cur.push(z1);
                 }
             }
@@ -416,8 +464,10 @@ impl Ctx<'_> {
             let mut width = np;
             for q in p + 1..depth {
                 let gq = model.activation(q - 1);
-                for v in s.cur.iter_mut() {
-                    *v = gq.apply(*v);
+                for (k, &j) in s.cols.iter().enumerate() {
+                    for (ii, v) in s.cur[k * width..(k + 1) * width].iter_mut().enumerate() {
+                        *v = gq.apply(*v) * mask_at(self.data, q - 1, ii, j);
+                    }
                 }
                 let wq = self.params.weight(q);
                 let bq = self.params.bias(q);
@@ -432,7 +482,8 @@ impl Ctx<'_> {
                             acc = wt.mul_add(a[t], acc);
                         }
                         let z1 = acc + bq[ii];
-                        kink |= crosses(gnext, fwd.z[q][[ii, s.cols[k]]], z1);
+                        kink |= crosses(gnext, fwd.z[q][[ii, s.cols[k]]], z1)
+                            && mask_at(self.data, q, ii, s.cols[k]) != 0.0;
                         s.next.push(z1);
                     }
                 }
@@ -466,6 +517,7 @@ mod tests {
             activations: vec![act.parse().unwrap(), out.parse().unwrap()],
             loss,
             l2,
+            dropout: None,
         };
         let model = Model::new(spec).unwrap();
         let n = model.n_params();

@@ -8,7 +8,8 @@
 use serde::Serialize;
 
 use crate::check::{TensorReport, difference};
-use crate::model::{ParamLayout, TensorKind, TensorSlot};
+use crate::cpu::{self, DropoutBackward};
+use crate::model::{Data, Model, ParamLayout, Params, TensorKind, TensorSlot};
 
 /// Largest relative residual ‖analytic − pattern(numeric)‖/‖analytic‖ for which a
 /// pattern is called. Correct gradients sit at 1e-7 or below in f64 (1e-3 in f32 at its
@@ -39,8 +40,114 @@ pub enum MistakeKind {
     Swapped,
     /// analytic has NaN or infinite entries.
     NotFinite,
+    /// The dropout mask is not applied in the backward pass (1/keep_prob is).
+    DropoutMaskMissing,
+    /// The 1/keep_prob scaling is not applied in the backward pass (the mask is).
+    DropoutScaleMissing,
+    /// Dropout is ignored in the backward pass (neither mask nor scaling).
+    DropoutIgnored,
     /// No pattern; wrong in some elements.
     Elementwise,
+}
+
+/// A failing tensor is put down to a dropout slip when it equals the gradient of a
+/// backward pass with that slip to this difference: our backprop and the user's agree
+/// to ~1e-15 when they compute the same thing, the slips move tensors by O(keep_prob).
+pub const SLIP_MATCH: f64 = 1e-6;
+
+/// Replaces the diagnoses of failing tensors that are exactly what a backward pass with
+/// one of the classic dropout slips produces (mask missing, 1/keep_prob missing, dropout
+/// ignored), at one dropout layer or at all of them — found by running the built-in
+/// backprop with each slip and comparing, not by pattern-fitting.
+pub fn dropout_slips(
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    grad: &[f64],
+    tensors: &mut [TensorReport],
+) {
+    let Some(d) = model.dropout() else { return };
+    if tensors.iter().all(|t| t.passed) {
+        return;
+    }
+    let correct = cpu::backprop(model, params, data);
+    let mut targets: Vec<Vec<usize>> = d.layers.iter().map(|&l| vec![l]).collect();
+    if d.layers.len() > 1 {
+        let mut all = d.layers.clone();
+        all.sort_unstable();
+        targets.push(all);
+    }
+    let slips = [
+        (
+            DropoutBackward::MaskMissing,
+            MistakeKind::DropoutMaskMissing,
+        ),
+        (
+            DropoutBackward::ScaleMissing,
+            MistakeKind::DropoutScaleMissing,
+        ),
+        (DropoutBackward::Ignored, MistakeKind::DropoutIgnored),
+    ];
+    let layout = model.layout();
+    for target in &targets {
+        for (slip, kind) in slips {
+            let g = cpu::backprop_with(model, params, data, |l| {
+                if target.contains(&l) {
+                    slip
+                } else {
+                    DropoutBackward::Correct
+                }
+            });
+            for (t, slot) in tensors.iter_mut().zip(layout.tensors()) {
+                let r = slot.range();
+                let already = t.diagnosis.as_ref().is_some_and(|x| {
+                    matches!(
+                        x.kind,
+                        MistakeKind::DropoutMaskMissing
+                            | MistakeKind::DropoutScaleMissing
+                            | MistakeKind::DropoutIgnored
+                    )
+                });
+                if t.passed
+                    || already
+                    || difference(&g.as_slice()[r.clone()], &correct.as_slice()[r.clone()])
+                        <= SLIP_MATCH
+                    || difference(&grad[r.clone()], &g.as_slice()[r.clone()]) > SLIP_MATCH
+                {
+                    continue;
+                }
+                let layers = target
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let (of, masks) = if target.len() == 1 {
+                    (format!("layer {layers}"), format!("D{layers}"))
+                } else {
+                    (format!("layers {layers}"), "the masks".into())
+                };
+                let message = match kind {
+                    MistakeKind::DropoutMaskMissing => format!(
+                        "d{} is what a backward pass without the dropout mask of {of} gives: multiply dA by {masks} there, not only by 1/keep_prob",
+                        slot.name
+                    ),
+                    MistakeKind::DropoutScaleMissing => format!(
+                        "d{} is what a backward pass without the 1/keep_prob = 1/{} scaling of {of}'s dropout gives: divide dA by keep_prob after applying {masks}",
+                        slot.name, d.keep_prob
+                    ),
+                    _ => format!(
+                        "d{} is what a backward pass that ignores the dropout of {of} gives: dA must be multiplied by {masks} and divided by keep_prob",
+                        slot.name
+                    ),
+                };
+                t.diagnosis = Some(Diagnosis {
+                    kind,
+                    factor: None,
+                    message,
+                });
+            }
+        }
+    }
 }
 
 /// The diagnosis of one tensor.

@@ -90,6 +90,7 @@ struct Job {
     total: u32,
     n_params: u32,
     delta: u32,
+    mask_off: u32,
 }
 
 /// Workgroup width of the 1-D kernels, and the tile of `dense` (shaders agree).
@@ -497,6 +498,14 @@ impl GpuContext {
         host.extend(data.x.iter());
         let y_off = host.len();
         host.extend(data.y.iter());
+        // Dropout factors D_l/keep_prob per layer (offset 0 = none: the header is there).
+        let mut mask_off = vec![0u32; depth];
+        for (l, f) in data.masks.iter().enumerate() {
+            if let Some(f) = f {
+                mask_off[l] = host.len() as u32;
+                host.extend(f.iter());
+            }
+        }
         debug_assert_eq!(theta_off, header);
         let to_u32 = |v: usize, what: &str| {
             u32::try_from(v).map_err(|_| {
@@ -601,6 +610,7 @@ impl GpuContext {
             };
             j.z_off = z_off[l] as u32;
             j.a_off = a_off[l] as u32;
+            j.mask_off = mask_off[l];
             j.total = to_u32(sizes[l + 1] * m, "layer size × m")?;
             let (gx, gy) = grid(j.total);
             jobs.push(("base_layer", j, false, gx, gy));
@@ -631,6 +641,7 @@ impl GpuContext {
             };
             s.z_off = z_off[l] as u32;
             s.a_off = a_off[l] as u32;
+            s.mask_off = mask_off[l];
             s.total = cols;
             let (gx, gy) = grid(s.total);
             jobs.push(("perturb_row", s, true, gx, gy));
@@ -645,6 +656,7 @@ impl GpuContext {
                 s.out_dim = sizes[q + 1] as u32;
                 s.w_off = param_off(layout.weight(q).offset);
                 s.z_off = z_off[q] as u32;
+                s.mask_off = mask_off[q];
                 s.total = to_u32(sizes[q + 1] * k * m, "rank-1 stage size")?;
                 let (gx, gy) = grid(s.total);
                 jobs.push(("rank1", s, !in_a, gx, gy));
@@ -659,6 +671,7 @@ impl GpuContext {
                     s.w_off = param_off(layout.weight(q).offset);
                     s.b_off = param_off(layout.bias(q).offset);
                     s.z_off = z_off[q] as u32;
+                    s.mask_off = mask_off[q];
                     let out = sizes[q + 1] as u32;
                     if out < TILE {
                         s.total = to_u32(sizes[q + 1] * k * m, "dense stage size")?;

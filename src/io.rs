@@ -233,11 +233,21 @@ pub fn grads_from(npz: &Npz, model: &Model) -> Result<Grads> {
     Grads::new(model.layout().clone(), values)
 }
 
-/// Data X (n0 × m), Y (nL × m).
+/// Data X (n0 × m), Y (nL × m), and dropout masks D1, D2, … (n_l × m, 0/1) for the
+/// hidden layers that have them.
 pub fn data_from(npz: &Npz, model: &Model) -> Result<Data> {
-    npz.only(&["X".into(), "Y".into()])?;
+    let mask_keys: Vec<String> = (1..model.depth()).map(|l| format!("D{l}")).collect();
+    let mut keys = vec!["X".to_string(), "Y".to_string()];
+    keys.extend(mask_keys.iter().cloned());
+    npz.only(&keys)?;
     let x = npz.matrix("X", false)?;
     let y = npz.matrix("Y", false)?;
+    let mut masks = Vec::new();
+    for (l, key) in mask_keys.iter().enumerate() {
+        if npz.arrays.iter().any(|(k, _)| k == key) {
+            masks.push((l + 1, npz.matrix(key, false)?));
+        }
+    }
     let total: usize = model
         .sizes()
         .iter()
@@ -250,10 +260,40 @@ pub fn data_from(npz: &Npz, model: &Model) -> Result<Data> {
             x.ncols()
         )));
     }
-    Data::new(model, x, y).map_err(|e| match e {
+    Data::with_masks(model, x, y, masks).map_err(|e| match e {
+        Error::Spec(s) => Error::Spec(format!("{}: {s}", npz.path.display())),
         Error::Shape(s) => Error::Shape(format!("{}: {s}", npz.path.display())),
         other => other,
     })
+}
+
+/// Writes the dropout masks of `data` (D1, D2, … as 0/1, n_l × m, float64) to an .npz
+/// readable as a data file's masks; returns how many were written. A model without
+/// dropout is an error (there is nothing to save).
+pub fn write_masks(path: &Path, model: &Model, data: &Data) -> Result<usize> {
+    let Some(d) = model.dropout() else {
+        return Err(Error::Spec(
+            "--save-masks: the model has no dropout (add \"dropout\" to the model spec)".into(),
+        ));
+    };
+    let io_err = |e: std::io::Error| Error::Io {
+        path: path.to_owned(),
+        source: e,
+    };
+    let file = File::create(path).map_err(io_err)?;
+    let mut w = ndarray_npy::NpzWriter::new(file);
+    let mut layers = d.layers.clone();
+    layers.sort_unstable();
+    for &l in &layers {
+        let bits = data
+            .mask_bits(l)
+            .ok_or_else(|| Error::Spec(format!("layer {l} has dropout but no mask")))?;
+        w.add_array(format!("D{l}"), &bits)
+            .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
+    }
+    w.finish()
+        .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
+    Ok(layers.len())
 }
 
 /// Reads a JSON file into `T`; `what` names the expected content in the error.

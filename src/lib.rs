@@ -30,4 +30,4 @@ pub mod sweep;
 
 pub use check::{Backend, GradCheck, KinkPolicy, Precision, Report};
 pub use error::{Error, Result};
-pub use model::{Activation, Data, Grads, Loss, Model, ModelSpec, Params};
+pub use model::{Activation, Data, Dropout, Grads, Loss, Model, ModelSpec, Params};

@@ -200,6 +200,26 @@ pub struct ModelSpec {
     /// L2 strength λ of the term (λ/(2m))·Σ‖W_l‖²_F (0 = none).
     #[serde(default)]
     pub l2: f64,
+    /// Inverted dropout on hidden layers, with masks held fixed for every perturbation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropout: Option<Dropout>,
+}
+
+/// Inverted dropout: A_l ← (A_l ⊙ D_l)/keep_prob on the listed hidden layers. The 0/1
+/// masks D_l (n_l × m) come from the data file (keys D1, D2, …) or are drawn once from
+/// `seed` — D_l[i, j] = 1 when the next SplitMix64 uniform is < keep_prob, layers in
+/// increasing order, each row-major — and are then the same for J(θ) and all 2N J±, so
+/// the cost is a deterministic function of θ and its gradient can be checked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dropout {
+    /// Probability of keeping a unit, in (0, 1].
+    pub keep_prob: f64,
+    /// Seed of the masks not given in the data file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// 1-based hidden layers with dropout (1 … L−1).
+    pub layers: Vec<usize>,
 }
 
 impl ModelSpec {
@@ -216,6 +236,7 @@ impl ModelSpec {
             activations,
             loss: Loss::BinaryCrossEntropy,
             l2: 0.0,
+            dropout: None,
         }
     }
 }
@@ -280,6 +301,28 @@ impl Model {
         if !(spec.l2.is_finite() && spec.l2 >= 0.0) {
             return bad(format!("l2 = {} must be a finite number ≥ 0", spec.l2));
         }
+        if let Some(d) = &spec.dropout {
+            if !(d.keep_prob > 0.0 && d.keep_prob <= 1.0) {
+                return bad(format!(
+                    "dropout keep_prob = {} must be in (0, 1]",
+                    d.keep_prob
+                ));
+            }
+            if d.layers.is_empty() {
+                return bad("dropout.layers is empty: name the hidden layers (1-based)".into());
+            }
+            for (k, &layer) in d.layers.iter().enumerate() {
+                if layer == 0 || layer >= l {
+                    return bad(format!(
+                        "dropout on layer {layer}: only hidden layers 1 … {} can have it",
+                        l - 1
+                    ));
+                }
+                if d.layers[..k].contains(&layer) {
+                    return bad(format!("dropout layer {layer} is listed twice"));
+                }
+            }
+        }
         let layout = ParamLayout::new(&spec.layers)?;
         Ok(Model { spec, layout })
     }
@@ -287,6 +330,11 @@ impl Model {
     /// The spec this model was built from.
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
+    }
+
+    /// The dropout settings, if any.
+    pub fn dropout(&self) -> Option<&Dropout> {
+        self.spec.dropout.as_ref()
     }
     /// Layer sizes n0 … nL.
     pub fn sizes(&self) -> &[usize] {
@@ -594,18 +642,106 @@ mod tests {
     }
 }
 
-/// A batch of m samples: X (n0 × m) and Y (nL × m), one sample per column.
+/// A batch of m samples: X (n0 × m) and Y (nL × m), one sample per column, and the
+/// dropout masks held fixed for them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Data {
     /// Inputs, n0 × m.
     pub x: ndarray::Array2<f64>,
     /// Targets, nL × m.
     pub y: ndarray::Array2<f64>,
+    /// Per layer (0-based), the dropout factor D_l/keep_prob (n_l × m: 0 or 1/keep_prob)
+    /// the activations are multiplied by; `None` for layers without dropout.
+    pub masks: Vec<Option<ndarray::Array2<f64>>>,
 }
 
 impl Data {
-    /// Checks X and Y against the model (X rows = n0, Y rows = nL, same m ≥ 1).
+    /// Checks X and Y against the model (X rows = n0, Y rows = nL, same m ≥ 1); dropout
+    /// masks, if the model has dropout, are drawn from its seed.
     pub fn new(
+        model: &Model,
+        x: ndarray::Array2<f64>,
+        y: ndarray::Array2<f64>,
+    ) -> Result<Self, Error> {
+        Self::with_masks(model, x, y, Vec::new())
+    }
+
+    /// As [`Data::new`], with 0/1 dropout masks given as (1-based layer, D_l n_l × m);
+    /// the model's other dropout layers are drawn from its seed (all layers are drawn in
+    /// order first, so a layer's drawn mask does not depend on which others were given).
+    pub fn with_masks(
+        model: &Model,
+        x: ndarray::Array2<f64>,
+        y: ndarray::Array2<f64>,
+        given: Vec<(usize, ndarray::Array2<f64>)>,
+    ) -> Result<Self, Error> {
+        let mut data = Self::unmasked(model, x, y)?;
+        let depth = model.depth();
+        let m = data.m();
+        data.masks = vec![None; depth];
+        let Some(d) = model.dropout() else {
+            if let Some((layer, _)) = given.first() {
+                return Err(Error::Spec(format!(
+                    "the data has a dropout mask D{layer} but the model has no dropout: add \"dropout\": {{\"keep_prob\": …, \"layers\": [{layer}]}} to the model spec"
+                )));
+            }
+            return Ok(data);
+        };
+        let mut drawn: Vec<Option<ndarray::Array2<f64>>> = vec![None; depth];
+        if let Some(seed) = d.seed {
+            let mut rng = crate::examples::Rng(seed);
+            let mut layers = d.layers.clone();
+            layers.sort_unstable();
+            for layer in layers {
+                let n = model.sizes()[layer];
+                drawn[layer - 1] = Some(ndarray::Array2::from_shape_fn((n, m), |_| {
+                    f64::from(u8::from(rng.next_f64() < d.keep_prob))
+                }));
+            }
+        }
+        for (layer, mask) in given {
+            if !d.layers.contains(&layer) {
+                return Err(Error::Spec(format!(
+                    "the data has a dropout mask D{layer} but the model's dropout layers are {:?}",
+                    d.layers
+                )));
+            }
+            let n = model.sizes()[layer];
+            if mask.dim() != (n, m) {
+                return Err(Error::Shape(format!(
+                    "D{layer} is {}×{} but layer {layer} needs n_{layer} × m = {n}×{m}",
+                    mask.nrows(),
+                    mask.ncols()
+                )));
+            }
+            if let Some(((i, j), v)) = mask.indexed_iter().find(|(_, v)| **v != 0.0 && **v != 1.0) {
+                return Err(Error::Shape(format!(
+                    "D{layer}[{i},{j}] = {v}: a dropout mask holds only 0 and 1 (the 1/keep_prob scaling is applied by gradcheck)"
+                )));
+            }
+            drawn[layer - 1] = Some(mask);
+        }
+        for &layer in &d.layers {
+            let mask = drawn[layer - 1].take().ok_or_else(|| {
+                Error::Spec(format!(
+                    "dropout on layer {layer} needs its mask: D{layer} in the data file, or a \"seed\" in the model's dropout to draw it"
+                ))
+            })?;
+            let scale = 1.0 / d.keep_prob;
+            data.masks[layer - 1] = Some(mask.mapv(|v| v * scale));
+        }
+        Ok(data)
+    }
+
+    /// The 0/1 mask D_l of 1-based layer `layer`, if it has dropout.
+    pub fn mask_bits(&self, layer: usize) -> Option<ndarray::Array2<f64>> {
+        self.masks
+            .get(layer.checked_sub(1)?)?
+            .as_ref()
+            .map(|f| f.mapv(|v| f64::from(u8::from(v != 0.0))))
+    }
+
+    fn unmasked(
         model: &Model,
         x: ndarray::Array2<f64>,
         y: ndarray::Array2<f64>,
@@ -631,7 +767,11 @@ impl Data {
         if x.ncols() == 0 {
             return Err(Error::Shape("X has no samples (m = 0)".into()));
         }
-        Ok(Data { x, y })
+        Ok(Data {
+            x,
+            y,
+            masks: Vec::new(),
+        })
     }
     /// Number of samples m.
     pub fn m(&self) -> usize {

@@ -15,6 +15,7 @@ fn spec(acts: [&str; 3], loss: Loss) -> ModelSpec {
         activations: acts.iter().map(|a| a.parse().unwrap()).collect(),
         loss,
         l2: 0.0,
+        dropout: None,
     }
 }
 

@@ -110,6 +110,7 @@ fn awkward_nets() -> Vec<(ModelSpec, usize)> {
         activations: acts.iter().map(|a| a.parse().unwrap()).collect(),
         loss,
         l2,
+        dropout: None,
     };
     vec![
         (
@@ -261,6 +262,7 @@ fn chunking_changes_no_bit() {
         ],
         loss: Loss::SoftmaxCrossEntropy,
         l2: 0.1,
+        dropout: None,
     };
     let (model, params, data) = random_problem(spec, 9, 7).unwrap();
     let whole = ctx
