@@ -163,6 +163,13 @@ fn run_merge(a: MergeArgs) -> Result<ExitCode> {
         threshold,
         p.data.m(),
     );
+    gradcheck::diagnose::dropout_slips(
+        &p.model,
+        &p.params,
+        &p.data,
+        p.grads.as_slice(),
+        &mut r.tensors,
+    );
     r.notes.splice(0..0, p.notes);
     emit_report(&r, a.json.as_ref())?;
     Ok(ExitCode::from(if r.passed { 0 } else { 1 }))

@@ -89,7 +89,11 @@ fn masks_are_drawn_from_the_seed_and_really_drop_units() {
     // is g(z)·(1/keep_prob).
     let fwd = cpu::forward(&model, &problem().1, &data);
     for ((&bit, &a), &z) in d1.iter().zip(&fwd.a[0]).zip(&fwd.z[0]) {
-        let want = if bit == 1.0 { z.max(0.0) * (1.0 / 0.8) } else { 0.0 };
+        let want = if bit == 1.0 {
+            z.max(0.0) * (1.0 / 0.8)
+        } else {
+            0.0
+        };
         assert_eq!(a, want);
     }
     // Same seed, same masks; another seed, others.
