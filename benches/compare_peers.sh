@@ -30,4 +30,22 @@ for ((k = 0; k < ${#cases[@]}; k += 2)); do
     g32=$(ours --backend gpu --precision f32)
     printf '%-16s %-4s %10s %10s %10s %10s %10s\n' "$layers" "$m" "$loop" "$best" "$cpu" "$g64" "$g32"
 done
+# f32 accuracy on the same cases, correct gradients: the peers' best f32 (numpy batched at
+# its best ε 1e-3) against gradcheck's f32 Δ path (ε 1e-4) and f32-plain (ε 1e-3). Overall
+# difference as the notebook computes it (kinks included on both sides), then ours with
+# kinked elements left out as the verdict does.
+printf '\n%-16s %-4s %12s %12s %12s %12s\n' layers m numpy-f32 gpu-f32 "(no kinks)" gpu-f32-plain
+for ((k = 0; k < ${#cases[@]}; k += 2)); do
+    layers=${cases[k]} m=${cases[k+1]}
+    dir=$work/case-${layers//,/-}-$m
+    np32=$("$py" "$peers/bench_numpy_batched.py" "$dir" --mode prefix --dtype float32 --eps 1e-3 \
+        | "$py" -c 'import json,sys; print("%.3e" % json.loads(sys.stdin.read().strip().splitlines()[-1])["difference"])')
+    diff() {
+        "$bin" check --params "$dir/params.npz" --data "$dir/data.npz" --grads "$dir/grads.npz" --backend gpu "$@" --json - 2>/dev/null \
+            | "$py" -c 'import json,sys; r = json.load(sys.stdin); print("%.3e %.3e" % (r["difference"], r["difference_counted"]))' || echo "n/a n/a"
+    }
+    read -r d32 d32c <<<"$(diff --precision f32)"
+    read -r p32 _ <<<"$(diff --precision f32-plain)"
+    printf '%-16s %-4s %12s %12s %12s %12s\n' "$layers" "$m" "$np32" "$d32" "$d32c" "$p32"
+done
 echo "gpu adapter: $("$bin" devices | head -n 1)"

@@ -6,6 +6,11 @@
 //! each chunk of perturbations (consecutive parameters of one layer) the stages
 //! perturb_row → rank1 → dense… → sample_loss → reduce, all recorded into one encoder and
 //! submitted once. Chunks exist only where the adapter's limits demand them.
+//!
+//! The same kernels run three ways: f64, f32-plain (perturbed values, as f64), and the f32
+//! Δ path, where every stage carries its change from the base pass (ΔZ, ΔA, Δloss) in
+//! closed forms without cancellation and the base pass comes from the CPU's f64 one; the
+//! Job's `delta` flag selects it (see `act_delta` in shaders/common.wgsl).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -488,7 +493,7 @@ impl GpuContext {
         let m = data.m();
         let depth = model.depth();
         let sizes = model.sizes();
-        // Model buffer: header | θ | X | Y.
+        // Model buffer: header | θ | X | Y | dropout factors.
         let header = 3 + depth;
         let mut host: Vec<f64> = vec![epsilon, model.l2() / (2.0 * m as f64), fwd.weight_sumsq];
         host.extend((0..depth).map(|l| model.activation(l).slope()));
