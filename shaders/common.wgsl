@@ -51,12 +51,9 @@ fn act(code: u32, z: real) -> real {
     }
 }
 
-// e^x − 1 − x: Taylor to x^16/16! for |x| < 0.5 (remainder < 3e-20 relative), directly
-// beyond (where it is ≥ 0.1 and e^x − 1 − x loses at most 3 bits).
-fn exp_tail(x: real) -> real {
-    if (abs(x) >= 0.5) {
-        return exp_r(x) - 1.0 - x;
-    }
+// e^x − 1 − x by Taylor to x^16/16!, for |x| ≤ 0.5 (remainder < 3e-20 relative); f64's
+// exp_r uses it on its reduced argument.
+fn exp_series_tail(x: real) -> real {
     var p: real = 1.0 / 20922789888000.0;
     p = p * x + 1.0 / 1307674368000.0;
     p = p * x + 1.0 / 87178291200.0;
@@ -75,6 +72,15 @@ fn exp_tail(x: real) -> real {
     return x * x * p;
 }
 
+// e^x − 1 − x: the series for |x| < 0.5, directly beyond (where it is ≥ 0.1 and
+// e^x − 1 − x loses at most 3 bits).
+fn exp_tail(x: real) -> real {
+    if (abs(x) >= 0.5) {
+        return exp_r(x) - 1.0 - x;
+    }
+    return exp_series_tail(x);
+}
+
 // e^x − 1 without cancellation (the builtin exp near 0 has no such accuracy).
 fn expm1_r(x: real) -> real {
     if (abs(x) >= 0.5) {
@@ -83,15 +89,9 @@ fn expm1_r(x: real) -> real {
     return x + exp_tail(x);
 }
 
-// log(1 + x) − x for −0.5 < x < 0.5: with s = x/(2 + x), log(1 + x) = 2·atanh(s)
-// = 2s + 2s³/3 + … (|s| ≤ 1/3, series to s^37: remainder < 1e-18 relative), and
-// 2s − x = −x²/(2 + x) exactly, so nothing cancels. Directly beyond.
-fn log1p_tail(x: real) -> real {
-    if (x <= -0.5 || x >= 0.5) {
-        return log_r(1.0 + x) - x;
-    }
-    let s = x / (2.0 + x);
-    let s2 = s * s;
+// q(s²) with atanh(s) = s + s³·q(s²) = s + s³/3 + s⁵/5 + …, series to s^37: for
+// |s| ≤ 1/3 the remainder is < 1e-18 relative (f64's log_r uses it for |s| ≤ 0.172).
+fn atanh_tail(s2: real) -> real {
     var q: real = 1.0 / 37.0;
     q = q * s2 + 1.0 / 35.0;
     q = q * s2 + 1.0 / 33.0;
@@ -110,7 +110,18 @@ fn log1p_tail(x: real) -> real {
     q = q * s2 + 1.0 / 7.0;
     q = q * s2 + 1.0 / 5.0;
     q = q * s2 + 1.0 / 3.0;
-    return 2.0 * s * s2 * q - x * x / (2.0 + x);
+    return q;
+}
+
+// log(1 + x) − x for −0.5 < x < 0.5: with s = x/(2 + x), log(1 + x) = 2·atanh(s)
+// (|s| ≤ 1/3), and 2s − x = −x²/(2 + x) exactly, so nothing cancels. Directly beyond.
+fn log1p_tail(x: real) -> real {
+    if (x <= -0.5 || x >= 0.5) {
+        return log_r(1.0 + x) - x;
+    }
+    let s = x / (2.0 + x);
+    let s2 = s * s;
+    return 2.0 * s * s2 * atanh_tail(s2) - x * x / (2.0 + x);
 }
 
 // log(1 + x) without cancellation.

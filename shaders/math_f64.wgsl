@@ -7,7 +7,7 @@ const LN2_HI: f64 = 6.93147180369123816490e-01; // trailing zeros: n * LN2_HI is
 const LN2_LO: f64 = 1.90821492927058770002e-10;
 const INV_LN2: f64 = 1.44269504088896338700e+00;
 
-// exp(x) = 2^n · exp(r), |r| ≤ ln2/2; Taylor to degree 13 (remainder < 5e-18 relative).
+// exp(x) = 2^n · exp(r), |r| ≤ ln2/2 < 0.5; Taylor to degree 16.
 fn exp_r(x0: real) -> real {
     if (x0 < -745.2) {
         return 0.0;
@@ -15,25 +15,13 @@ fn exp_r(x0: real) -> real {
     let x = min(x0, 709.7);
     let n = floor(x * INV_LN2 + 0.5);
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    var p: real = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    // 1 + (r + tail): the small parts first (exp_series_tail in shaders/common.wgsl).
+    let p = 1.0 + (r + exp_series_tail(r));
     return ldexp(p, i32(n));
 }
 
-// log(x) = e·ln2 + 2·atanh(s), s = (f − 1)/(f + 1), f ∈ [√½, √2): |s| ≤ 0.172, series to
-// s^21 (remainder < 2e-17 relative).
+// log(x) = e·ln2 + 2·atanh(s), s = (f − 1)/(f + 1), f ∈ [√½, √2): |s| ≤ 0.172 (series in
+// atanh_tail).
 fn log_r(x: real) -> real {
     if (x <= 0.0) {
         return (x * 0.0 - 1.0e308) * 10.0; // −inf at run time, as log(0)
@@ -62,16 +50,7 @@ fn log_r(x: real) -> real {
     e = e + bias;
     let s = (f - 1.0) / (f + 1.0);
     let s2 = s * s;
-    var q: real = 1.0 / 21.0;
-    q = q * s2 + 1.0 / 19.0;
-    q = q * s2 + 1.0 / 17.0;
-    q = q * s2 + 1.0 / 15.0;
-    q = q * s2 + 1.0 / 13.0;
-    q = q * s2 + 1.0 / 11.0;
-    q = q * s2 + 1.0 / 9.0;
-    q = q * s2 + 1.0 / 7.0;
-    q = q * s2 + 1.0 / 5.0;
-    q = q * s2 + 1.0 / 3.0;
+    let q = atanh_tail(s2); // shaders/common.wgsl
     let ef = real(e);
     // 2s + 2s·s²·q, with the small parts added first.
     let t = 2.0 * s * s2 * q;

@@ -587,35 +587,38 @@ impl GpuContext {
             let x = groups.min(self.limits.max_compute_workgroups_per_dimension);
             (x, groups.div_ceil(x))
         };
-        let jm = |job: &mut Job| {
-            job.m = m as u32;
-            job.y_off = y_off as u32;
-            job.theta_off = theta_off as u32;
-            job.loss = model.loss().code();
-            job.l2 = u32::from(model.l2() != 0.0);
-            job.n_params = n as u32;
-            job.delta = u32::from(delta);
+        // Fields every dispatch shares.
+        let common = Job {
+            m: m as u32,
+            y_off: y_off as u32,
+            theta_off: theta_off as u32,
+            loss: model.loss().code(),
+            l2: u32::from(model.l2() != 0.0),
+            n_params: n as u32,
+            delta: u32::from(delta),
+            ..Job::default()
         };
         let param_off = |i: usize| (theta_off + i) as u32;
+        // A stage computing layer q: its activation, sizes, W and b, input, base Z/A and
+        // dropout factors (each kernel reads the ones it needs).
+        let at_layer = |mut s: Job, q: usize| {
+            s.act = model.activation(q).code();
+            s.slope_idx = (3 + q) as u32;
+            s.is_output = u32::from(q + 1 == depth);
+            s.in_dim = sizes[q] as u32;
+            s.out_dim = sizes[q + 1] as u32;
+            s.w_off = param_off(layout.weight(q).offset);
+            s.b_off = param_off(layout.bias(q).offset);
+            s.in_is_x = u32::from(q == 0);
+            s.in_off = (if q == 0 { x_off } else { a_off[q - 1] }) as u32;
+            s.z_off = z_off[q] as u32;
+            s.a_off = a_off[q] as u32;
+            s.mask_off = mask_off[q];
+            s
+        };
         // Base forward (the Δ path has it from the CPU).
         for l in (0..depth).filter(|_| !delta) {
-            let mut j = Job::default();
-            jm(&mut j);
-            j.in_dim = sizes[l] as u32;
-            j.out_dim = sizes[l + 1] as u32;
-            j.act = model.activation(l).code();
-            j.slope_idx = (3 + l) as u32;
-            j.w_off = param_off(layout.weight(l).offset);
-            j.b_off = param_off(layout.bias(l).offset);
-            j.in_is_x = u32::from(l == 0);
-            j.in_off = if l == 0 {
-                x_off as u32
-            } else {
-                a_off[l - 1] as u32
-            };
-            j.z_off = z_off[l] as u32;
-            j.a_off = a_off[l] as u32;
-            j.mask_off = mask_off[l];
+            let mut j = at_layer(common, l);
             j.total = to_u32(sizes[l + 1] * m, "layer size × m")?;
             let (gx, gy) = grid(j.total);
             jobs.push(("base_layer", j, false, gx, gy));
@@ -625,58 +628,27 @@ impl GpuContext {
             let l = chunk.layer;
             let k = 2 * chunk.count;
             let cols = to_u32(k * m, "chunk columns")?;
-            let mut j = Job::default();
-            jm(&mut j);
+            let mut j = common;
             j.first = chunk.first as u32;
             j.cols = cols;
             j.w_param = layout.weight(l).offset as u32;
             j.rows_l = sizes[l + 1] as u32;
             j.cols_l = sizes[l] as u32;
             // perturb_row: → batch a.
-            let mut s = j;
-            s.act = model.activation(l).code();
-            s.slope_idx = (3 + l) as u32;
-            s.is_output = u32::from(l + 1 == depth);
-            s.out_dim = sizes[l + 1] as u32;
-            s.in_is_x = u32::from(l == 0);
-            s.in_off = if l == 0 {
-                x_off as u32
-            } else {
-                a_off[l - 1] as u32
-            };
-            s.z_off = z_off[l] as u32;
-            s.a_off = a_off[l] as u32;
-            s.mask_off = mask_off[l];
+            let mut s = at_layer(j, l);
             s.total = cols;
             let (gx, gy) = grid(s.total);
             jobs.push(("perturb_row", s, true, gx, gy));
             let mut in_a = true; // the latest output is in batch a
             if l + 1 < depth {
                 let q = l + 1;
-                let mut s = j;
-                s.act = model.activation(q).code();
-                s.slope_idx = (3 + q) as u32;
-                s.is_output = u32::from(q + 1 == depth);
-                s.in_dim = sizes[q] as u32;
-                s.out_dim = sizes[q + 1] as u32;
-                s.w_off = param_off(layout.weight(q).offset);
-                s.z_off = z_off[q] as u32;
-                s.mask_off = mask_off[q];
+                let mut s = at_layer(j, q);
                 s.total = to_u32(sizes[q + 1] * k * m, "rank-1 stage size")?;
                 let (gx, gy) = grid(s.total);
                 jobs.push(("rank1", s, !in_a, gx, gy));
                 in_a = !in_a;
                 for q in l + 2..depth {
-                    let mut s = j;
-                    s.act = model.activation(q).code();
-                    s.slope_idx = (3 + q) as u32;
-                    s.is_output = u32::from(q + 1 == depth);
-                    s.in_dim = sizes[q] as u32;
-                    s.out_dim = sizes[q + 1] as u32;
-                    s.w_off = param_off(layout.weight(q).offset);
-                    s.b_off = param_off(layout.bias(q).offset);
-                    s.z_off = z_off[q] as u32;
-                    s.mask_off = mask_off[q];
+                    let mut s = at_layer(j, q);
                     let out = sizes[q + 1] as u32;
                     if out < TILE {
                         s.total = to_u32(sizes[q + 1] * k * m, "dense stage size")?;
@@ -696,12 +668,8 @@ impl GpuContext {
                     in_a = !in_a;
                 }
             }
-            let mut s = j;
-            s.act = model.activation(depth - 1).code();
-            s.slope_idx = (3 + depth - 1) as u32;
-            s.out_dim = sizes[depth] as u32;
-            s.z_off = z_off[depth - 1] as u32;
-            s.a_off = a_off[depth - 1] as u32;
+            // The losses read the output layer's base Z (and A for MSE).
+            let mut s = at_layer(j, depth - 1);
             s.total = cols;
             let (gx, gy) = grid(s.total);
             jobs.push(("sample_loss", s, !in_a, gx, gy));

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::Arc;
+use common::{failing, gpu};
 
 use gradcheck::check::{Backend, GradCheck, Precision};
 use gradcheck::cpu::{self, Threads};
@@ -12,32 +12,6 @@ use gradcheck::examples::random_problem;
 use gradcheck::examples::{self, expected};
 use gradcheck::gpu::{GpuContext, MathFn};
 use gradcheck::{Loss, ModelSpec};
-
-fn gpu() -> Option<Arc<GpuContext>> {
-    match GpuContext::shared(None) {
-        Ok(c) => {
-            eprintln!(
-                "GPU tests run on adapter: {} (f64: {})",
-                c.adapter_name(),
-                c.has_f64()
-            );
-            // .ci/run checks this marker to prove the GPU tests really ran.
-            let marker = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-adapter.txt");
-            let _ = std::fs::write(
-                marker,
-                format!("{} (f64: {})\n", c.adapter_name(), c.has_f64()),
-            );
-            Some(c)
-        }
-        Err(e) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("CI=true but the GPU tests found no adapter: {e}");
-            }
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-    }
-}
 
 fn rel(a: f64, b: f64) -> f64 {
     (a - b).abs() / b.abs()
@@ -63,13 +37,7 @@ fn seed_examples_on_the_gpu_f64_match_the_notebook() {
         "{}",
         r.difference
     );
-    let failing: Vec<&str> = r
-        .tensors
-        .iter()
-        .filter(|t| !t.passed)
-        .map(|t| t.name.as_str())
-        .collect();
-    assert_eq!(failing, ["b1", "W2"]);
+    assert_eq!(failing(&r), ["b1", "W2"]);
     let p = examples::seed_problem(false).unwrap();
     let r = gc.run(&p.model, &p.params, &p.data, &p.grads).unwrap();
     assert!(
@@ -90,13 +58,7 @@ fn seed_examples_on_the_gpu_f32_with_f32_defaults() {
     let r = gc.run(&p.model, &p.params, &p.data, &p.grads).unwrap();
     assert_eq!(r.precision, "f32");
     assert!(!r.passed);
-    let failing: Vec<&str> = r
-        .tensors
-        .iter()
-        .filter(|t| !t.passed)
-        .map(|t| t.name.as_str())
-        .collect();
-    assert_eq!(failing, ["b1", "W2"]);
+    assert_eq!(failing(&r), ["b1", "W2"]);
     let p = examples::seed_problem(false).unwrap();
     let r = gc.run(&p.model, &p.params, &p.data, &p.grads).unwrap();
     assert!(r.passed, "difference {}", r.difference);
@@ -319,7 +281,7 @@ fn f64_math_library_accuracy() {
         (0..n).map(move |k| lo + (hi - lo) * k as f64 / (n - 1) as f64)
     };
     let cases: Vec<(MathFn, Vec<f64>, f64)> = vec![
-        // Measured on llvmpipe: exp 0.99, log 1.37, tanh 2.08, sigmoid 1.73 ulp; the bounds
+        // Measured on llvmpipe: exp 1.00, log 1.37, tanh 2.08, sigmoid 1.91 ulp; the bounds
         // leave one ulp for another driver's rounding of the polynomial steps.
         (
             MathFn::Exp,
@@ -346,21 +308,7 @@ fn f64_math_library_accuracy() {
         (MathFn::Sigmoid, grid(-40.0, 40.0, 40001).collect(), 3.0),
     ];
     for (f, xs, max_ulps) in cases {
-        let got = ctx.math_probe(f, true, &xs).unwrap();
-        let mut worst: f64 = 0.0;
-        let mut at = 0.0;
-        for (x, g) in xs.iter().zip(&got) {
-            let want = f.reference(*x);
-            if want == 0.0 {
-                continue;
-            }
-            let ulp = (want.abs() * f64::EPSILON).max(f64::MIN_POSITIVE);
-            let e = (g - want).abs() / ulp;
-            if e > worst {
-                worst = e;
-                at = *x;
-            }
-        }
+        let (worst, at) = worst_ulps(&ctx, f, true, &xs);
         eprintln!("f64 {f:?}: worst error {worst:.2} ulp at x = {at:e}");
         assert!(worst <= max_ulps, "{f:?}: {worst} ulp at {at}");
     }
@@ -611,6 +559,8 @@ fn gpu_f32_delta_path_is_as_sharp_as_f64() {
         let r = f32_check(eps)
             .run(&fixed.model, &fixed.params, &fixed.data, &fixed.grads)
             .unwrap();
+        // Measured 2.8e-8 … 3.7e-8 over these ε (the notebook's own f64 gives 1.19e-7):
+        // 1e-7 is below the notebook's number and 3× above ours.
         assert!(
             r.passed && r.difference <= 1e-7,
             "seed-fixed ε={eps:e}: {}",
@@ -619,13 +569,9 @@ fn gpu_f32_delta_path_is_as_sharp_as_f64() {
         let r = f32_check(eps)
             .run(&buggy.model, &buggy.params, &buggy.data, &buggy.grads)
             .unwrap();
-        let failing: Vec<&str> = r
-            .tensors
-            .iter()
-            .filter(|t| !t.passed)
-            .map(|t| t.name.as_str())
-            .collect();
-        assert_eq!(failing, ["b1", "W2"], "seed-buggy ε={eps:e}");
+        assert_eq!(failing(&r), ["b1", "W2"], "seed-buggy ε={eps:e}");
+        // The bugs dominate it; each element is within a few u32 = 6e-8 relative
+        // (measured 4.5e-8 from the notebook's number at ε = 1e-4): 1e-6 leaves room.
         assert!(rel(r.difference, expected::BUGGY_DIFFERENCE) <= 1e-6);
     }
     // The peers' nets with correct gradients: ≤ 1e-6 (their best f32 is ≈ 5e-3).
@@ -663,31 +609,46 @@ fn delta_math_accuracy() {
         })
         .chain((0..2001).map(|k| -0.45 + 0.9 * k as f64 / 2000.0))
         .collect();
-    for (use_f64, unit, bound) in [
-        (true, f64::EPSILON, 4.0),
-        (false, f64::from(f32::EPSILON), 4.0),
-    ] {
+    for use_f64 in [true, false] {
         if use_f64 && !ctx.has_f64() {
             continue;
         }
         for f in [MathFn::Expm1, MathFn::Log1p] {
-            let got = ctx.math_probe(f, use_f64, &small).unwrap();
-            let mut worst: f64 = 0.0;
-            for (x, g) in small.iter().zip(&got) {
-                // Relative to the reference at the argument the device saw.
-                let xd = if use_f64 { *x } else { f64::from(*x as f32) };
-                let want = f.reference(xd);
-                worst = worst.max((g - want).abs() / (want.abs() * unit));
-            }
-            // Measured on llvmpipe: see the printout; a few ulps (f32 includes the
-            // builtin exp/log beyond |x| = 0.5 and 2.5-ulp division).
+            let (worst, at) = worst_ulps(&ctx, f, use_f64, &small);
             eprintln!(
-                "{} {f:?}: worst {worst:.2} ulp",
+                "{} {f:?}: worst {worst:.2} ulp at x = {at:e}",
                 if use_f64 { "f64" } else { "f32" }
             );
-            assert!(worst <= bound, "{f:?} f64={use_f64}: {worst} ulp");
+            // Measured on llvmpipe: f64 expm1 1.83, log1p 1.23 ulp; f32 3.13 and 1.45
+            // (f32 goes through the builtin exp/log beyond |x| = 0.5 and a division
+            // Vulkan allows 2.5 ulp). 4 leaves one ulp for another driver's rounding.
+            assert!(worst <= 4.0, "{f:?} f64={use_f64}: {worst} ulp at {at}");
         }
     }
+}
+
+/// The worst error of `f` on the device over `xs`, in ulps of the precision used
+/// (relative to the reference at the argument the device received), and where.
+fn worst_ulps(ctx: &GpuContext, f: MathFn, use_f64: bool, xs: &[f64]) -> (f64, f64) {
+    let got = ctx.math_probe(f, use_f64, xs).unwrap();
+    let unit = if use_f64 {
+        f64::EPSILON
+    } else {
+        f64::from(f32::EPSILON)
+    };
+    let mut worst = (0.0, 0.0);
+    for (x, g) in xs.iter().zip(&got) {
+        let seen = if use_f64 { *x } else { f64::from(*x as f32) };
+        let want = f.reference(seen);
+        if want == 0.0 {
+            continue;
+        }
+        let e = (g - want).abs() / (want.abs() * unit).max(f64::MIN_POSITIVE);
+        if e > worst.0 {
+            worst = (e, *x);
+        }
+    }
+    worst
 }
 
 #[test]

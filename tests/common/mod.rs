@@ -4,6 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::sync::Arc;
+
+use gradcheck::check::Report;
+use gradcheck::gpu::GpuContext;
 use ndarray::Array2;
 use ndarray_npy::NpzWriter;
 
@@ -46,4 +50,41 @@ pub fn seed_dir() -> PathBuf {
     } else {
         root.join("fixtures/seed")
     }
+}
+
+/// The shared GPU context, or None (with the reason printed) when there is no adapter —
+/// except under CI=true, where the GPU tests must run: then it panics.
+pub fn gpu() -> Option<Arc<GpuContext>> {
+    match GpuContext::shared(None) {
+        Ok(c) => {
+            eprintln!(
+                "GPU tests run on adapter: {} (f64: {})",
+                c.adapter_name(),
+                c.has_f64()
+            );
+            // .ci/run checks this marker to prove the GPU tests really ran.
+            let marker = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("gpu-adapter.txt");
+            let _ = std::fs::write(
+                marker,
+                format!("{} (f64: {})\n", c.adapter_name(), c.has_f64()),
+            );
+            Some(c)
+        }
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("CI=true but the GPU tests found no adapter: {e}");
+            }
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+/// The names of a report's failing tensors, in flat order.
+pub fn failing(r: &Report) -> Vec<&str> {
+    r.tensors
+        .iter()
+        .filter(|t| !t.passed)
+        .map(|t| t.name.as_str())
+        .collect()
 }
