@@ -6,9 +6,9 @@
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gradcheck::check::Precision;
-use gradcheck::cpu::{self, Threads};
+use gradcheck::eval::cpu::{self, Threads};
+use gradcheck::eval::gpu::GpuContext;
 use gradcheck::examples::{random_problem, seed_problem};
-use gradcheck::gpu::GpuContext;
 use gradcheck::{Data, Model, ModelSpec, Params};
 
 fn nets() -> Vec<(String, Model, Params, Data)> {

@@ -19,6 +19,8 @@
 //! name = "notebook"
 //! example = "seed-buggy"         # a built-in example instead of files
 //! ```
+//!
+//! A front end. May use: `check`, `problem`, `examples`, `report`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -28,7 +30,9 @@ use serde::{Deserialize, Serialize};
 use crate::check::{Backend, GradCheck, KinkPolicy, Precision, Report};
 use crate::error::{Error, Result};
 use crate::examples;
-use crate::io::Problem;
+use crate::problem::Problem;
+use crate::report::failure_summary;
+use std::fmt::Write as _;
 
 /// Settings a job inherits from `[defaults]` unless it sets its own.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -247,4 +251,88 @@ pub fn run(
         seconds: t0.elapsed().as_secs_f64(),
         jobs,
     }
+}
+
+/// The batch as a table: one line per job (outcome, name, seconds, what went wrong),
+/// then the totals.
+pub fn render_batch_text(b: &BatchReport) -> String {
+    let mut s = String::new();
+    for j in &b.jobs {
+        let detail = match (&j.report, &j.error) {
+            (Some(r), _) if j.outcome == Outcome::Fail => {
+                failure_summary(r).trim_end().replace('\n', "; ")
+            }
+            (Some(r), _) => format!("difference {:e}", r.difference),
+            (None, Some(e)) => e.clone(),
+            _ => String::new(),
+        };
+        let tag = match j.outcome {
+            Outcome::Pass => "pass",
+            Outcome::Fail => "FAIL",
+            Outcome::Error => "ERROR",
+        };
+        let _ = writeln!(s, "{tag:<5} {:<24} {:>8.3} s  {detail}", j.name, j.seconds);
+    }
+    let _ = writeln!(
+        s,
+        "batch: {} pass, {} fail, {} error ({:.3} s)",
+        b.passed, b.failed, b.errors, b.seconds
+    );
+    s
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&apos;")
+}
+
+/// The batch as JUnit XML: one testcase per job, failures carrying the per-tensor summary.
+pub fn render_junit(b: &BatchReport) -> String {
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let head = format!(
+        "name=\"gradcheck\" tests=\"{}\" failures=\"{}\" errors=\"{}\" time=\"{:.6}\"",
+        b.jobs.len(),
+        b.failed,
+        b.errors,
+        b.seconds
+    );
+    let _ = writeln!(s, "<testsuites {head}>");
+    let _ = writeln!(s, "  <testsuite {head}>");
+    for j in &b.jobs {
+        let _ = write!(
+            s,
+            "    <testcase classname=\"gradcheck\" name=\"{}\" time=\"{:.6}\"",
+            xml_escape(&j.name),
+            j.seconds
+        );
+        match (j.outcome, &j.report, &j.error) {
+            (Outcome::Fail, Some(r), _) => {
+                let _ = writeln!(
+                    s,
+                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                    xml_escape(&format!(
+                        "gradient check failed: difference {:e}",
+                        r.difference_counted
+                    )),
+                    xml_escape(&failure_summary(r))
+                );
+            }
+            (Outcome::Error, _, Some(e)) => {
+                let _ = writeln!(
+                    s,
+                    ">\n      <error message=\"{}\">{}</error>\n    </testcase>",
+                    xml_escape(e),
+                    xml_escape(e)
+                );
+            }
+            _ => {
+                let _ = writeln!(s, "/>");
+            }
+        }
+    }
+    s.push_str("  </testsuite>\n</testsuites>\n");
+    s
 }

@@ -9,8 +9,8 @@ use clap::{Args, Parser, Subcommand};
 
 use gradcheck::check::{self, Backend, GradCheck, KinkPolicy, Precision, Report};
 use gradcheck::examples::{self, Example};
-use gradcheck::io::Problem;
 use gradcheck::model::ParamLayout;
+use gradcheck::problem::Problem;
 use gradcheck::report;
 
 #[derive(Parser)]
@@ -219,7 +219,7 @@ fn sweep_precisions(
     if backend == Backend::Cpu {
         return vec![Precision::F64];
     }
-    match gradcheck::gpu::GpuContext::shared(adapter) {
+    match gradcheck::eval::gpu::GpuContext::shared(adapter) {
         Ok(c) if c.has_f64() => vec![Precision::F64, Precision::F32, Precision::F32Plain],
         Ok(_) => vec![Precision::F32, Precision::F32Plain],
         Err(_) => vec![Precision::F64],
@@ -300,12 +300,10 @@ fn run_batch(a: BatchArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(p) = &a.junit {
-        std::fs::write(p, report::render_junit(&report))
+        std::fs::write(p, batch::render_junit(&report))
             .with_context(|| format!("writing {}", p.display()))?;
     }
-    emit(&json, a.json.as_ref(), || {
-        report::render_batch_text(&report)
-    })?;
+    emit(&json, a.json.as_ref(), || batch::render_batch_text(&report))?;
     Ok(ExitCode::from(report.exit_code()))
 }
 
@@ -342,7 +340,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Merge(a) => run_merge(a),
         Command::Compare(a) => {
             let p = load(&a.inputs)?;
-            let ctx = gradcheck::gpu::GpuContext::shared(a.adapter.as_deref())?;
+            let ctx = gradcheck::eval::gpu::GpuContext::shared(a.adapter.as_deref())?;
             let c = gradcheck::compare::compare(
                 &ctx, &p.model, &p.params, &p.data, &p.grads, a.epsilon,
             )?;
@@ -353,7 +351,7 @@ pub fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices => {
-            print!("{}", gradcheck::gpu::describe_adapters());
+            print!("{}", gradcheck::eval::gpu::describe_adapters());
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -445,7 +443,9 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
             Some(k) => {
                 let (eps, thr) = gc.defaults_for("f64");
                 check::validate_threshold(thr)?;
-                Some(check::fast_check(&p, k, a.seed, eps, thr)?)
+                Some(check::fast_check(
+                    &p.model, &p.params, &p.data, &p.grads, k, a.seed, eps, thr,
+                )?)
             }
             None => None,
         };
@@ -478,11 +478,11 @@ fn fast_report(p: &Problem, f: check::FastCheck, gc: &GradCheck) -> Result<Repor
     let (epsilon, threshold) = gc.defaults_for("f64");
     let (a, n): (Vec<f64>, Vec<f64>) = f.directions.iter().map(|d| (d.analytic, d.numeric)).unzip();
     let eval = check::Evaluation {
-        cost: gradcheck::cpu::cost(&p.model, &p.params, &p.data),
+        cost: gradcheck::eval::cpu::cost(&p.model, &p.params, &p.data),
         plus: Vec::new(),
         minus: Vec::new(),
         deltas: false,
-        cost_scale: check::cost_scale(&p.model, &p.params, &p.data),
+        cost_scale: gradcheck::eval::cost_scale(&p.model, &p.params, &p.data),
         kinks: vec![false; a.len()],
         backend: "cpu (fast mode)".into(),
         precision: "f64".into(),

@@ -1,14 +1,18 @@
 //! GPU vs CPU numerics: the same J± from the GPU in f64, f32 (Δ path) and f32-plain against
 //! the CPU f64 reference, as errors of J±, of the changes ΔJ± = J± − J(θ) (what a central
 //! difference really uses), of gradapprox, and of the resulting differences.
+//!
+//! A front end (feature `gpu`). May use: `eval` (both backends directly), `verdict`'s defaults, `metric`.
 
 use serde::Serialize;
 
-use crate::check::{self, DEFAULT_EPSILON, F32_EPSILON, F32_PLAIN_EPSILON, Precision, difference};
-use crate::cpu::{self, Threads};
 use crate::error::Result;
-use crate::gpu::GpuContext;
+use crate::eval::cpu::{self, Threads};
+use crate::eval::gpu::GpuContext;
+use crate::eval::{self, Precision};
+use crate::metric::difference;
 use crate::model::{Data, Grads, Model, Params};
+use crate::verdict::{DEFAULT_EPSILON, F32_EPSILON, F32_PLAIN_EPSILON};
 
 /// Errors of one tensor (or of everything).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,7 +74,7 @@ fn ulp(x: f64, f64_precision: bool) -> f64 {
 
 /// Both sides of one precision's comparison.
 struct Sides<'a> {
-    gpu: &'a check::Evaluation,
+    gpu: &'a eval::Evaluation,
     cpu: &'a cpu::Perturbed,
     ga_gpu: &'a [f64],
     ga_cpu: &'a [f64],

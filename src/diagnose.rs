@@ -1,15 +1,17 @@
 //! What kind of mistake a failing tensor's gradient looks like, from its analytic and
-//! numeric values.
+//! numeric values (and, for dropout slips, from the built-in backprop with each slip).
+//!
+//! May use: `verdict` (it annotates a [`Report`]), `eval::cpu`, `model`, `metric`.
 //!
 //! A diagnosis is only given when the evidence is clear: the pattern must explain the
 //! analytic values to within [`FIT_TOLERANCE`] (relative residual), otherwise the tensor
 //! is only reported as wrong in k of n elements, with where.
 
-use serde::Serialize;
-
-use crate::check::{TensorReport, difference};
-use crate::cpu::{self, DropoutBackward};
+use crate::eval::cpu::{self, DropoutBackward};
+use crate::metric::difference;
 use crate::model::{Data, Model, ParamLayout, Params, TensorKind, TensorSlot};
+pub use crate::verdict::{Diagnosis, MistakeKind};
+use crate::verdict::{Report, TensorReport};
 
 /// Largest relative residual ‖analytic − pattern(numeric)‖/‖analytic‖ for which a
 /// pattern is called. Correct gradients sit at 1e-7 or below in f64 (1e-3 in f32 at its
@@ -19,36 +21,6 @@ pub const FIT_TOLERANCE: f64 = 1e-2;
 /// An element counts as wrong when |analytic − numeric| exceeds this fraction of the
 /// tensor's RMS numeric value (plus an absolute floor for all-zero tensors).
 pub const ELEMENT_TOLERANCE: f64 = 1e-3;
-
-/// The kinds of mistake recognised.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MistakeKind {
-    /// analytic = c · numeric for a constant c ≠ 1.
-    Scaled,
-    /// analytic = −numeric.
-    SignFlipped,
-    /// analytic = c · numeric with c = m: the 1/m averaging is missing.
-    MissingAveraging,
-    /// analytic = c · numeric with c = 1/m: the 1/m averaging is applied twice.
-    DoubledAveraging,
-    /// analytic = numericᵀ (square weight matrices).
-    Transposed,
-    /// analytic is all zeros while the numeric gradient is not.
-    AllZero,
-    /// analytic holds this tensor's neighbour's gradient and vice versa.
-    Swapped,
-    /// analytic has NaN or infinite entries.
-    NotFinite,
-    /// The dropout mask is not applied in the backward pass (1/keep_prob is).
-    DropoutMaskMissing,
-    /// The 1/keep_prob scaling is not applied in the backward pass (the mask is).
-    DropoutScaleMissing,
-    /// Dropout is ignored in the backward pass (neither mask nor scaling).
-    DropoutIgnored,
-    /// No pattern; wrong in some elements.
-    Elementwise,
-}
 
 /// A failing tensor is put down to a dropout slip when it equals the gradient of a
 /// backward pass with that slip to this difference: our backprop and the user's agree
@@ -148,17 +120,6 @@ pub fn dropout_slips(
             }
         }
     }
-}
-
-/// The diagnosis of one tensor.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Diagnosis {
-    /// The pattern.
-    pub kind: MistakeKind,
-    /// The fitted factor for scaled gradients.
-    pub factor: Option<f64>,
-    /// One sentence for the user.
-    pub message: String,
 }
 
 fn norm(v: &[f64]) -> f64 {
@@ -284,6 +245,21 @@ pub fn diagnose_tensor(slot: &TensorSlot, a: &[f64], n: &[f64], m: usize) -> Opt
             a.len()
         ),
     })
+}
+
+/// Diagnoses every failing tensor of a report from the analytic gradient `grad` and the
+/// report's central differences, then recognises swapped pairs.
+pub fn diagnose_report(report: &mut Report, layout: &ParamLayout, grad: &[f64], m: usize) {
+    let approx = &report.gradapprox;
+    for (t, slot) in report.tensors.iter_mut().zip(layout.tensors()) {
+        if !t.passed {
+            let r = slot.range();
+            t.diagnosis = diagnose_tensor(slot, &grad[r.clone()], &approx[r], m);
+        }
+    }
+    let approx = std::mem::take(&mut report.gradapprox);
+    find_swaps(layout, grad, &approx, &mut report.tensors);
+    report.gradapprox = approx;
 }
 
 /// Recognises pairs of failing same-shape tensors whose gradients were swapped, and

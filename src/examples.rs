@@ -1,11 +1,14 @@
 //! The built-in examples: the seed notebook's own test case, compiled in so that
 //! `gradcheck check --example seed-buggy` needs no files.
+//!
+//! May use: `io`, `problem`, `model`, `rng`.
 
 use ndarray::Array2;
 
 use crate::error::Result;
-use crate::io::{Npz, Problem};
+use crate::io::Npz;
 use crate::model::{Data, Loss, Model, ModelSpec, Params};
+use crate::problem::Problem;
 
 /// The notebook's parameters (W1…b3, 4-5-3-1).
 pub const SEED_PARAMS: &[u8] = include_bytes!("../fixtures/seed/seed_params.npz");
@@ -29,14 +32,15 @@ pub mod expected {
 }
 
 /// A built-in example.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Example {
     /// The notebook's N-D case with its buggy backprop (dW2 × 2, db1 × 4).
     SeedBuggy,
     /// The notebook's N-D case with the bugs fixed.
     SeedFixed,
     /// The notebook's 1-D case J(θ) = θ·x.
-    #[value(name = "seed-1d")]
+    #[cfg_attr(feature = "cli", value(name = "seed-1d"))]
     Seed1d,
 }
 
@@ -67,32 +71,12 @@ pub fn seed_problem(buggy: bool) -> Result<Problem> {
     Ok(prob)
 }
 
-/// Deterministic pseudo-random numbers (SplitMix64) for synthetic problems.
-#[derive(Debug, Clone)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in [−1, 1).
-    pub fn sym(&mut self) -> f64 {
-        2.0 * self.next_f64() - 1.0
-    }
-}
-
 /// A synthetic problem for tests and benchmarks: weights uniform with He scale
 /// √(2/fan-in), biases likewise, X uniform in [−1.5, 1.5), targets that fit the loss
 /// (0/1 labels, one-hot columns, or uniform values). Deterministic in `seed`.
 pub fn random_problem(spec: ModelSpec, m: usize, seed: u64) -> Result<(Model, Params, Data)> {
     let model = Model::new(spec)?;
-    let mut rng = Rng(seed);
+    let mut rng = crate::rng::Rng(seed);
     let mut theta = vec![0.0; model.n_params()];
     for slot in model.layout().tensors() {
         let fan_in = model.sizes()[slot.layer];

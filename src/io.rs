@@ -1,5 +1,7 @@
 //! Reading the user's files: .npz tensors (float64 or float32) and the JSON model spec,
 //! validated by name before any evaluation starts.
+//!
+//! May use: `model`, `error`. Reads and converts; never evaluates anything.
 
 use std::fs::File;
 use std::io::{Cursor, Read, Seek};
@@ -311,75 +313,4 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Res
 /// Reads a JSON model spec.
 pub fn spec_from_file(path: &Path) -> Result<ModelSpec> {
     read_json(path, "model spec")
-}
-
-/// Everything a check needs, loaded and cross-validated.
-#[derive(Debug, Clone)]
-pub struct Problem {
-    /// The model.
-    pub model: Model,
-    /// θ.
-    pub params: Params,
-    /// X, Y.
-    pub data: Data,
-    /// The gradients to check (the built-in backprop's when none were given).
-    pub grads: Grads,
-    /// How the inputs were interpreted (model inferred, gradients built in, …).
-    pub notes: Vec<String>,
-}
-
-impl Problem {
-    /// Assembles a problem from loaded files; `grads` = None uses the built-in backprop.
-    pub fn from_npz(
-        params: &Npz,
-        data: &Npz,
-        grads: Option<&Npz>,
-        spec: Option<ModelSpec>,
-    ) -> Result<Problem> {
-        let (model, params, inferred) = params_from(params, spec)?;
-        let data = data_from(data, &model)?;
-        let mut notes = Vec::new();
-        if inferred {
-            notes.push(format!(
-                "no model spec: layers {:?} inferred from the weight shapes, relu hidden layers, sigmoid output, binary cross-entropy",
-                model.sizes()
-            ));
-        }
-        let grads = match grads {
-            Some(g) => grads_from(g, &model)?,
-            None => {
-                notes.push(
-                    "no gradients given: checking gradapprox against the built-in backprop".into(),
-                );
-                crate::cpu::backprop(&model, &params, &data)
-            }
-        };
-        let j = crate::cpu::cost(&model, &params, &data);
-        if !j.is_finite() {
-            return Err(Error::Config(format!(
-                "the cost at θ is {j} (a saturated sigmoid makes log(0)); central differences cannot be taken there"
-            )));
-        }
-        Ok(Problem {
-            model,
-            params,
-            data,
-            grads,
-            notes,
-        })
-    }
-
-    /// Loads a problem from files on disk.
-    pub fn load(
-        params: &Path,
-        data: &Path,
-        grads: Option<&Path>,
-        model: Option<&Path>,
-    ) -> Result<Problem> {
-        let spec = model.map(spec_from_file).transpose()?;
-        let p = Npz::open(params)?;
-        let d = Npz::open(data)?;
-        let g = grads.map(Npz::open).transpose()?;
-        Problem::from_npz(&p, &d, g.as_ref(), spec)
-    }
 }

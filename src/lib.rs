@@ -6,6 +6,20 @@
 //! ‖grad − gradapprox‖₂ / (‖grad‖₂ + ‖gradapprox‖₂), tensor by tensor, with a diagnosis of
 //! what kind of mistake a failing gradient looks like.
 //!
+//! The modules in layers, each using only those listed before it:
+//!
+//! | layer | module | holds |
+//! |---|---|---|
+//! | base | [`error`], [`metric`], [`rng`] | the error type, the difference formula, the RNG |
+//! | model | [`model`] | network, activations, losses, parameter layout, data and masks |
+//! | eval | [`eval`], [`eval::cpu`], `eval::gpu` | the [`eval::Evaluator`] trait, the CPU f64 reference, the GPU (feature `gpu`) |
+//! | verdict | [`verdict`] | central differences against the gradient: differences, pass/fail |
+//! | diagnose | [`diagnose`] | what kind of mistake a failing tensor is |
+//! | check | [`check`] | the one-call [`GradCheck`]: evaluate → verdict → diagnose; the fast mode |
+//! | report | [`report`] | text and JSON of a report |
+//! | files | [`io`], [`problem`], [`examples`] | reading .npz/JSON, assembling a problem, the built-in seed |
+//! | front ends | [`shard`], [`sweep`], [`batch`], `compare` | split/merge, ε sweeps, manifests, GPU-vs-CPU numerics |
+//!
 //! ```no_run
 //! use gradcheck::{check::GradCheck, examples};
 //! let p = examples::seed_problem(true).unwrap();
@@ -14,20 +28,34 @@
 //! ```
 #![warn(missing_docs)]
 
-pub mod batch;
-pub mod check;
-pub mod compare;
-pub mod cpu;
-pub mod diagnose;
 pub mod error;
-pub mod examples;
-pub mod gpu;
-pub mod io;
+pub mod metric;
+pub mod rng;
+
 pub mod model;
+
+pub mod eval;
+
+pub mod verdict;
+
+pub mod diagnose;
+
+pub mod check;
+
 pub mod report;
+
+pub mod examples;
+pub mod io;
+pub mod problem;
+
+pub mod batch;
+#[cfg(feature = "gpu")]
+pub mod compare;
 pub mod shard;
 pub mod sweep;
 
-pub use check::{Backend, GradCheck, KinkPolicy, Precision, Report};
+pub use check::GradCheck;
 pub use error::{Error, Result};
+pub use eval::{Backend, Evaluation, Evaluator, Precision};
 pub use model::{Activation, Data, Dropout, Grads, Loss, Model, ModelSpec, Params};
+pub use verdict::{KinkPolicy, Report};

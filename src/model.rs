@@ -1,6 +1,8 @@
 //! The model family: fully connected networks, their activations and costs, and the
 //! flat parameter layout (W1, b1, W2, b2, … each row-major) that every other module
 //! indexes by.
+//!
+//! May use: `error`, `rng` (dropout masks drawn from a seed). Knows nothing above it.
 
 use std::fmt;
 use std::str::FromStr;
@@ -689,7 +691,7 @@ impl Data {
         };
         let mut drawn: Vec<Option<ndarray::Array2<f64>>> = vec![None; depth];
         if let Some(seed) = d.seed {
-            let mut rng = crate::examples::Rng(seed);
+            let mut rng = crate::rng::Rng(seed);
             let mut layers = d.layers.clone();
             layers.sort_unstable();
             for layer in layers {

@@ -1,8 +1,10 @@
 //! Rendering reports: the human table for stdout, and JSON.
+//!
+//! May use: `verdict` and `diagnose` (what a report holds). Batch tables and JUnit live in `batch`.
 
 use std::fmt::Write as _;
 
-use crate::check::Report;
+use crate::verdict::Report;
 
 /// The notebook's verdict sentences.
 fn verdict(passed: bool) -> &'static str {
@@ -104,91 +106,5 @@ pub fn failure_summary(r: &Report) -> String {
         }
         s.push('\n');
     }
-    s
-}
-
-/// The batch as a table: one line per job (outcome, name, seconds, what went wrong),
-/// then the totals.
-pub fn render_batch_text(b: &crate::batch::BatchReport) -> String {
-    use crate::batch::Outcome;
-    let mut s = String::new();
-    for j in &b.jobs {
-        let detail = match (&j.report, &j.error) {
-            (Some(r), _) if j.outcome == Outcome::Fail => {
-                failure_summary(r).trim_end().replace('\n', "; ")
-            }
-            (Some(r), _) => format!("difference {:e}", r.difference),
-            (None, Some(e)) => e.clone(),
-            _ => String::new(),
-        };
-        let tag = match j.outcome {
-            Outcome::Pass => "pass",
-            Outcome::Fail => "FAIL",
-            Outcome::Error => "ERROR",
-        };
-        let _ = writeln!(s, "{tag:<5} {:<24} {:>8.3} s  {detail}", j.name, j.seconds);
-    }
-    let _ = writeln!(
-        s,
-        "batch: {} pass, {} fail, {} error ({:.3} s)",
-        b.passed, b.failed, b.errors, b.seconds
-    );
-    s
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&apos;")
-}
-
-/// The batch as JUnit XML: one testcase per job, failures carrying the per-tensor summary.
-pub fn render_junit(b: &crate::batch::BatchReport) -> String {
-    use crate::batch::Outcome;
-    let mut s = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-    let head = format!(
-        "name=\"gradcheck\" tests=\"{}\" failures=\"{}\" errors=\"{}\" time=\"{:.6}\"",
-        b.jobs.len(),
-        b.failed,
-        b.errors,
-        b.seconds
-    );
-    let _ = writeln!(s, "<testsuites {head}>");
-    let _ = writeln!(s, "  <testsuite {head}>");
-    for j in &b.jobs {
-        let _ = write!(
-            s,
-            "    <testcase classname=\"gradcheck\" name=\"{}\" time=\"{:.6}\"",
-            xml_escape(&j.name),
-            j.seconds
-        );
-        match (j.outcome, &j.report, &j.error) {
-            (Outcome::Fail, Some(r), _) => {
-                let _ = writeln!(
-                    s,
-                    ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
-                    xml_escape(&format!(
-                        "gradient check failed: difference {:e}",
-                        r.difference_counted
-                    )),
-                    xml_escape(&failure_summary(r))
-                );
-            }
-            (Outcome::Error, _, Some(e)) => {
-                let _ = writeln!(
-                    s,
-                    ">\n      <error message=\"{}\">{}</error>\n    </testcase>",
-                    xml_escape(e),
-                    xml_escape(e)
-                );
-            }
-            _ => {
-                let _ = writeln!(s, "/>");
-            }
-        }
-    }
-    s.push_str("  </testsuite>\n</testsuites>\n");
     s
 }

@@ -2,6 +2,8 @@
 //! slices of the parameters and writes its J± as a partial; `merge` joins the partials
 //! into the report one run would give (J± are stored with round-trip precision, so the
 //! merged J± are bit-identical).
+//!
+//! A front end. May use: `check`, `problem`, `io`, `eval`.
 
 use std::ops::Range;
 use std::path::Path;
@@ -10,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::check::{Evaluation, GradCheck};
 use crate::error::{Error, Result};
-use crate::io::Problem;
+use crate::problem::Problem;
 
 /// The J± of one shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,7 +31,7 @@ pub struct Partial {
     pub precision: String,
     /// J(θ).
     pub cost: f64,
-    /// Noise scale (see [`crate::cpu::noise_scale`]).
+    /// Noise scale (see [`crate::eval::cpu::noise_scale`]).
     pub cost_scale: f64,
     /// Unit roundoff of the precision.
     pub unit_roundoff: f64,

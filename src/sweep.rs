@@ -1,6 +1,8 @@
 //! The ε sweep: the difference (overall and per tensor) for ε over decades — the V of
 //! truncation error (∝ ε²) falling and rounding error (∝ u/ε) rising — per precision, and
 //! the best ε.
+//!
+//! A front end. May use: `check`, `model`.
 
 use serde::Serialize;
 

@@ -1,4 +1,5 @@
 //! Every bad input gets one clear line naming the file, key and shapes, and exit 2.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Batch manifests: exit codes, the JSON report with every job, and JUnit XML that a
 //! JUnit (XML) parser reads.
+#![cfg(feature = "cli")]
 
 mod common;
 

@@ -3,8 +3,8 @@
 //! large enough to cross ReLU kinks.
 
 use gradcheck::check::{Backend, GradCheck};
-use gradcheck::cpu;
 use gradcheck::diagnose::MistakeKind;
+use gradcheck::eval::cpu;
 use gradcheck::examples::random_problem;
 use gradcheck::{Grads, Loss, ModelSpec};
 

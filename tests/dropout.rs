@@ -1,13 +1,15 @@
 //! Dropout with fixed masks: the built-in backprop with masks, the CPU and GPU evaluators
 //! applying the same masks, the two classic backward-pass slips diagnosed, masks from a
 //! seed or from the data file, and `--save-masks`.
+// Without the cli/gpu features some helpers and imports serve only gated-out tests.
+#![cfg_attr(not(all(feature = "cli", feature = "gpu")), allow(unused))]
 
 mod common;
 
-use common::{failing, gpu, gradcheck, tempdir, write_npz};
+use common::{failing, tempdir, write_npz};
 use gradcheck::check::{Backend, GradCheck, Precision, Report};
-use gradcheck::cpu::{self, DropoutBackward, Threads};
 use gradcheck::diagnose::MistakeKind;
+use gradcheck::eval::cpu::{self, DropoutBackward, Threads};
 use gradcheck::examples::random_problem;
 use gradcheck::{Data, Dropout, Loss, Model, ModelSpec, Params};
 
@@ -226,6 +228,7 @@ fn masks_from_the_data_file_equal_masks_from_the_seed() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn cli_saves_masks_and_reads_them_back() {
     let dir = tempdir("dropout-cli");
     let (model, params, data) = problem();
@@ -269,7 +272,7 @@ fn cli_saves_masks_and_reads_them_back() {
         let mut args = vec!["check", "--backend", "cpu", "--params", &p, "--data", &d];
         args.extend(["--model", &m]);
         args.extend(extra);
-        gradcheck(&args)
+        common::gradcheck(&args)
     };
     let (gs, ms) = (s(&gp), s(&masks));
     let (code, out, err) = check(
@@ -375,8 +378,9 @@ fn cli_saves_masks_and_reads_them_back() {
 }
 
 #[test]
+#[cfg(feature = "gpu")]
 fn gpu_applies_the_same_masks() {
-    let Some(ctx) = gpu() else { return };
+    let Some(ctx) = common::gpu() else { return };
     let (model, params, data) = problem();
     if ctx.has_f64() {
         // Every J± equal to the CPU's to the f64 GPU tolerance (≤ 1e-13 relative).

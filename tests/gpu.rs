@@ -1,16 +1,17 @@
 //! The GPU evaluator against the CPU f64 reference. These tests need an adapter: without
 //! one they print why and skip, except under CI=true, where they fail (CI installs the
 //! software adapter llvmpipe, which has SHADER_F64).
+#![cfg(feature = "gpu")]
 
 mod common;
 
 use common::{failing, gpu};
 
 use gradcheck::check::{Backend, GradCheck, Precision};
-use gradcheck::cpu::{self, Threads};
+use gradcheck::eval::cpu::{self, Threads};
+use gradcheck::eval::gpu::{GpuContext, MathFn};
 use gradcheck::examples::random_problem;
 use gradcheck::examples::{self, expected};
-use gradcheck::gpu::{GpuContext, MathFn};
 use gradcheck::{Loss, ModelSpec};
 
 fn rel(a: f64, b: f64) -> f64 {
@@ -144,7 +145,7 @@ fn both_sides(
     m: usize,
     eps: f64,
     precision: Precision,
-) -> (String, f64, cpu::Perturbed, gradcheck::check::Evaluation) {
+) -> (String, f64, cpu::Perturbed, gradcheck::eval::Evaluation) {
     let name = format!("{:?} m={m}", spec.layers);
     let (model, params, data) = random_problem(spec, m, 100 + n as u64).unwrap();
     let cpu = cpu::perturbed_costs(
@@ -161,7 +162,7 @@ fn both_sides(
         .unwrap();
     (
         name,
-        gradcheck::check::cost_scale(&model, &params, &data),
+        gradcheck::eval::cost_scale(&model, &params, &data),
         cpu,
         gpu,
     )
@@ -170,7 +171,7 @@ fn both_sides(
 /// The largest `err(gpu, cpu)` over every J±.
 fn worst(
     cpu: &cpu::Perturbed,
-    gpu: &gradcheck::check::Evaluation,
+    gpu: &gradcheck::eval::Evaluation,
     err: impl Fn(f64, f64) -> f64,
 ) -> f64 {
     let pairs = gpu
@@ -245,7 +246,7 @@ fn chunking_changes_no_bit() {
                 &data,
                 1e-5,
                 Precision::Auto,
-                gradcheck::gpu::EvalOptions {
+                gradcheck::eval::gpu::EvalOptions {
                     max_chunk: Some(chunk),
                     range: None,
                 },
@@ -429,7 +430,7 @@ fn gpu_shards_equal_the_whole_evaluation() {
     for n in [2, 3] {
         for i in 1..=n {
             let r = gradcheck::shard::shard_range(p.model.n_params(), i, n);
-            let opts = gradcheck::gpu::EvalOptions {
+            let opts = gradcheck::eval::gpu::EvalOptions {
                 max_chunk: None,
                 range: Some(r.clone()),
             };

@@ -1,6 +1,7 @@
 //! Every kernel family parses and validates with naga, in f32 and in f64, without a GPU.
+#![cfg(feature = "gpu")]
 
-use gradcheck::gpu::source;
+use gradcheck::eval::gpu::source;
 
 fn validate(src: &str, name: &str) {
     let module = naga::front::wgsl::parse_str(src)

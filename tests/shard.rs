@@ -1,5 +1,6 @@
 //! A check split into shards and merged gives the same report as one run, with
 //! bit-identical J± (the partials store them with round-trip precision).
+#![cfg(feature = "cli")]
 
 mod common;
 

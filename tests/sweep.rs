@@ -1,9 +1,11 @@
 //! The ε sweep of seed-fixed shows the V: truncation error falling with ε, rounding
 //! error rising below ~1e-6 in f64; the plot is well-formed SVG; `--epsilon auto` uses it.
+// Without the cli/gpu features some helpers and imports serve only gated-out tests.
+#![cfg_attr(not(all(feature = "cli", feature = "gpu")), allow(unused))]
 
 mod common;
 
-use common::{gradcheck, tempdir};
+use common::tempdir;
 use gradcheck::check::{Backend, GradCheck, Precision};
 use gradcheck::examples::seed_problem;
 use gradcheck::sweep::{epsilons, render_svg, sweep};
@@ -55,10 +57,11 @@ fn seed_fixed_sweep_is_a_v_on_the_cpu() {
 }
 
 #[test]
+#[cfg(feature = "cli")]
 fn sweep_cli_writes_the_plot_and_epsilon_auto_picks_the_bottom_of_the_v() {
     let dir = tempdir("sweep");
     let svg = dir.join("v.svg");
-    let (code, out, err) = gradcheck(&[
+    let (code, out, err) = common::gradcheck(&[
         "sweep",
         "--example",
         "seed-fixed",
@@ -70,7 +73,7 @@ fn sweep_cli_writes_the_plot_and_epsilon_auto_picks_the_bottom_of_the_v() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("best ε for cpu f64"), "{out}");
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
-    let (code, out, err) = gradcheck(&[
+    let (code, out, err) = common::gradcheck(&[
         "check",
         "--example",
         "seed-fixed",

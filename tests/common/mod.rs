@@ -1,13 +1,17 @@
 //! Helpers shared by the integration tests: temp dirs, npz writing, running the CLI.
+// Without the cli/gpu features some helpers and imports serve only gated-out tests.
+#![cfg_attr(not(all(feature = "cli", feature = "gpu")), allow(unused))]
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+#[cfg(feature = "gpu")]
 use std::sync::Arc;
 
 use gradcheck::check::Report;
-use gradcheck::gpu::GpuContext;
+#[cfg(feature = "gpu")]
+use gradcheck::eval::gpu::GpuContext;
 use ndarray::Array2;
 use ndarray_npy::NpzWriter;
 
@@ -28,6 +32,7 @@ pub fn write_npz(path: &Path, arrays: &[(&str, Array2<f64>)]) {
     w.finish().unwrap();
 }
 
+#[cfg(feature = "cli")]
 /// Runs the CLI; returns (exit code, stdout, stderr).
 pub fn gradcheck(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gradcheck"))
@@ -52,6 +57,7 @@ pub fn seed_dir() -> PathBuf {
     }
 }
 
+#[cfg(feature = "gpu")]
 /// The shared GPU context, or None (with the reason printed) when there is no adapter —
 /// except under CI=true, where the GPU tests must run: then it panics.
 pub fn gpu() -> Option<Arc<GpuContext>> {

@@ -2,10 +2,12 @@
 //! and the J(θ ± ε·e_i) of every perturbation, serial or on all cores.
 //!
 //! The perturbed costs exploit the network's structure exactly as the GPU does: a
-//! perturbation of W_l[r,c] or b_l[r] changes only row r of Z_l, the next layer sees the
-//! rank-1 change W_{l+1}[:,r] ⊗ ΔA_l[r,:], and only the samples whose activations really
+//! perturbation of `W_l[r,c]` or `b_l[r]` changes only row r of Z_l, the next layer sees the
+//! rank-1 change `W_{l+1}[:,r] ⊗ ΔA_l[r,:]`, and only the samples whose activations really
 //! changed are carried further (for the others every later value is bitwise the base
 //! value, so skipping them changes no bit of J).
+//!
+//! May use: `model`, `error`.
 
 use std::ops::Range;
 

@@ -1,0 +1,210 @@
+//! The device: adapter choice (best first, optionally by name), the adapter's own limits,
+//! one shared context per adapter filter, and reading results back.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use super::pipelines::Pipelines;
+use crate::error::{Error, Result};
+
+/// One adapter's device, queue and pipelines, shared by every check of a process.
+pub struct GpuContext {
+    pub(super) device: wgpu::Device,
+    pub(super) queue: wgpu::Queue,
+    pub(super) info: wgpu::AdapterInfo,
+    pub(super) limits: wgpu::Limits,
+    pub(super) has_f64: bool,
+    pub(super) lost: Arc<AtomicBool>,
+    pub(super) pipelines: Mutex<HashMap<bool, Arc<Pipelines>>>,
+}
+
+/// One adapter as `gradcheck devices` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AdapterSummary {
+    /// Adapter name.
+    pub name: String,
+    /// Vulkan, Metal, Dx12, …
+    pub backend: String,
+    /// DiscreteGpu, IntegratedGpu, Cpu, …
+    pub device_type: String,
+    /// Whether SHADER_F64 is available.
+    pub shader_f64: bool,
+    /// Largest storage-buffer binding, bytes.
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest buffer, bytes.
+    pub max_buffer_size: u64,
+    /// Workgroups per dispatch dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+    /// Storage buffers per shader stage.
+    pub max_storage_buffers_per_shader_stage: u32,
+}
+
+fn instance() -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+}
+
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+/// All adapters, best first (discrete GPUs first, f64-capable first within a type).
+fn adapters() -> Vec<wgpu::Adapter> {
+    let mut list = pollster::block_on(instance().enumerate_adapters(wgpu::Backends::all()));
+    list.retain(|a| {
+        a.get_downlevel_capabilities()
+            .flags
+            .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+    });
+    list.sort_by_key(|a| {
+        (
+            rank(a.get_info().device_type),
+            !a.features().contains(wgpu::Features::SHADER_F64),
+        )
+    });
+    list
+}
+
+/// The adapters found, for `gradcheck devices`.
+pub fn list_adapters() -> Vec<AdapterSummary> {
+    adapters()
+        .iter()
+        .map(|a| {
+            let (i, l) = (a.get_info(), a.limits());
+            AdapterSummary {
+                name: i.name,
+                backend: format!("{:?}", i.backend),
+                device_type: format!("{:?}", i.device_type),
+                shader_f64: a.features().contains(wgpu::Features::SHADER_F64),
+                max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+                max_buffer_size: l.max_buffer_size,
+                max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+                max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+            }
+        })
+        .collect()
+}
+
+/// A human description of the adapters found.
+pub fn describe_adapters() -> String {
+    let list = list_adapters();
+    if list.is_empty() {
+        return "no GPU adapter found (on Debian/Ubuntu, `apt-get install mesa-vulkan-drivers` gives the software adapter llvmpipe)\n".into();
+    }
+    let mut s = String::new();
+    for (n, a) in list.iter().enumerate() {
+        s += &format!(
+            "{n}: {} [{}, {}] f64: {}\n   max storage binding {} MiB, max buffer {} MiB, {} workgroups/dim, {} storage buffers/stage\n",
+            a.name,
+            a.backend,
+            a.device_type,
+            if a.shader_f64 { "yes" } else { "no" },
+            a.max_storage_buffer_binding_size >> 20,
+            a.max_buffer_size >> 20,
+            a.max_compute_workgroups_per_dimension,
+            a.max_storage_buffers_per_shader_stage
+        );
+    }
+    s
+}
+
+pub(super) fn gpu_err(e: impl std::fmt::Display) -> Error {
+    Error::Gpu(e.to_string())
+}
+
+impl GpuContext {
+    /// Opens the best adapter whose name contains `filter` (or `WGPU_ADAPTER_NAME`), with
+    /// the adapter's own limits (not the 128/256 MiB defaults) and SHADER_F64 when offered.
+    pub fn new(filter: Option<&str>) -> Result<Self> {
+        let env = std::env::var("WGPU_ADAPTER_NAME").ok();
+        let filter = filter.map(str::to_owned).or(env).map(|f| f.to_lowercase());
+        let all = adapters();
+        let adapter = all
+            .into_iter()
+            .find(|a| filter.as_ref().is_none_or(|f| a.get_info().name.to_lowercase().contains(f)))
+            .ok_or_else(|| {
+                Error::Gpu(match &filter {
+                    Some(f) => format!("no GPU adapter matching {f:?} (see `gradcheck devices`)"),
+                    None => "no GPU adapter found (on Debian/Ubuntu, `apt-get install mesa-vulkan-drivers` provides the software adapter llvmpipe)".into(),
+                })
+            })?;
+        let has_f64 = adapter.features().contains(wgpu::Features::SHADER_F64);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("gradcheck"),
+            required_features: if has_f64 {
+                wgpu::Features::SHADER_F64
+            } else {
+                wgpu::Features::empty()
+            },
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::Gpu(format!("could not open {}: {e}", adapter.get_info().name)))?;
+        let lost = Arc::new(AtomicBool::new(false));
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |_, _| flag.store(true, Ordering::SeqCst));
+        Ok(GpuContext {
+            device,
+            queue,
+            info: adapter.get_info(),
+            limits,
+            has_f64,
+            lost,
+            pipelines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The shared context for an adapter filter, opened on first use.
+    pub fn shared(filter: Option<&str>) -> Result<Arc<GpuContext>> {
+        static CONTEXTS: OnceLock<Mutex<HashMap<Option<String>, Arc<GpuContext>>>> =
+            OnceLock::new();
+        let map = CONTEXTS.get_or_init(|| Mutex::new(HashMap::new()));
+        let key = filter.map(str::to_owned);
+        if let Some(c) = map.lock().expect("context map").get(&key) {
+            return Ok(c.clone());
+        }
+        let c = Arc::new(GpuContext::new(filter)?);
+        map.lock().expect("context map").insert(key, c.clone());
+        Ok(c)
+    }
+
+    /// The adapter's name.
+    pub fn adapter_name(&self) -> &str {
+        &self.info.name
+    }
+
+    /// Whether f64 shaders are available.
+    pub fn has_f64(&self) -> bool {
+        self.has_f64
+    }
+
+    /// Maps a MAP_READ buffer after the last submission and copies its bytes out.
+    pub(super) fn read_back(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
+        let slice = staging.slice(..);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(gpu_err)?;
+        if self.lost.load(Ordering::SeqCst) {
+            return Err(Error::Gpu(
+                "the device was lost during the evaluation".into(),
+            ));
+        }
+        rx.recv().map_err(gpu_err)?.map_err(gpu_err)?;
+        let view = slice.get_mapped_range().map_err(gpu_err)?;
+        let out = view.to_vec();
+        drop(view);
+        staging.unmap();
+        Ok(out)
+    }
+}

@@ -1,0 +1,121 @@
+//! The GPU evaluator: every J(θ ± ε·e_i) in one queue submission, through wgpu and the
+//! WGSL kernels in `shaders/`.
+//!
+//! One [`GpuContext`] holds the device and the pipelines (built once per precision);
+//! [`GpuContext::evaluate`] uploads θ, X, Y once, runs the base forward pass, then for
+//! each chunk of perturbations (consecutive parameters of one layer) the stages
+//! perturb_row → rank1 → dense… → sample_loss → reduce, all recorded into one encoder and
+//! submitted once. Chunks exist only where the adapter's limits demand them.
+//!
+//! The same kernels run three ways: f64, f32-plain (perturbed values, as f64), and the f32
+//! Δ path, where every stage carries its change from the base pass (ΔZ, ΔA, Δloss) in
+//! closed forms without cancellation and the base pass comes from the CPU's f64 one; the
+//! Job's `delta` flag selects it (see `act_delta` in shaders/common.wgsl).
+//!
+//! Files: `context` (adapter, limits, readback), `source` (kernel text), `pipelines` (Job
+//! uniform, bind group layout, pipelines), `plan` (chunks), `run` (one evaluation),
+//! `probe` (math accuracy). May use: `eval`, `model`, `error`.
+
+mod context;
+mod pipelines;
+mod plan;
+mod probe;
+mod run;
+pub mod source;
+
+use std::ops::Range;
+use std::sync::Arc;
+
+pub use context::{AdapterSummary, GpuContext, describe_adapters, list_adapters};
+pub use probe::MathFn;
+
+use crate::error::Result;
+use crate::eval::{Evaluation, Evaluator, Precision};
+use crate::model::{Data, Model, Params};
+
+/// The GPU as an [`Evaluator`]: a shared context and the precision asked for.
+#[derive(Clone)]
+pub struct GpuEvaluator {
+    /// The device.
+    pub context: Arc<GpuContext>,
+    /// Precision (Auto resolves to f64 where the adapter has it).
+    pub precision: Precision,
+    /// Caps the parameters per chunk (tests force tiny chunks with it).
+    pub max_chunk: Option<usize>,
+}
+
+impl GpuEvaluator {
+    /// Opens (or reuses) the context of the best adapter whose name contains `adapter`.
+    pub fn new(adapter: Option<&str>, precision: Precision) -> Result<Self> {
+        Ok(GpuEvaluator {
+            context: GpuContext::shared(adapter)?,
+            precision,
+            max_chunk: None,
+        })
+    }
+}
+
+impl Evaluator for GpuEvaluator {
+    fn evaluate(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilon: f64,
+        range: Range<usize>,
+    ) -> Result<Evaluation> {
+        let opts = EvalOptions {
+            max_chunk: self.max_chunk,
+            range: (range != (0..model.n_params())).then_some(range),
+        };
+        self.context
+            .evaluate(model, params, data, epsilon, self.precision, opts)
+    }
+
+    fn precision(&self) -> &'static str {
+        match self.precision {
+            Precision::Auto if self.context.has_f64() => "f64",
+            Precision::Auto => "f32",
+            p => p.label(),
+        }
+    }
+}
+
+/// Options of [`GpuContext::evaluate`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Caps the parameters per chunk (tests force tiny chunks with it).
+    pub max_chunk: Option<usize>,
+    /// Evaluate only these parameters (a shard); the others' J± come back as NaN.
+    pub range: Option<std::ops::Range<usize>>,
+}
+
+/// f32 or f64 on the device.
+pub(super) trait Real: bytemuck::Pod {
+    const IS_F64: bool;
+    const SIZE: usize;
+    fn convert(v: &[f64]) -> Vec<Self>;
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f64 {
+    const IS_F64: bool = true;
+    const SIZE: usize = 8;
+    fn convert(v: &[f64]) -> Vec<Self> {
+        v.to_vec()
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+impl Real for f32 {
+    const IS_F64: bool = false;
+    const SIZE: usize = 4;
+    fn convert(v: &[f64]) -> Vec<Self> {
+        v.iter().map(|&x| x as f32).collect()
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}

@@ -1,0 +1,41 @@
+//! Kernel sources, one file per family in `shaders/`; the host prepends
+//! `alias real = f32|f64;` and the precision's math functions.
+
+/// f64 exp/log/tanh.
+pub const MATH_F64: &str = include_str!("../../../shaders/math_f64.wgsl");
+/// f32 exp/log/tanh (builtins).
+pub const MATH_F32: &str = include_str!("../../../shaders/math_f32.wgsl");
+/// Bindings, the Job struct, activations.
+pub const COMMON: &str = include_str!("../../../shaders/common.wgsl");
+/// The base forward pass.
+pub const FORWARD: &str = include_str!("../../../shaders/forward.wgsl");
+/// The perturbed passes: perturb_row, rank1, dense.
+pub const PERTURB: &str = include_str!("../../../shaders/perturb.wgsl");
+/// Per-sample losses and the per-perturbation reduction.
+pub const COST: &str = include_str!("../../../shaders/cost.wgsl");
+/// One elementary function over a buffer (accuracy measurements).
+pub const PROBE: &str = include_str!("../../../shaders/probe.wgsl");
+
+/// The full source of one kernel family at a precision (`f64` or not).
+pub fn module(family: &str, f64: bool) -> String {
+    let (alias, math) = if f64 {
+        ("alias real = f64;\n", MATH_F64)
+    } else {
+        ("alias real = f32;\n", MATH_F32)
+    };
+    format!("{alias}{math}\n{COMMON}\n{family}")
+}
+
+/// Every (family name, source, entry points) the evaluator uses.
+pub fn families() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
+    [
+        ("forward", FORWARD, &["base_layer"]),
+        (
+            "perturb",
+            PERTURB,
+            &["perturb_row", "rank1", "dense", "dense_narrow"],
+        ),
+        ("cost", COST, &["sample_loss", "reduce"]),
+        ("probe", PROBE, &["math_probe"]),
+    ]
+}

@@ -1,0 +1,348 @@
+//! The evaluator layer: what every backend computes (an [`Evaluation`]: J(θ) and every
+//! J(θ ± ε·e_i), or their changes ΔJ±, with kinks and the noise scale) and the
+//! [`Evaluator`] trait both backends implement. Layers above see backends only through it.
+//!
+//! May use: `model`, `metric`, `rng`, `error`. Never `check` or anything above.
+
+pub mod cpu;
+#[cfg(feature = "gpu")]
+pub mod gpu;
+
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::model::{Data, Model, Params};
+
+pub use cpu::Threads;
+
+/// Which evaluator computes the J±.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The GPU when an adapter is there, otherwise the CPU (and the report says so).
+    Auto,
+    /// The CPU f64 reference.
+    Cpu,
+    /// The GPU (wgpu); an error when no adapter is usable.
+    Gpu,
+}
+
+/// Floating-point precision of the GPU evaluation (the CPU is always f64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+pub enum Precision {
+    /// f64 where the adapter has SHADER_F64, f32 otherwise.
+    #[serde(rename = "auto")]
+    Auto,
+    /// f64 shaders (own exp/log; needs SHADER_F64).
+    #[serde(rename = "f64")]
+    F64,
+    /// f32 shaders that evaluate ΔJ± = J(θ ± ε·e_i) − J(θ) directly, every stage carrying
+    /// its change from the base pass in a closed form without cancellation: verdicts as
+    /// sharp as f64's on hardware without f64.
+    #[serde(rename = "f32")]
+    F32,
+    /// f32 shaders computing J± themselves and subtracting them, as a naive port would:
+    /// needs a large ε and a loose threshold; kept to show what the Δ path gains.
+    #[cfg_attr(feature = "cli", value(name = "f32-plain"))]
+    #[serde(rename = "f32-plain")]
+    F32Plain,
+}
+
+impl Precision {
+    /// The label reports use: "f64", "f32", "f32-plain" ("auto" until resolved).
+    pub fn label(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::F64 => "f64",
+            Precision::F32 => "f32",
+            Precision::F32Plain => "f32-plain",
+        }
+    }
+}
+
+/// J± of every perturbation, however they were computed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    /// J(θ).
+    pub cost: f64,
+    /// J(θ + ε·e_i), or J(θ + ε·e_i) − J(θ) when `deltas`.
+    pub plus: Vec<f64>,
+    /// J(θ − ε·e_i), or J(θ − ε·e_i) − J(θ) when `deltas`.
+    pub minus: Vec<f64>,
+    /// Whether `plus`/`minus` hold the changes ΔJ± from J(θ) (the f32 Δ path: adding them
+    /// back to J(θ) would round away the digits it gained) rather than J± themselves.
+    pub deltas: bool,
+    /// The size of the numbers whose rounding makes the noise in J±: per-sample loss
+    /// magnitude Σ|loss_j|/m + L2 term; on the Δ path the RMS over i of Σ_j|Δloss_j|/m.
+    pub cost_scale: f64,
+    /// Whether the ±ε step of parameter i crossed a ReLU/leaky-ReLU kink.
+    pub kinks: Vec<bool>,
+    /// "cpu" or "gpu (adapter name)".
+    pub backend: String,
+    /// "f64", "f32" or "f32-plain".
+    pub precision: String,
+    /// Unit roundoff of the precision the J± were computed in.
+    pub unit_roundoff: f64,
+    /// The real steps (θ_i + ε) − (θ_i − ε) when they differ from 2ε (f32: fl32(θ ± ε)
+    /// is off by up to u32·|θ|, so dividing by the nominal 2ε would bias every element);
+    /// `None` = the nominal 2ε, as the notebook divides. A zero step (ε below the
+    /// precision's resolution at θ_i) moves nothing: its gradapprox is reported as 0.
+    pub steps: Option<Vec<f64>>,
+    /// Anything the user should know about how this was computed (fallbacks, …).
+    pub notes: Vec<String>,
+}
+
+impl Evaluation {
+    /// ΔJ± = (J(θ + ε·e_i) − J(θ), J(θ − ε·e_i) − J(θ)) of parameter i, whichever way
+    /// they are stored.
+    pub fn delta(&self, i: usize) -> (f64, f64) {
+        if self.deltas {
+            (self.plus[i], self.minus[i])
+        } else {
+            (self.plus[i] - self.cost, self.minus[i] - self.cost)
+        }
+    }
+
+    /// (J⁺_i − J⁻_i)/(2ε) for every i, in f64 (over the real steps where recorded).
+    pub fn gradapprox(&self, epsilon: f64) -> Vec<f64> {
+        match &self.steps {
+            None => self
+                .plus
+                .iter()
+                .zip(&self.minus)
+                .map(|(p, m)| (p - m) / (2.0 * epsilon))
+                .collect(),
+            Some(h) => self
+                .plus
+                .iter()
+                .zip(&self.minus)
+                .zip(h)
+                .map(|((p, m), h)| if *h == 0.0 { 0.0 } else { (p - m) / h })
+                .collect(),
+        }
+    }
+}
+
+/// A backend: computes J(θ) and the J± of the parameters in `range` (the others come
+/// back NaN, so that shards keep full-length vectors).
+pub trait Evaluator {
+    /// Every J(θ ± ε·e_i), i ∈ `range`.
+    fn evaluate(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilon: f64,
+        range: Range<usize>,
+    ) -> Result<Evaluation>;
+
+    /// The precision its J± will be in ("f64", "f32" or "f32-plain"), known before
+    /// evaluating so that the matching defaults can be chosen.
+    fn precision(&self) -> &'static str;
+}
+
+/// The CPU f64 reference as an [`Evaluator`].
+#[derive(Debug, Clone, Copy)]
+pub struct CpuEvaluator {
+    /// Serial or on all cores (same bits either way).
+    pub threads: Threads,
+    /// Why the CPU was chosen when it was not asked for (a note in the report).
+    pub note: Option<&'static str>,
+}
+
+impl Evaluator for CpuEvaluator {
+    fn evaluate(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilon: f64,
+        range: Range<usize>,
+    ) -> Result<Evaluation> {
+        validate_epsilon(epsilon)?;
+        let n = model.n_params();
+        let p = cpu::perturbed_costs(model, params, data, epsilon, range.clone(), self.threads)?;
+        // Full-length vectors: NaN (and no kink) outside the range.
+        let mut plus = vec![f64::NAN; n];
+        let mut minus = vec![f64::NAN; n];
+        let mut kinks = vec![false; n];
+        plus[range.clone()].copy_from_slice(&p.plus);
+        minus[range.clone()].copy_from_slice(&p.minus);
+        kinks[range.clone()].copy_from_slice(&p.kinks);
+        Ok(Evaluation {
+            cost: p.cost,
+            plus,
+            minus,
+            deltas: false,
+            cost_scale: cost_scale(model, params, data),
+            kinks,
+            backend: "cpu".into(),
+            precision: "f64".into(),
+            unit_roundoff: f64::EPSILON / 2.0,
+            steps: None,
+            notes: self.note.map(String::from).into_iter().collect(),
+        })
+    }
+
+    fn precision(&self) -> &'static str {
+        "f64"
+    }
+}
+
+/// Tries the GPU, and falls back to the CPU (with a note saying why) when the GPU
+/// backend cannot do the job: `--backend auto`.
+#[cfg(feature = "gpu")]
+struct GpuOrCpu {
+    gpu: Result<gpu::GpuEvaluator>,
+    cpu: CpuEvaluator,
+}
+
+#[cfg(feature = "gpu")]
+impl Evaluator for GpuOrCpu {
+    fn evaluate(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilon: f64,
+        range: Range<usize>,
+    ) -> Result<Evaluation> {
+        let why = match &self.gpu {
+            Ok(g) => match g.evaluate(model, params, data, epsilon, range.clone()) {
+                Err(Error::Gpu(why)) => why,
+                other => return other,
+            },
+            Err(Error::Gpu(why)) => why.clone(),
+            Err(e) => return Err(Error::Config(e.to_string())),
+        };
+        let mut e = self.cpu.evaluate(model, params, data, epsilon, range)?;
+        e.notes.push(format!(
+            "GPU unavailable ({why}); fell back to the CPU f64 evaluator"
+        ));
+        Ok(e)
+    }
+
+    fn precision(&self) -> &'static str {
+        match &self.gpu {
+            Ok(g) => g.precision(),
+            Err(_) => "f64",
+        }
+    }
+}
+
+/// The evaluator a backend choice stands for. `adapter` picks a GPU adapter by name.
+pub fn evaluator(
+    backend: Backend,
+    precision: Precision,
+    adapter: Option<&str>,
+    threads: Threads,
+) -> Result<Box<dyn Evaluator>> {
+    let cpu = CpuEvaluator {
+        threads,
+        note: None,
+    };
+    #[cfg(feature = "gpu")]
+    {
+        let gpu = || gpu::GpuEvaluator::new(adapter, precision);
+        match backend {
+            Backend::Cpu => Ok(Box::new(cpu)),
+            Backend::Gpu => Ok(Box::new(gpu()?)),
+            Backend::Auto => Ok(Box::new(GpuOrCpu { gpu: gpu(), cpu })),
+        }
+    }
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = (precision, adapter);
+        match backend {
+            Backend::Cpu => Ok(Box::new(cpu)),
+            Backend::Gpu => Err(Error::Gpu(
+                "this build of gradcheck has no GPU backend (built without the `gpu` feature)"
+                    .into(),
+            )),
+            Backend::Auto => Ok(Box::new(CpuEvaluator {
+                threads,
+                note: Some("built without the `gpu` feature: evaluated on the CPU"),
+            })),
+        }
+    }
+}
+
+/// The magnitude whose rounding is the noise in J± ([`cpu::noise_scale`]).
+pub fn cost_scale(model: &Model, params: &Params, data: &Data) -> f64 {
+    cpu::noise_scale(model, &cpu::forward(model, params, data), data)
+}
+
+/// ε must be a finite number > 0.
+pub fn validate_epsilon(e: f64) -> Result<()> {
+    if e.is_finite() && e > 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "epsilon = {e} must be a finite number > 0"
+        )))
+    }
+}
+
+/// Central differences of any function on the CPU: `f` is J and `theta` the point. One
+/// copy of θ is perturbed in place and restored after each element (fl(θ_i ± ε), as the
+/// notebook).
+pub fn check_fn<F: FnMut(&[f64]) -> f64>(
+    mut f: F,
+    theta: &[f64],
+    epsilon: f64,
+) -> Result<Evaluation> {
+    validate_epsilon(epsilon)?;
+    let mut t = theta.to_vec();
+    let cost = f(&t);
+    let (mut plus, mut minus) = (Vec::with_capacity(t.len()), Vec::with_capacity(t.len()));
+    for i in 0..t.len() {
+        let orig = t[i];
+        t[i] = orig + epsilon;
+        plus.push(f(&t));
+        t[i] = orig - epsilon;
+        minus.push(f(&t));
+        t[i] = orig;
+    }
+    Ok(Evaluation {
+        cost,
+        cost_scale: cost.abs(),
+        kinks: vec![false; t.len()],
+        plus,
+        minus,
+        deltas: false,
+        backend: "cpu".into(),
+        precision: "f64".into(),
+        unit_roundoff: f64::EPSILON / 2.0,
+        steps: None,
+        notes: Vec::new(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notebook_one_dimensional_check() {
+        // J(θ) = θ·x at x = 2, θ = 4: dJ/dθ = x.
+        let x = 2.0;
+        let eval = check_fn(|t| t[0] * x, &[4.0], 1e-7).unwrap();
+        let approx = eval.gradapprox(1e-7);
+        assert!((approx[0] - 2.0).abs() < 1e-8);
+        let d = crate::metric::difference(&[x], &approx);
+        // The notebook's own number, to 1e-12 relative.
+        let want = 2.919335883291695e-10;
+        assert!((d - want).abs() <= 1e-12 * want, "{d}");
+    }
+
+    #[test]
+    fn bad_epsilon_is_an_error() {
+        for e in [0.0, -1e-7, f64::NAN, f64::INFINITY] {
+            assert!(check_fn(|t| t[0], &[1.0], e).is_err());
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! A problem: the model, θ, the data and the gradients to check, assembled from files and
+//! cross-validated; the built-in backprop supplies the gradients when none are given.
+//!
+//! May use: `io` (reading), `eval::cpu` (built-in backprop, J(θ)), `model`.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::eval::cpu;
+use crate::io::{Npz, data_from, grads_from, params_from, spec_from_file};
+use crate::model::{Data, Grads, Model, ModelSpec, Params};
+
+/// Everything a check needs, loaded and cross-validated.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    /// The model.
+    pub model: Model,
+    /// θ.
+    pub params: Params,
+    /// X, Y.
+    pub data: Data,
+    /// The gradients to check (the built-in backprop's when none were given).
+    pub grads: Grads,
+    /// How the inputs were interpreted (model inferred, gradients built in, …).
+    pub notes: Vec<String>,
+}
+
+impl Problem {
+    /// Assembles a problem from loaded files; `grads` = None uses the built-in backprop.
+    pub fn from_npz(
+        params: &Npz,
+        data: &Npz,
+        grads: Option<&Npz>,
+        spec: Option<ModelSpec>,
+    ) -> Result<Problem> {
+        let (model, params, inferred) = params_from(params, spec)?;
+        let data = data_from(data, &model)?;
+        let mut notes = Vec::new();
+        if inferred {
+            notes.push(format!(
+                "no model spec: layers {:?} inferred from the weight shapes, relu hidden layers, sigmoid output, binary cross-entropy",
+                model.sizes()
+            ));
+        }
+        let grads = match grads {
+            Some(g) => grads_from(g, &model)?,
+            None => {
+                notes.push(
+                    "no gradients given: checking gradapprox against the built-in backprop".into(),
+                );
+                cpu::backprop(&model, &params, &data)
+            }
+        };
+        let j = cpu::cost(&model, &params, &data);
+        if !j.is_finite() {
+            return Err(Error::Config(format!(
+                "the cost at θ is {j} (a saturated sigmoid makes log(0)); central differences cannot be taken there"
+            )));
+        }
+        Ok(Problem {
+            model,
+            params,
+            data,
+            grads,
+            notes,
+        })
+    }
+
+    /// Loads a problem from files on disk.
+    pub fn load(
+        params: &Path,
+        data: &Path,
+        grads: Option<&Path>,
+        model: Option<&Path>,
+    ) -> Result<Problem> {
+        let spec = model.map(spec_from_file).transpose()?;
+        let p = Npz::open(params)?;
+        let d = Npz::open(data)?;
+        let g = grads.map(Npz::open).transpose()?;
+        Problem::from_npz(&p, &d, g.as_ref(), spec)
+    }
+}
