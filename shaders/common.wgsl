@@ -213,10 +213,11 @@ fn mask_at(i: u32, j: u32) -> real {
 }
 
 // Flags perturbation k when element (i, j) moved across a kink (a dropped unit's kink
-// does not matter: its output is 0 either side).
+// does not matter: its output is 0 either side): bit 0 for the +ε step, bit 1 for −ε, so
+// that the host can fall back to the one-sided difference on the side that did not cross.
 fn flag_kink(k: u32, z0: real, z1: real, i: u32, j: u32) {
     if (crosses(job.act, z0, z1) && mask_at(i, j) != 0.0) {
-        atomicOr(&kinks[param_of(k)], 1u);
+        atomicOr(&kinks[param_of(k)], select(2u, 1u, k % 2u == 0u));
     }
 }
 

@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Backend, GradCheck, KinkPolicy, Precision, Report};
+use crate::check::{Backend, GradCheck, KinkPolicy, Precision, Report, Verdict};
 use crate::error::{Error, Result};
 use crate::examples;
 use crate::problem::Problem;
@@ -123,6 +123,8 @@ pub enum Outcome {
     Pass,
     /// A gradient is wrong.
     Fail,
+    /// Central differences could not decide (the report says why).
+    Inconclusive,
     /// The job could not be run (bad files, …).
     Error,
 }
@@ -149,6 +151,8 @@ pub struct BatchReport {
     pub passed: usize,
     /// Jobs that failed.
     pub failed: usize,
+    /// Jobs whose check was inconclusive.
+    pub inconclusive: usize,
     /// Jobs that could not run.
     pub errors: usize,
     /// Wall-clock seconds.
@@ -158,12 +162,14 @@ pub struct BatchReport {
 }
 
 impl BatchReport {
-    /// 0 all pass, 1 any fails, 2 any error.
+    /// 2 any error, else 1 any fails, else 3 any inconclusive, else 0.
     pub fn exit_code(&self) -> u8 {
         if self.errors > 0 {
             2
         } else if self.failed > 0 {
             1
+        } else if self.inconclusive > 0 {
+            3
         } else {
             0
         }
@@ -203,18 +209,24 @@ fn run_job(n: usize, job: &JobSpec, defaults: &Settings, adapter: Option<&str>) 
     gc.threshold = s.threshold.or(defaults.threshold);
     gc.adapter = adapter.map(str::to_owned);
     let result = load_problem(job).and_then(|p| {
+        let mut gc = gc;
+        gc.gradient_roundoff = p.grad_roundoff;
+        if p.notebook && gc.precision == Precision::Auto {
+            gc.precision = Precision::F64Plain;
+        }
         let mut r = gc.run(&p.model, &p.params, &p.data, &p.grads)?;
         r.notes.splice(0..0, p.notes);
+        r.builtin_gradients = p.builtin_grads;
         Ok(r)
     });
     let seconds = t0.elapsed().as_secs_f64();
     match result {
         Ok(r) => JobResult {
             name,
-            outcome: if r.passed {
-                Outcome::Pass
-            } else {
-                Outcome::Fail
+            outcome: match r.verdict {
+                Verdict::Pass => Outcome::Pass,
+                Verdict::Fail => Outcome::Fail,
+                Verdict::Inconclusive => Outcome::Inconclusive,
             },
             error: None,
             report: Some(r),
@@ -247,6 +259,7 @@ pub fn run(
     BatchReport {
         passed: count(Outcome::Pass),
         failed: count(Outcome::Fail),
+        inconclusive: count(Outcome::Inconclusive),
         errors: count(Outcome::Error),
         seconds: t0.elapsed().as_secs_f64(),
         jobs,
@@ -259,7 +272,7 @@ pub fn render_batch_text(b: &BatchReport) -> String {
     let mut s = String::new();
     for j in &b.jobs {
         let detail = match (&j.report, &j.error) {
-            (Some(r), _) if j.outcome == Outcome::Fail => {
+            (Some(r), _) if matches!(j.outcome, Outcome::Fail | Outcome::Inconclusive) => {
                 failure_summary(r).trim_end().replace('\n', "; ")
             }
             (Some(r), _) => format!("difference {:e}", r.difference),
@@ -269,20 +282,33 @@ pub fn render_batch_text(b: &BatchReport) -> String {
         let tag = match j.outcome {
             Outcome::Pass => "pass",
             Outcome::Fail => "FAIL",
+            Outcome::Inconclusive => "INCON",
             Outcome::Error => "ERROR",
         };
         let _ = writeln!(s, "{tag:<5} {:<24} {:>8.3} s  {detail}", j.name, j.seconds);
     }
     let _ = writeln!(
         s,
-        "batch: {} pass, {} fail, {} error ({:.3} s)",
-        b.passed, b.failed, b.errors, b.seconds
+        "batch: {} pass, {} fail, {} inconclusive, {} error ({:.3} s)",
+        b.passed, b.failed, b.inconclusive, b.errors, b.seconds
     );
     s
 }
 
+/// Escapes XML's five specials and replaces what XML 1.0 forbids (control characters
+/// other than tab, newline, carriage return) with U+FFFD.
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
+    s.chars()
+        .map(|c| {
+            if (c < ' ' && !matches!(c, '\t' | '\n' | '\r')) || matches!(c, '\u{FFFE}' | '\u{FFFF}')
+            {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect::<String>()
+        .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
         .replace('"', "&quot;")
@@ -296,7 +322,7 @@ pub fn render_junit(b: &BatchReport) -> String {
         "name=\"gradcheck\" tests=\"{}\" failures=\"{}\" errors=\"{}\" time=\"{:.6}\"",
         b.jobs.len(),
         b.failed,
-        b.errors,
+        b.errors + b.inconclusive,
         b.seconds
     );
     let _ = writeln!(s, "<testsuites {head}>");
@@ -317,6 +343,14 @@ pub fn render_junit(b: &BatchReport) -> String {
                         "gradient check failed: difference {:e}",
                         r.difference_counted
                     )),
+                    xml_escape(&failure_summary(r))
+                );
+            }
+            (Outcome::Inconclusive, Some(r), _) => {
+                let _ = writeln!(
+                    s,
+                    ">\n      <error type=\"inconclusive\" message=\"{}\">{}</error>\n    </testcase>",
+                    xml_escape("gradient check inconclusive: central differences could not decide"),
                     xml_escape(&failure_summary(r))
                 );
             }

@@ -1,5 +1,5 @@
 //! Command-line edge: parses arguments, runs the library, prints, picks the exit code
-//! (0 pass, 1 a gradient is wrong, 2 bad input or usage).
+//! (0 pass, 1 a gradient is wrong, 2 bad input or usage, 3 inconclusive).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -132,12 +132,20 @@ struct MergeArgs {
     /// The partial reports written by `check --shard I/N --json PART`.
     #[arg(required = true)]
     parts: Vec<PathBuf>,
-    /// Verdict threshold [default: the precision's].
+    /// The notebook's threshold on the difference (its rule is reported beside the
+    /// verdict) [default: the precision's].
     #[arg(long, allow_hyphen_values = true)]
     threshold: Option<f64>,
-    /// Whether kinked elements count.
+    /// Kinks: `exclude` judges a kinked element by the one-sided difference that does not
+    /// cross; `include` uses the central difference anyway (the notebook's behaviour).
     #[arg(long, value_enum, default_value = "exclude")]
     kinks: KinkPolicy,
+    /// Judge the central difference (2) or Richardson's 4-point extrapolation (4).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(2..=4))]
+    stencil: u8,
+    /// Merge CPU and GPU partials (their J± round differently; refused by default).
+    #[arg(long)]
+    mix_backends: bool,
     /// Write the JSON report to PATH ('-' = stdout).
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
@@ -150,19 +158,23 @@ fn run_merge(a: MergeArgs) -> Result<ExitCode> {
         .iter()
         .map(|f| gradcheck::shard::load_partial(f))
         .collect::<gradcheck::Result<Vec<_>>>()?;
-    let (eval, epsilon) = gradcheck::shard::merge(&parts, p.model.n_params())?;
+    let (eval, wide, epsilon) = gradcheck::shard::merge(&parts, &p, a.mix_backends)?;
     let mut gc = GradCheck::new().kinks(a.kinks);
     gc.threshold = a.threshold;
+    gc.stencil = a.stencil;
+    gc.gradient_roundoff = p.grad_roundoff;
     let (_, threshold) = gc.defaults_for(&eval.precision);
     check::validate_threshold(threshold)?;
-    let mut r = gc.build_report(
-        p.model.layout(),
-        p.grads.as_slice(),
-        &eval,
+    let mut r = gc.judge(&check::Evidence {
+        layout: p.model.layout(),
+        grad: p.grads.as_slice(),
+        eval: &eval,
+        wide: Some(&wide),
         epsilon,
         threshold,
-        p.data.m(),
-    );
+        m: p.data.m(),
+        growth: gradcheck::verdict::growth(p.model.layout()),
+    });
     gradcheck::diagnose::dropout_slips(
         &p.model,
         &p.params,
@@ -170,9 +182,10 @@ fn run_merge(a: MergeArgs) -> Result<ExitCode> {
         p.grads.as_slice(),
         &mut r.tensors,
     );
+    r.builtin_gradients = p.builtin_grads;
     r.notes.splice(0..0, p.notes);
     emit_report(&r, a.json.as_ref())?;
-    Ok(ExitCode::from(if r.passed { 0 } else { 1 }))
+    Ok(ExitCode::from(r.verdict.exit_code()))
 }
 
 #[derive(Args)]
@@ -216,13 +229,21 @@ fn sweep_precisions(
     if let Some(p) = precision {
         return vec![p];
     }
+    // The Δ path beside the plain arithmetic of the same precision: flat where plain
+    // rounding climbs.
+    let cpu = vec![Precision::F64, Precision::F64Plain];
     if backend == Backend::Cpu {
-        return vec![Precision::F64];
+        return cpu;
     }
     match gradcheck::eval::gpu::GpuContext::shared(adapter) {
-        Ok(c) if c.has_f64() => vec![Precision::F64, Precision::F32, Precision::F32Plain],
+        Ok(c) if c.has_f64() => vec![
+            Precision::F64,
+            Precision::F64Plain,
+            Precision::F32,
+            Precision::F32Plain,
+        ],
         Ok(_) => vec![Precision::F32, Precision::F32Plain],
-        Err(_) => vec![Precision::F64],
+        Err(_) => cpu,
     }
 }
 
@@ -394,6 +415,13 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         one_d_report(&gc)?
     } else {
         let p = load(&a.inputs)?;
+        let mut gc = gc;
+        gc.gradient_roundoff = p.grad_roundoff;
+        if p.notebook && a.precision == Precision::Auto {
+            // The notebook's own example, in the notebook's arithmetic: its digits.
+            gc.precision = Precision::F64Plain;
+        }
+        let gc = gc;
         if let Some(path) = &a.save_masks {
             let n = gradcheck::io::write_masks(path, &p.model, &p.data)?;
             eprintln!("{n} dropout mask(s) written to {}", path.display());
@@ -430,7 +458,7 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
                 &p.data,
                 &p.grads,
                 &eps,
-                &[a.precision],
+                &[gc.precision],
             )?;
             let best = s.curves[0].best_epsilon;
             gc.epsilon = Some(best);
@@ -440,77 +468,33 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         }
         let gc = gc;
         let fast = match a.fast {
-            Some(k) => {
-                let (eps, thr) = gc.defaults_for("f64");
-                check::validate_threshold(thr)?;
-                Some(check::fast_check(
-                    &p.model, &p.params, &p.data, &p.grads, k, a.seed, eps, thr,
-                )?)
-            }
+            Some(k) => Some(gc.fast(&p.model, &p.params, &p.data, &p.grads, k, a.seed)?),
             None => None,
         };
-        match fast {
-            Some(f) if f.passed => fast_report(&p, f, &gc)?,
+        let mut r = match fast {
+            Some(f) if f.passed => f,
             _ => {
                 let mut r = gc.run(&p.model, &p.params, &p.data, &p.grads)?;
-                r.notes.splice(0..0, p.notes);
-                r.notes.extend(auto_note);
-                if let Some(f) = fast {
+                if let Some(f) = fast.and_then(|f| f.fast) {
                     r.notes.push(format!(
-                        "the fast check ({} directions, seed {}) failed with difference {:e}; the full check localises it",
+                        "the fast check ({} directions, seed {}) did not pass (difference {:e}); the full check localises it",
                         f.directions.len(),
                         f.seed,
                         f.difference
                     ));
-                    r.mode = "full (after the fast check failed)".into();
+                    r.mode = "full (after the fast check did not pass)".into();
                     r.fast = Some(f);
                 }
                 r
             }
-        }
+        };
+        r.notes.splice(0..0, p.notes);
+        r.notes.extend(auto_note);
+        r.builtin_gradients = p.builtin_grads;
+        r
     };
     emit_report(&report, a.json.as_ref())?;
-    Ok(ExitCode::from(if report.passed { 0 } else { 1 }))
-}
-
-/// The report of a passing fast check: overall numbers only (no per-element evaluation).
-fn fast_report(p: &Problem, f: check::FastCheck, gc: &GradCheck) -> Result<Report> {
-    let (epsilon, threshold) = gc.defaults_for("f64");
-    let (a, n): (Vec<f64>, Vec<f64>) = f.directions.iter().map(|d| (d.analytic, d.numeric)).unzip();
-    let eval = check::Evaluation {
-        cost: gradcheck::eval::cpu::cost(&p.model, &p.params, &p.data),
-        plus: Vec::new(),
-        minus: Vec::new(),
-        deltas: false,
-        cost_scale: gradcheck::eval::cost_scale(&p.model, &p.params, &p.data),
-        kinks: vec![false; a.len()],
-        backend: "cpu (fast mode)".into(),
-        precision: "f64".into(),
-        unit_roundoff: f64::EPSILON / 2.0,
-        steps: None,
-        notes: Vec::new(),
-    };
-    // One pseudo-tensor of K directional derivatives.
-    let mut r = gc.build_report_with(
-        &ParamLayout::single("directions", 1, a.len()),
-        &a,
-        &eval,
-        n,
-        None,
-        epsilon,
-        threshold,
-        p.data.m(),
-    );
-    r.notes = p.notes.clone();
-    r.notes.push(format!(
-        "fast mode: {} random ±1 directions (seed {}) agree; the full per-element check was not run",
-        f.directions.len(),
-        f.seed
-    ));
-    r.n_params = p.model.n_params();
-    r.mode = "fast".into();
-    r.fast = Some(f);
-    Ok(r)
+    Ok(ExitCode::from(report.verdict.exit_code()))
 }
 
 /// The notebook's 1-D check J(θ) = θ·x on the CPU (it has no network to batch).
@@ -519,14 +503,18 @@ fn one_d_report(gc: &GradCheck) -> Result<Report> {
     check::validate_threshold(threshold)?;
     let x = examples::ONE_D_X;
     let eval = check::check_fn(|t| t[0] * x, &[examples::ONE_D_THETA], epsilon)?;
-    let mut r = gc.build_report(
-        &ParamLayout::single("theta", 1, 1),
-        &[x],
-        &eval,
+    let wide = check::check_fn(|t| t[0] * x, &[examples::ONE_D_THETA], 2.0 * epsilon)?;
+    let layout = ParamLayout::single("theta", 1, 1);
+    let mut r = gc.judge(&check::Evidence {
+        layout: &layout,
+        grad: &[x],
+        eval: &eval,
+        wide: Some(&wide),
         epsilon,
         threshold,
-        1,
-    );
+        m: 1,
+        growth: gradcheck::verdict::growth(&layout),
+    });
     r.notes.push("built-in example: the seed notebook's 1-D case J(θ) = θ·x, x = 2, θ = 4 (always on the CPU)".into());
     Ok(r)
 }

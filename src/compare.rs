@@ -99,8 +99,15 @@ fn errors(name: &str, range: std::ops::Range<usize>, s: &Sides<'_>) -> Errors {
     let mut rel_changes = Vec::new();
     for i in range {
         let (dp, dm) = gpu.delta(i);
-        for (dg, c) in [(dp, cpu_eval.plus[i]), (dm, cpu_eval.minus[i])] {
-            let dc = c - cpu_eval.cost;
+        // The Δ paths are compared with the CPU's f64 Δ path (ΔJ± directly), the plain
+        // ones with the CPU's plain J±.
+        let reference_deltas = cpu_eval.magnitudes.is_some();
+        for (dg, r) in [(dp, cpu_eval.plus[i]), (dm, cpu_eval.minus[i])] {
+            let (c, dc) = if reference_deltas {
+                (cpu_eval.cost + r, r)
+            } else {
+                (r, r - cpu_eval.cost)
+            };
             // J± itself: the Δ path's J± is J(θ) + ΔJ± (only for this comparison: in f64
             // the sum would round away ΔJ's low digits for the check).
             let d = (gpu.cost + dg - c).abs();
@@ -139,12 +146,13 @@ pub fn compare(
         (Precision::F32Plain, F32_PLAIN_EPSILON),
     ];
     if ctx.has_f64() {
+        list.insert(0, (Precision::F64Plain, DEFAULT_EPSILON));
         list.insert(0, (Precision::F64, DEFAULT_EPSILON));
     }
     let grad = grads.as_slice();
     for (p, default_eps) in list {
         let eps = epsilon.unwrap_or(default_eps);
-        let is_f64 = p == Precision::F64;
+        let is_f64 = matches!(p, Precision::F64 | Precision::F64Plain);
         let gpu = ctx.evaluate(model, params, data, eps, p, Default::default())?;
         // The Δ path steps by exactly fl32(ε): the reference takes the same step, so that
         // only arithmetic is compared.
@@ -153,7 +161,12 @@ pub fn compare(
         } else {
             eps
         };
-        let cpu_eval = cpu::perturbed_costs(
+        let reference = if gpu.deltas {
+            cpu::perturbed_deltas
+        } else {
+            cpu::perturbed_costs
+        };
+        let cpu_eval = reference(
             model,
             params,
             data,

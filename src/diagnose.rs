@@ -11,7 +11,7 @@ use crate::eval::cpu::{self, DropoutBackward};
 use crate::metric::difference;
 use crate::model::{Data, Model, ParamLayout, Params, TensorKind, TensorSlot};
 pub use crate::verdict::{Diagnosis, MistakeKind};
-use crate::verdict::{Report, TensorReport};
+use crate::verdict::{Report, TensorReport, Verdict};
 
 /// Largest relative residual ‖analytic − pattern(numeric)‖/‖analytic‖ for which a
 /// pattern is called. Correct gradients sit at 1e-7 or below in f64 (1e-3 in f32 at its
@@ -39,7 +39,7 @@ pub fn dropout_slips(
     tensors: &mut [TensorReport],
 ) {
     let Some(d) = model.dropout() else { return };
-    if tensors.iter().all(|t| t.passed) {
+    if tensors.iter().all(|t| t.verdict != Verdict::Fail) {
         return;
     }
     let correct = cpu::backprop(model, params, data);
@@ -80,7 +80,7 @@ pub fn dropout_slips(
                             | MistakeKind::DropoutIgnored
                     )
                 });
-                if t.passed
+                if t.verdict != Verdict::Fail
                     || already
                     || difference(&g.as_slice()[r.clone()], &correct.as_slice()[r.clone()])
                         <= SLIP_MATCH
@@ -252,7 +252,7 @@ pub fn diagnose_tensor(slot: &TensorSlot, a: &[f64], n: &[f64], m: usize) -> Opt
 pub fn diagnose_report(report: &mut Report, layout: &ParamLayout, grad: &[f64], m: usize) {
     let approx = &report.gradapprox;
     for (t, slot) in report.tensors.iter_mut().zip(layout.tensors()) {
-        if !t.passed {
+        if t.verdict == Verdict::Fail {
             let r = slot.range();
             t.diagnosis = diagnose_tensor(slot, &grad[r.clone()], &approx[r], m);
         }
@@ -273,7 +273,7 @@ pub fn find_swaps(
     let slots = layout.tensors();
     for s in 0..slots.len() {
         for t in s + 1..slots.len() {
-            if tensors[s].passed || tensors[t].passed {
+            if tensors[s].verdict != Verdict::Fail || tensors[t].verdict != Verdict::Fail {
                 continue;
             }
             let (rs, rt) = (slots[s].range(), slots[t].range());

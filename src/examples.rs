@@ -59,6 +59,7 @@ pub fn seed_problem(buggy: bool) -> Result<Problem> {
         Npz::from_bytes("seed_grads_fixed.npz (built in)", SEED_GRADS_FIXED)?
     };
     let mut prob = Problem::from_npz(&p, &d, Some(&g), None)?;
+    prob.notebook = true;
     prob.notes.clear();
     prob.notes.push(format!(
         "built-in example: the seed notebook's 4-5-3-1 network, {} gradients",

@@ -20,6 +20,8 @@ pub struct Npz {
     pub path: PathBuf,
     /// (key, array) in file order.
     pub arrays: Vec<(String, ArrayD<f64>)>,
+    /// Keys stored as float32 in the file (their values carry f32 rounding).
+    pub f32_keys: Vec<String>,
 }
 
 fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
@@ -33,12 +35,16 @@ fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
         .names()
         .map_err(|e| fmt(format!("unreadable .npz ({e})")))?;
     let mut arrays = Vec::with_capacity(names.len());
+    let mut f32_keys = Vec::new();
     for name in names {
         let arr: ArrayD<f64> = match npz.by_name::<ndarray::OwnedRepr<f64>, IxDyn>(&name) {
             Ok(a) => a,
             Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(d))) => {
                 match npz.by_name::<ndarray::OwnedRepr<f32>, IxDyn>(&name) {
-                    Ok(a) => a.mapv(f64::from),
+                    Ok(a) => {
+                        f32_keys.push(name.clone());
+                        a.mapv(f64::from)
+                    }
                     Err(_) => {
                         return Err(fmt(format!(
                             "{name} has dtype {d}; expected float64 or float32"
@@ -62,6 +68,7 @@ fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
     Ok(Npz {
         path: path.to_owned(),
         arrays,
+        f32_keys,
     })
 }
 

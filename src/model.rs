@@ -157,13 +157,15 @@ impl<'de> Deserialize<'de> for Activation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
-    /// −(1/m)·Σ[y·log a + (1−y)·log(1−a)] with a = σ(z), evaluated exactly as the notebook
-    /// writes it (so its rounding noise, and its 1.19e-7 "correct" difference, reproduce).
+    /// −(1/m)·Σ[y·log a + (1−y)·log(1−a)] with a = σ(z): in the notebook's arithmetic
+    /// exactly as the notebook writes it (so its rounding noise, and its 1.19e-7 "correct"
+    /// difference, reproduce); on the Δ paths through softplus of the logit.
     BinaryCrossEntropy,
     /// −(1/m)·Σ_j Σ_i y_ij·log softmax(z)_ij, evaluated as Σ_i y_ij·(logsumexp(z_j) − z_ij).
     SoftmaxCrossEntropy,
     /// (1/(2m))·Σ_j Σ_i (a_ij − y_ij)²: the ½ is the convention of the course this
-    /// tool grew from, so that dJ/da = (a − y)/m.
+    /// tool grew from, so that dJ/da = (a − y)/m. Spelled `mse` or `mean_squared_error`.
+    #[serde(alias = "mse")]
     MeanSquaredError,
 }
 

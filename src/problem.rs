@@ -23,6 +23,12 @@ pub struct Problem {
     pub grads: Grads,
     /// How the inputs were interpreted (model inferred, gradients built in, …).
     pub notes: Vec<String>,
+    /// Whether `grads` are the built-in backprop's (none were given).
+    pub builtin_grads: bool,
+    /// Unit roundoff of the gradients as given: 2⁻²⁴ when any came as float32.
+    pub grad_roundoff: f64,
+    /// A built-in example of the notebook's: checked in its arithmetic (f64-plain) by default.
+    pub notebook: bool,
 }
 
 impl Problem {
@@ -42,7 +48,9 @@ impl Problem {
                 model.sizes()
             ));
         }
-        let grads = match grads {
+        let builtin_grads = grads.is_none();
+        let grads_npz = grads;
+        let grads = match grads_npz {
             Some(g) => grads_from(g, &model)?,
             None => {
                 notes.push(
@@ -51,18 +59,26 @@ impl Problem {
                 cpu::backprop(&model, &params, &data)
             }
         };
-        let j = cpu::cost(&model, &params, &data);
+        // Through softplus / log-sum-exp: finite even where σ(z) = 1.0 in f64.
+        let j = cpu::stable_cost(&model, &cpu::forward(&model, &params, &data), &data);
         if !j.is_finite() {
             return Err(Error::Config(format!(
-                "the cost at θ is {j} (a saturated sigmoid makes log(0)); central differences cannot be taken there"
+                "the cost at θ is {j}: central differences cannot be taken there"
             )));
         }
+        let grad_roundoff = match grads_npz {
+            Some(g) if !g.f32_keys.is_empty() => f64::from(f32::EPSILON) / 2.0,
+            _ => f64::EPSILON / 2.0,
+        };
         Ok(Problem {
             model,
             params,
             data,
             grads,
             notes,
+            builtin_grads,
+            grad_roundoff,
+            notebook: false,
         })
     }
 

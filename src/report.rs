@@ -4,29 +4,69 @@
 
 use std::fmt::Write as _;
 
-use crate::verdict::Report;
+use crate::verdict::{Report, Status, Verdict};
 
-/// The notebook's verdict sentences.
-fn verdict(passed: bool) -> &'static str {
-    if passed {
-        "PASS: your backward propagation works perfectly fine!"
-    } else {
-        "FAIL: there is a mistake in the backward propagation!"
+/// A float as Python's repr prints it (the notebook's output): positional between 1e-4
+/// and 1e16, else shortest round-trip digits with a two-digit signed exponent.
+pub fn py_repr(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() || (1e-4..1e16).contains(&x.abs()) {
+        return format!("{x:?}");
+    }
+    fix_exponent(&format!("{x:e}"))
+}
+
+/// `prec` significant decimals in numpy's style: 2.53e+00, 1.19e-07.
+pub fn sci(x: f64, prec: usize) -> String {
+    if !x.is_finite() {
+        return format!("{x}");
+    }
+    fix_exponent(&format!("{x:.prec$e}"))
+}
+
+fn fix_exponent(s: &str) -> String {
+    match s.split_once('e') {
+        Some((m, e)) => {
+            let (sign, digits) = match e.strip_prefix('-') {
+                Some(d) => ('-', d),
+                None => ('+', e),
+            };
+            format!("{m}e{sign}{digits:0>2}")
+        }
+        None => s.to_string(),
+    }
+}
+
+/// The verdict in one sentence (the notebook's two, and the third).
+pub fn verdict_sentence(r: &Report) -> String {
+    match (r.verdict, r.builtin_gradients) {
+        (Verdict::Pass, false) => "PASS: your backward propagation works perfectly fine!".into(),
+        (Verdict::Pass, true) => "PASS: the built-in backprop agrees with the numeric gradient (no gradients of yours were checked: give --grads)".into(),
+        (Verdict::Fail, false) => "FAIL: there is a mistake in the backward propagation!".into(),
+        (Verdict::Fail, true) => "FAIL: the built-in backprop disagrees with the numeric gradient (a bug of gradcheck's: please report it)".into(),
+        (Verdict::Inconclusive, _) => "INCONCLUSIVE: central differences at this ε can neither confirm nor refute these gradients".into(),
     }
 }
 
 /// The human-readable table: overall difference and verdict, then one row per tensor.
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
+    let params = if r.n_params == 1 {
+        "parameter"
+    } else {
+        "parameters"
+    };
     let _ = writeln!(
         s,
-        "gradcheck: {} parameters, m = {}, J(θ) = {:.15}",
+        "gradcheck: {} {params}, m = {}, J(θ) = {:.15}",
         r.n_params, r.m, r.cost
     );
     let _ = writeln!(
         s,
-        "backend {} ({}), ε = {:e}, threshold {:e}, {:.3} s",
-        r.backend, r.precision, r.epsilon, r.threshold, r.timings.total_s
+        "backend {} ({}), ε = {}, {:.3} s",
+        r.backend,
+        r.precision,
+        py_repr(r.epsilon),
+        r.timings.total_s
     );
     for n in &r.notes {
         let _ = writeln!(s, "note: {n}");
@@ -34,54 +74,97 @@ pub fn render_text(r: &Report) -> String {
     if r.kinks > 0 {
         let _ = writeln!(
             s,
-            "note: {} element(s) whose ±ε step crosses a ReLU kink {} (marked *)",
+            "note: {} element(s) whose ±ε step crosses a ReLU kink (marked *) {}",
             r.kinks,
             if r.kinks_excluded {
-                "are left out of the verdict"
+                "are judged by the one-sided difference that does not cross"
             } else {
-                "are counted"
+                "are judged by the central difference anyway (--kinks include)"
             }
         );
     }
     let _ = writeln!(s);
-    let _ = writeln!(s, "difference = {:e}", r.difference);
-    if r.difference_counted != r.difference {
-        let _ = writeln!(s, "difference without kinks = {:e}", r.difference_counted);
+    let _ = writeln!(
+        s,
+        "difference = {}   (the notebook's rule, difference ≤ {}: {})",
+        py_repr(r.difference),
+        py_repr(r.threshold),
+        if r.notebook_rule_passed {
+            "pass"
+        } else {
+            "fail"
+        }
+    );
+    let _ = writeln!(s, "{}", verdict_sentence(r));
+    for why in &r.reasons {
+        let _ = writeln!(s, "  because {why}");
     }
-    let _ = writeln!(s, "{}", verdict(r.passed));
+    if let Some(e) = r.suggested_epsilon {
+        let _ = writeln!(s, "  remedy: --epsilon {}", py_repr(e));
+    }
+    if r.verdict == Verdict::Pass && !r.notebook_rule_passed {
+        let _ = writeln!(
+            s,
+            "  (the difference is above the notebook's threshold, yet every element agrees with its numeric gradient within that element's error bound: the difference mixes rounding and truncation into one number)"
+        );
+    }
     let _ = writeln!(s);
     let _ = writeln!(
         s,
-        "{:<8} {:>9} {:>12} {:>11} {:>6}  {:<5} worst element (analytic vs numeric)",
-        "tensor", "shape", "difference", "rms error", "kinks", "ok"
+        "{:<8} {:>9} {:>10} {:>10} {:>8}  {:<12} worst element: analytic vs numeric ± bound",
+        "tensor", "shape", "difference", "resolution", "err/bnd", "verdict"
     );
     for t in &r.tensors {
         let worst = t
             .worst
             .first()
             .map(|w| {
+                let tag = match w.status {
+                    Status::Consistent | Status::Suspicious | Status::Wrong => String::new(),
+                    other => format!(
+                        " ({})",
+                        serde_json::to_value(other).map_or(String::new(), |v| v
+                            .as_str()
+                            .unwrap_or("")
+                            .replace('_', " "))
+                    ),
+                };
                 format!(
-                    "{}{} {:.6e} vs {:.6e}",
+                    "{}{} {} vs {} ± {}{tag}",
                     w.element,
                     if w.kink { "*" } else { "" },
-                    w.analytic,
-                    w.numeric
+                    sci(w.analytic, 6),
+                    sci(w.numeric, 6),
+                    sci(w.bound, 1),
                 )
             })
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "{:<8} {:>9} {:>12.3e} {:>11.3e} {:>6}  {:<5} {}",
+            "{:<8} {:>9} {:>10} {:>10} {:>8}  {:<12} {}",
             t.name,
             format!("{}×{}", t.shape[0], t.shape[1]),
-            t.difference,
-            t.rms_error,
-            t.kinks,
-            if t.passed { "pass" } else { "FAIL" },
+            sci(t.difference, 2),
+            sci(t.resolution, 1),
+            if t.max_excess < 1e4 {
+                format!("{:.2}", t.max_excess)
+            } else {
+                sci(t.max_excess, 1)
+            },
+            t.verdict.label(),
             worst
         );
         if let Some(d) = &t.diagnosis {
             let _ = writeln!(s, "{:<8} ↳ {}", "", d.message);
+        }
+        if t.unresolved > 0 {
+            let _ = writeln!(
+                s,
+                "{:<8} ↳ {} of {} elements could not be judged at this ε",
+                "",
+                t.unresolved,
+                t.shape[0] * t.shape[1]
+            );
         }
     }
     s
@@ -92,19 +175,44 @@ pub fn render_json(r: &Report) -> String {
     serde_json::to_string_pretty(r).expect("reports serialise")
 }
 
-/// One line per failing tensor (its difference and diagnosis): the failure text of a
-/// JUnit testcase and of batch summaries.
+/// The verdict and one line per tensor that did not pass (reason, diagnosis): the failure
+/// text of a JUnit testcase and of batch summaries.
 pub fn failure_summary(r: &Report) -> String {
     let mut s = format!(
-        "difference {:e} (threshold {:e})\n",
-        r.difference_counted, r.threshold
+        "{}: difference {} (notebook threshold {})\n",
+        r.verdict.label(),
+        py_repr(r.difference),
+        py_repr(r.threshold)
     );
     for t in r.tensors.iter().filter(|t| !t.passed) {
-        let _ = write!(s, "{} FAIL difference {:.3e}", t.name, t.difference);
+        let _ = write!(
+            s,
+            "{} {} difference {}",
+            t.name,
+            t.verdict.label(),
+            sci(t.difference, 3)
+        );
         if let Some(d) = &t.diagnosis {
             let _ = write!(s, ": {}", d.message);
+        } else if let Some(why) = &t.reason {
+            let _ = write!(s, ": {why}");
         }
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_print_as_python_and_numpy_do() {
+        assert_eq!(py_repr(0.2850931567761623), "0.2850931567761623");
+        assert_eq!(py_repr(1.1890913024229996e-7), "1.1890913024229996e-07");
+        assert_eq!(py_repr(2e-7), "2e-07");
+        assert_eq!(sci(2.531631, 6), "2.531631e+00");
+        assert_eq!(sci(-7.674312e-2, 2), "-7.67e-02");
+        assert_eq!(sci(1.5e100, 1), "1.5e+100");
+    }
 }

@@ -1,7 +1,10 @@
 //! Checks that span machines: `check --shard I/N` evaluates the I-th of N contiguous
-//! slices of the parameters and writes its J± as a partial; `merge` joins the partials
-//! into the report one run would give (J± are stored with round-trip precision, so the
-//! merged J± are bit-identical).
+//! slices of the parameters (at ε and at 2ε, as a whole check does) and writes them as a
+//! partial; `merge` joins the partials into the report one run would give (J± are stored
+//! with round-trip precision, so the merged J± are bit-identical).
+//!
+//! Every partial carries a fingerprint of the problem it was computed on (θ, X, Y, masks,
+//! model spec) and its settings; merge refuses partials of another problem, by name.
 //!
 //! A front end. May use: `check`, `problem`, `io`, `eval`.
 
@@ -14,6 +17,29 @@ use crate::check::{Evaluation, GradCheck};
 use crate::error::{Error, Result};
 use crate::problem::Problem;
 
+/// One evaluation's values over a shard's range.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Slice {
+    /// J(θ + ε·e_i) for i in the range (minus J(θ) when `deltas`).
+    pub plus: Vec<f64>,
+    /// J(θ − ε·e_i) for i in the range (minus J(θ) when `deltas`).
+    pub minus: Vec<f64>,
+    /// Whether plus/minus are changes from J(θ) (the Δ paths).
+    pub deltas: bool,
+    /// Kink flags (bit 0: +ε crossed, bit 1: −ε crossed).
+    pub kinks: Vec<u8>,
+    /// Noise scale of the plain paths (see [`crate::eval::cpu::noise_scale`]).
+    pub cost_scale: f64,
+    /// Unit roundoff of the precision.
+    pub unit_roundoff: f64,
+    /// Real steps (f32), else none.
+    pub steps: Option<Vec<f64>>,
+    /// Δ paths: Σ|Δloss|/m of the ± steps.
+    pub magnitudes: Option<Vec<[f64; 2]>>,
+    /// Plain f64: the nominal-step gaps.
+    pub step_errors: Option<Vec<f64>>,
+}
+
 /// The J± of one shard.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Partial {
@@ -21,8 +47,10 @@ pub struct Partial {
     pub shard: [usize; 2],
     /// [start, end) of the parameters evaluated.
     pub range: [usize; 2],
-    /// N of the whole problem (guards against merging shards of different problems).
+    /// N of the whole problem.
     pub n_params: usize,
+    /// FNV-1a of the problem (θ, X, Y, masks, model spec) and ε, precision, backend kind.
+    pub fingerprint: String,
     /// ε.
     pub epsilon: f64,
     /// Evaluator.
@@ -31,21 +59,10 @@ pub struct Partial {
     pub precision: String,
     /// J(θ).
     pub cost: f64,
-    /// Noise scale (see [`crate::eval::cpu::noise_scale`]).
-    pub cost_scale: f64,
-    /// Unit roundoff of the precision.
-    pub unit_roundoff: f64,
-    /// J(θ + ε·e_i) for i in the range (minus J(θ) when `deltas`).
-    pub plus: Vec<f64>,
-    /// J(θ − ε·e_i) for i in the range (minus J(θ) when `deltas`).
-    pub minus: Vec<f64>,
-    /// Whether plus/minus are changes from J(θ) (the f32 Δ path).
-    #[serde(default)]
-    pub deltas: bool,
-    /// Kink flags for i in the range.
-    pub kinks: Vec<bool>,
-    /// Real steps for i in the range (f32), else none.
-    pub steps: Option<Vec<f64>>,
+    /// At ε.
+    pub at: Slice,
+    /// At 2ε (the truncation estimate).
+    pub wide: Slice,
 }
 
 /// Parses "I/N" (1 ≤ I ≤ N).
@@ -72,30 +89,86 @@ pub fn shard_range(total: usize, i: usize, n: usize) -> Range<usize> {
     cut(i - 1)..cut(i)
 }
 
-/// Evaluates shard I/N of a problem with the check's settings.
+/// FNV-1a, 64 bits: a stable fingerprint (std's hashers promise no stability across
+/// releases, and partials outlive the binary that wrote them).
+struct Fnv(u64);
+
+impl Fnv {
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.0 ^= u64::from(x);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn floats<'a>(&mut self, v: impl IntoIterator<Item = &'a f64>) {
+        for x in v {
+            self.bytes(&x.to_bits().to_le_bytes());
+        }
+    }
+}
+
+/// The fingerprint of a problem (without the gradients, which merge brings itself) and
+/// the settings that change J±.
+pub fn fingerprint(p: &Problem, epsilon: f64, precision: &str) -> String {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    h.bytes(
+        serde_json::to_string(p.model.spec())
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    h.floats(p.params.as_slice());
+    h.floats(p.data.x.iter());
+    h.floats(p.data.y.iter());
+    for m in p.data.masks.iter().flatten() {
+        h.floats(m.iter());
+    }
+    h.floats([&epsilon]);
+    h.bytes(precision.as_bytes());
+    format!("{:016x}", h.0)
+}
+
+fn slice_of(e: Evaluation, range: &Range<usize>) -> Slice {
+    let r = range.clone();
+    Slice {
+        plus: e.plus[r.clone()].to_vec(),
+        minus: e.minus[r.clone()].to_vec(),
+        deltas: e.deltas,
+        kinks: e.kinks[r.clone()].to_vec(),
+        cost_scale: e.cost_scale,
+        unit_roundoff: e.unit_roundoff,
+        steps: e.steps.map(|s| s[r.clone()].to_vec()),
+        magnitudes: e.magnitudes.map(|s| s[r.clone()].to_vec()),
+        step_errors: e.step_errors.map(|s| s[r].to_vec()),
+    }
+}
+
+/// Evaluates shard I/N of a problem with the check's settings (at ε and 2ε).
 pub fn evaluate_shard(gc: &GradCheck, p: &Problem, i: usize, n: usize) -> Result<Partial> {
+    if gc.stencil != 2 {
+        return Err(Error::Config(
+            "--shard with --stencil 4: the merge judges both from the same two evaluations; shard with the default stencil and merge with --stencil 4".into(),
+        ));
+    }
     let total = p.model.n_params();
     let range = shard_range(total, i, n);
     let mut g = gc.clone();
     g.range = Some(range.clone());
-    let precision = g.resolved_precision();
+    let evaluator = g.evaluator()?;
+    let precision = evaluator.precision();
     let (epsilon, _) = g.defaults_for(precision);
     let e = g.evaluate(&p.model, &p.params, &p.data, epsilon)?;
+    let w = g.evaluate(&p.model, &p.params, &p.data, 2.0 * epsilon)?;
     Ok(Partial {
         shard: [i, n],
         range: [range.start, range.end],
         n_params: total,
+        fingerprint: fingerprint(p, epsilon, &e.precision),
         epsilon,
-        backend: e.backend,
-        precision: e.precision,
+        backend: e.backend.clone(),
+        precision: e.precision.clone(),
         cost: e.cost,
-        cost_scale: e.cost_scale,
-        unit_roundoff: e.unit_roundoff,
-        plus: e.plus[range.clone()].to_vec(),
-        minus: e.minus[range.clone()].to_vec(),
-        deltas: e.deltas,
-        kinks: e.kinks[range.clone()].to_vec(),
-        steps: e.steps.map(|s| s[range].to_vec()),
+        at: slice_of(e, &range),
+        wide: slice_of(w, &range),
     })
 }
 
@@ -104,84 +177,110 @@ pub fn load_partial(path: &Path) -> Result<Partial> {
     crate::io::read_json(path, "gradcheck shard")
 }
 
-/// Joins partials covering 0..n_params exactly once into one evaluation and its ε.
-pub fn merge(parts: &[Partial], n_params: usize) -> Result<(Evaluation, f64)> {
+/// Joins partials covering 0..N exactly once, all of problem `p`, into the evaluations at
+/// ε and 2ε, and ε. CPU and GPU partials are not mixed unless `mix_backends`.
+pub fn merge(
+    parts: &[Partial],
+    p: &Problem,
+    mix_backends: bool,
+) -> Result<(Evaluation, Evaluation, f64)> {
+    let n_params = p.model.n_params();
     let first = parts
         .first()
         .ok_or_else(|| Error::Config("merge needs at least one shard".into()))?;
     let mut sorted: Vec<&Partial> = parts.iter().collect();
     sorted.sort_by_key(|p| p.range[0]);
     let mut next = 0;
-    for p in &sorted {
-        let what = format!("shard {}/{}", p.shard[0], p.shard[1]);
-        if p.n_params != n_params {
+    let kind = |b: &str| b.split(' ').next().unwrap_or("").to_string();
+    for q in &sorted {
+        let what = format!("shard {}/{}", q.shard[0], q.shard[1]);
+        if q.n_params != n_params {
             return Err(Error::Shape(format!(
                 "{what} is of a problem with {} parameters, this one has {n_params}",
-                p.n_params
+                q.n_params
             )));
         }
-        if p.epsilon != first.epsilon || p.precision != first.precision || p.deltas != first.deltas
-        {
+        if q.epsilon != first.epsilon || q.precision != first.precision {
             return Err(Error::Config(format!(
                 "{what} used ε = {:e} in {}, another shard ε = {:e} in {}",
-                p.epsilon, p.precision, first.epsilon, first.precision
+                q.epsilon, q.precision, first.epsilon, first.precision
             )));
         }
-        let len = p.range[1].saturating_sub(p.range[0]);
-        if p.plus.len() != len || p.minus.len() != len || p.kinks.len() != len {
-            return Err(Error::Shape(format!(
-                "{what}: its J± do not match its range {:?}",
-                p.range
+        let want = fingerprint(p, q.epsilon, &q.precision);
+        if q.fingerprint != want {
+            return Err(Error::Config(format!(
+                "{what} was computed on another problem (fingerprint {} ≠ {want} of these --params/--data/--model): its J± do not belong to these inputs",
+                q.fingerprint
             )));
         }
-        if p.range[0] != next {
+        if !mix_backends && kind(&q.backend) != kind(&first.backend) {
+            return Err(Error::Config(format!(
+                "{what} ran on {}, another shard on {}: CPU and GPU J± round differently (pass --mix-backends to merge them anyway)",
+                q.backend, first.backend
+            )));
+        }
+        let len = q.range[1].saturating_sub(q.range[0]);
+        for s in [&q.at, &q.wide] {
+            let ok = s.plus.len() == len
+                && s.minus.len() == len
+                && s.kinks.len() == len
+                && s.steps.as_ref().is_none_or(|v| v.len() == len)
+                && s.magnitudes.as_ref().is_none_or(|v| v.len() == len)
+                && s.step_errors.as_ref().is_none_or(|v| v.len() == len);
+            if !ok {
+                return Err(Error::Shape(format!(
+                    "{what}: its J± do not match its range {:?}",
+                    q.range
+                )));
+            }
+        }
+        if q.range[0] != next {
             return Err(Error::Config(format!(
                 "shards leave parameters {next}..{} uncovered or covered twice (next shard starts at {})",
-                p.range[0].max(next),
-                p.range[0]
+                q.range[0].max(next),
+                q.range[0]
             )));
         }
-        next = p.range[1];
+        next = q.range[1];
     }
     if next != n_params {
         return Err(Error::Config(format!(
             "shards cover 0..{next} of 0..{n_params}"
         )));
     }
-    let cat =
-        |f: &dyn Fn(&Partial) -> Vec<f64>| sorted.iter().flat_map(|p| f(p)).collect::<Vec<f64>>();
-    let steps = if sorted.iter().all(|p| p.steps.is_some()) {
-        Some(cat(&|p| p.steps.clone().unwrap_or_default()))
-    } else {
-        None
+    let join = |pick: &dyn Fn(&Partial) -> &Slice| -> Evaluation {
+        let cat = |f: &dyn Fn(&Slice) -> Vec<f64>| -> Vec<f64> {
+            sorted.iter().flat_map(|q| f(pick(q))).collect()
+        };
+        let all = |f: &dyn Fn(&Slice) -> bool| sorted.iter().all(|q| f(pick(q)));
+        let s0 = pick(first);
+        Evaluation {
+            cost: first.cost,
+            plus: cat(&|s| s.plus.clone()),
+            minus: cat(&|s| s.minus.clone()),
+            deltas: s0.deltas,
+            cost_scale: s0.cost_scale,
+            kinks: sorted
+                .iter()
+                .flat_map(|q| pick(q).kinks.iter().copied())
+                .collect(),
+            magnitudes: all(&|s| s.magnitudes.is_some()).then(|| {
+                sorted
+                    .iter()
+                    .flat_map(|q| pick(q).magnitudes.clone().unwrap_or_default())
+                    .collect()
+            }),
+            step_errors: all(&|s| s.step_errors.is_some())
+                .then(|| cat(&|s| s.step_errors.clone().unwrap_or_default())),
+            backend: first.backend.clone(),
+            precision: first.precision.clone(),
+            unit_roundoff: s0.unit_roundoff,
+            steps: all(&|s| s.steps.is_some())
+                .then(|| cat(&|s| s.steps.clone().unwrap_or_default())),
+            notes: vec![format!("merged from {} shards", parts.len())],
+        }
     };
-    // On the Δ path each shard's scale is an RMS over its own range: recombine them.
-    let cost_scale = if first.deltas {
-        let sum: f64 = sorted
-            .iter()
-            .map(|p| (p.range[1] - p.range[0]) as f64 * p.cost_scale * p.cost_scale)
-            .sum();
-        (sum / n_params.max(1) as f64).sqrt()
-    } else {
-        first.cost_scale
-    };
-    let eval = Evaluation {
-        cost: first.cost,
-        plus: cat(&|p| p.plus.clone()),
-        minus: cat(&|p| p.minus.clone()),
-        deltas: first.deltas,
-        cost_scale,
-        kinks: sorted
-            .iter()
-            .flat_map(|p| p.kinks.iter().copied())
-            .collect(),
-        backend: first.backend.clone(),
-        precision: first.precision.clone(),
-        unit_roundoff: first.unit_roundoff,
-        steps,
-        notes: vec![format!("merged from {} shards", parts.len())],
-    };
-    Ok((eval, first.epsilon))
+    Ok((join(&|q| &q.at), join(&|q| &q.wide), first.epsilon))
 }
 
 #[cfg(test)]

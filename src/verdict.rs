@@ -1,56 +1,180 @@
-//! The verdict: central differences against the analytic gradient, the notebook's
-//! difference globally and per tensor, the worst elements, and pass or fail.
+//! The verdict: every numeric gradient element carries a bound on its own error, and the
+//! user's gradient is judged against it — pass, fail or inconclusive, per element, per
+//! tensor and overall. The notebook's difference is computed too, as its number.
+//!
+//! The error model, per element i (ε_i = half the step really taken):
+//!
+//! * **rounding** of what was subtracted: on the Δ paths each ΔJ± is accurate to a few
+//!   units u of Σ_j|Δloss_j|/m (the evaluator reports that magnitude per element and
+//!   side); on the plain paths J± each carry u times the cost's conditioned scale
+//!   ([`crate::eval::cpu::noise_scale`]). Both times [`growth`] (error growth through the
+//!   dot products of the net), divided by the step;
+//! * **truncation**, estimated from the same differences at 2ε (Richardson:
+//!   g(2ε) − g(ε) = 3·c·ε² for the central difference, c·ε for a one-sided one), counted
+//!   twice, plus the rounding of that estimate;
+//! * the **analytic side's own rounding**: the user's backprop summed the same per-sample
+//!   terms, in its own precision (f32 gradients get u32 here);
+//! * plain f64: the gap between the step taken, fl(θ + ε) − fl(θ − ε), and the 2ε divided by.
+//!
+//! Kinks: a step that crosses a ReLU kink makes the central difference meaningless; the
+//! one-sided difference on the side that does not cross is still a derivative (of the
+//! piece θ lies on), and an analytic value equal to either one-sided derivative is a valid
+//! subgradient (relu'(0) = 0 or 1). Both sides crossing: unresolved at this ε.
+//!
+//! An element is **consistent** when |analytic − numeric| ≤ bound, **wrong** when it
+//! exceeds [`FAIL_MARGIN`] bounds (a proof), **suspicious** in between. A tensor FAILS when
+//! an element is wrong; PASSES when every resolved element is consistent and the bounds
+//! resolve a relative error of [`RESOLUTION`] of the tensor (so that a 1 % error would
+//! have shown); is INCONCLUSIVE otherwise, with the reason.
 //!
 //! May use: `eval` (the [`Evaluation`] it judges), `model`, `metric`. Knows nothing of
 //! backends, diagnoses or front ends.
 
 use serde::Serialize;
 
-use crate::eval::Evaluation;
-use crate::metric::{diff_and_rms, difference};
-use crate::model::ParamLayout;
+use crate::eval::{Evaluation, KINK_MINUS, KINK_PLUS};
+use crate::metric::difference;
+use crate::model::{ParamLayout, TensorKind};
 
-/// Whether perturbations that cross a ReLU kink count in the verdict.
+/// How steps that cross a ReLU kink are treated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum KinkPolicy {
-    /// Keep them out of the verdict (they are still reported and counted).
+    /// Never trust a central difference across a kink: check the element by the
+    /// one-sided difference on the side that does not cross (unresolved if both do).
     Exclude,
-    /// Count them like every other element.
+    /// Use the central difference anyway (the notebook's behaviour; can fail correct
+    /// gradients).
     Include,
 }
 
 /// The notebook's ε.
 pub const DEFAULT_EPSILON: f64 = 1e-7;
-/// The notebook's verdict threshold on the difference.
+/// The notebook's threshold on the difference. Its rule ("difference > 2e-7: there is a
+/// mistake") is reported beside the verdict; the verdict itself comes from the error
+/// model, because the difference mixes rounding, truncation and kinks with real errors.
 pub const DEFAULT_THRESHOLD: f64 = 2e-7;
 /// f32 (Δ path) default ε. Its rounding error is relative to ΔJ itself (≈ u32 per
 /// element, whatever ε), so ε only has to make the truncation error (∝ ε²) small and
 /// kinks rare: at 1e-4 the seed's truncation part is 2e-10.
 pub const F32_EPSILON: f64 = 1e-4;
-/// f32 (Δ path) default threshold: a few u32 = 6e-8 relative per element leave correct
-/// gradients at 3.6e-8 (seed-fixed), 4.8e-8 (64-32-16-1), 5.4e-8 (784-64-32-1) on
-/// llvmpipe; 1e-6 leaves 20× for deeper nets and is 10⁵ below the planted bugs.
+/// f32 (Δ path) notebook threshold: correct gradients give 3.6e-8 (seed-fixed), 4.8e-8
+/// (64-32-16-1), 5.4e-8 (784-64-32-1) on llvmpipe; 1e-6 leaves 20×.
 pub const F32_THRESHOLD: f64 = 1e-6;
 /// f32-plain default ε: near the optimum cbrt(3·u32) ≈ 7e-3 of truncation (ε²) against
 /// rounding (u32·|J|/ε) for unit-scale costs, rounded down to keep kinks rarer.
 pub const F32_PLAIN_EPSILON: f64 = 1e-3;
-/// f32-plain default threshold: at ε = 1e-3 correct gradients on the seed net give ≈ 4e-3
-/// (rounding u32·|J|/ε ≈ 3e-4 per element); planted bugs give ≥ 0.1.
+/// f32-plain notebook threshold: at ε = 1e-3 correct gradients on the seed net give ≈ 4e-3.
 pub const F32_PLAIN_THRESHOLD: f64 = 1e-2;
-/// Safety factor on the per-element rounding-noise estimate u·scale/ε used by the
-/// per-tensor rule (see [`noise_floor`]). Measured on the seed net: the RMS error of
-/// correct gradients is 0.5–0.6 × u·scale/ε; 8 leaves room for error growth through
-/// deeper nets while staying 10⁵ below the smallest planted bug there.
-pub const NOISE_FACTOR: f64 = 8.0;
 
-/// The rounding-noise floor of one central difference: J± each carry an absolute error
-/// of roughly u·scale (scale includes the cost's conditioning, see [`crate::eval::cpu::noise_scale`]),
-/// so their difference over 2ε carries about u·scale/ε; [`NOISE_FACTOR`] covers the error
-/// growth through the forward pass.
-pub fn noise_floor(unit_roundoff: f64, cost_scale: f64, epsilon: f64) -> f64 {
-    NOISE_FACTOR * unit_roundoff * cost_scale.max(f64::MIN_POSITIVE) / epsilon
+/// Safety factor on the rounding estimates, per unit of [`growth`]. Measured: the worst
+/// element error of correct gradients is ≤ 0.6 u·scale/ε (plain, seed net) and ≤ 10
+/// u·Σ|Δloss|/ε (f32 Δ path, 4-layer nets), against 2·growth = 18 (seed) … 135 (784-512-256-1).
+pub const ROUNDING_FACTOR: f64 = 2.0;
+
+/// An element is wrong — a proof of a bug — when its discrepancy exceeds this many times
+/// its bound (which already carries the safety factors above).
+pub const FAIL_MARGIN: f64 = 2.0;
+
+/// A tensor passes only when ‖bounds‖ ≤ RESOLUTION · ‖gradient‖: then a wrong gradient
+/// off by 1 % of the tensor (‖analytic − true‖ ≥ 0.01‖true‖) shows as some element beyond
+/// [`FAIL_MARGIN`] bounds: 0.01 = (FAIL_MARGIN + 2) · RESOLUTION leaves one bound for the
+/// numeric gradient's own error.
+pub const RESOLUTION: f64 = 0.01 / (FAIL_MARGIN + 2.0);
+
+/// Error growth through the net's dot products: depth + Σ √fan-in over the weight
+/// tensors (rounding errors of n-term dot products grow like √n in practice, and add up
+/// layer by layer). 1 + √cols for a single tensor.
+pub fn growth(layout: &ParamLayout) -> f64 {
+    let weights: Vec<_> = layout
+        .tensors()
+        .iter()
+        .filter(|t| t.kind == TensorKind::Weight)
+        .collect();
+    weights.len().max(1) as f64
+        + weights
+            .iter()
+            .map(|t| (t.cols as f64).sqrt())
+            .sum::<f64>()
+            .max(1.0)
+}
+
+/// The three answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every resolved element consistent, and the bounds resolve 1 % of every tensor.
+    Pass,
+    /// Some element is off by more than [`FAIL_MARGIN`] times its bound: a bug.
+    Fail,
+    /// Neither could be shown; the report says why.
+    Inconclusive,
+}
+
+impl Verdict {
+    /// "pass", "FAIL", "inconclusive" (as the table prints it).
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "FAIL",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+
+    /// The process exit code: 0 pass, 1 fail, 3 inconclusive (2 is bad input).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Pass => 0,
+            Verdict::Fail => 1,
+            Verdict::Inconclusive => 3,
+        }
+    }
+}
+
+/// Which difference judged an element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// (J⁺ − J⁻)/2ε.
+    Central,
+    /// Richardson's (4·g(ε) − g(2ε))/3 (`--stencil 4`).
+    Richardson,
+    /// (J⁺ − J)/ε: the −ε step crossed a kink.
+    Forward,
+    /// (J − J⁻)/ε: the +ε step crossed a kink.
+    Backward,
+    /// None could be taken.
+    None,
+}
+
+/// How one element came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// |analytic − numeric| ≤ bound.
+    Consistent,
+    /// Between 1 and [`FAIL_MARGIN`] bounds off.
+    Suspicious,
+    /// More than [`FAIL_MARGIN`] bounds off (or not finite).
+    Wrong,
+    /// Both ±ε steps cross kinks.
+    KinkBothSides,
+    /// A kink within 2ε on the side used, so its truncation cannot be estimated.
+    KinkWithinTwoEpsilon,
+    /// J± not finite (the notebook's arithmetic at a saturated output).
+    NotFinite,
+    /// ε is below the resolution of θ_i: the step moved nothing.
+    StepUnderflow,
+}
+
+impl Status {
+    fn resolved(self) -> bool {
+        matches!(
+            self,
+            Status::Consistent | Status::Suspicious | Status::Wrong
+        )
+    }
 }
 
 /// The kinds of mistake recognised.
@@ -103,11 +227,17 @@ pub struct Worst {
     pub element: String,
     /// The user's (analytic) gradient.
     pub analytic: f64,
-    /// The central difference.
+    /// The numeric gradient it was judged against (see `method`).
     pub numeric: f64,
     /// |analytic − numeric|.
     pub abs_error: f64,
-    /// Whether this element's perturbation crossed a kink.
+    /// The bound on the numeric gradient's error.
+    pub bound: f64,
+    /// Which difference was used.
+    pub method: Method,
+    /// How it came out.
+    pub status: Status,
+    /// Whether a ±ε step crossed a kink.
     pub kink: bool,
 }
 
@@ -118,20 +248,37 @@ pub struct TensorReport {
     pub name: String,
     /// [rows, cols].
     pub shape: [usize; 2],
-    /// The notebook's difference over this tensor's elements (kinks excluded per policy).
+    /// The notebook's difference over this tensor's elements (central differences).
     pub difference: f64,
-    /// RMS of analytic − numeric over the counted elements.
+    /// RMS of analytic − numeric over the resolved elements.
     pub rms_error: f64,
-    /// Whether this tensor passes (see [`Rules::build_report`] for the rule).
+    /// The verdict.
+    pub verdict: Verdict,
+    /// verdict == Pass.
     pub passed: bool,
-    /// Elements whose perturbation crossed a kink.
+    /// ‖bounds‖ / ‖gradient‖ over the resolved elements: the relative error this check can
+    /// see in this tensor (PASS needs ≤ [`RESOLUTION`]).
+    pub resolution: f64,
+    /// The largest |analytic − numeric| / bound (> [`FAIL_MARGIN`]: wrong).
+    pub max_excess: f64,
+    /// Elements whose ±ε step crossed a kink.
     pub kinks: usize,
-    /// The k largest |analytic − numeric|.
+    /// Of those, checked by a one-sided difference.
+    pub one_sided: usize,
+    /// Elements no difference could judge at this ε.
+    pub unresolved: usize,
+    /// Elements off by more than [`FAIL_MARGIN`] bounds.
+    pub wrong: usize,
+    /// Elements between 1 and [`FAIL_MARGIN`] bounds off.
+    pub suspicious: usize,
+    /// The k elements furthest from their numeric gradient, in bounds.
     pub worst: Vec<Worst>,
+    /// Why the verdict is not pass (reason and remedy).
+    pub reason: Option<String>,
     /// What kind of mistake it looks like, when the evidence is clear.
     pub diagnosis: Option<Diagnosis>,
-    /// With the 4-point stencil: the largest |gradapprox₂ − gradapprox₄| over the counted
-    /// elements, an estimate of the 2-point truncation error.
+    /// The largest estimated truncation error of the resolved elements' differences
+    /// (from the 2ε evaluation), when there was one.
     pub error_estimate: Option<f64>,
 }
 
@@ -147,22 +294,27 @@ pub struct Timings {
 /// The full result of a check.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
-    /// ‖grad − gradapprox‖ / (‖grad‖ + ‖gradapprox‖) over every element (the notebook's number).
+    /// ‖grad − gradapprox‖ / (‖grad‖ + ‖gradapprox‖) over every element, central
+    /// differences (the notebook's number).
     pub difference: f64,
-    /// The same over the elements counted in the verdict (equal to `difference` when no kink is excluded).
+    /// The same over the resolved elements, against the differences that judged them.
     pub difference_counted: f64,
-    /// The verdict.
+    /// The verdict: the worst of the tensors' (any FAIL fails; all PASS passes).
+    pub verdict: Verdict,
+    /// verdict == Pass.
     pub passed: bool,
-    /// Threshold on the difference.
+    /// The notebook's threshold on the difference.
     pub threshold: f64,
+    /// The notebook's own rule, difference ≤ threshold (reported, not the verdict).
+    pub notebook_rule_passed: bool,
     /// ε of the central differences.
     pub epsilon: f64,
-    /// Per-element rounding-noise floor used by the per-tensor rule.
-    pub noise_floor: f64,
     /// Which evaluator ran.
     pub backend: String,
-    /// Its precision.
+    /// Its precision ("f64", "f64-plain", "f32", "f32-plain").
     pub precision: String,
+    /// Whether the analytic gradients are the built-in backprop's (no user gradients given).
+    pub builtin_gradients: bool,
     /// N.
     pub n_params: usize,
     /// m.
@@ -171,10 +323,16 @@ pub struct Report {
     pub cost: f64,
     /// Elements whose ±ε step crossed a kink.
     pub kinks: usize,
-    /// Whether kinked elements were left out of the verdict.
+    /// Whether kinked elements were judged by one-sided differences (policy `exclude`).
     pub kinks_excluded: bool,
+    /// Elements no difference could judge at this ε.
+    pub unresolved: usize,
     /// One entry per tensor, in flat order.
     pub tensors: Vec<TensorReport>,
+    /// Why the verdict is what it is, when it is not a pass.
+    pub reasons: Vec<String>,
+    /// An ε that would cure an inconclusive verdict (truncation, kinks, plain rounding).
+    pub suggested_epsilon: Option<f64>,
     /// Facts the user should know (model inferred, backend fallback, …).
     pub notes: Vec<String>,
     /// Wall-clock time.
@@ -188,10 +346,10 @@ pub struct Report {
     /// Every central difference, flat (omitted from JSON: it can be millions of values).
     #[serde(skip)]
     pub gradapprox: Vec<f64>,
-    /// Every J(θ + ε·e_i) (omitted from JSON).
+    /// Every J(θ + ε·e_i) (ΔJ on the Δ paths; omitted from JSON).
     #[serde(skip)]
     pub plus: Vec<f64>,
-    /// Every J(θ − ε·e_i) (omitted from JSON).
+    /// Every J(θ − ε·e_i) (ΔJ on the Δ paths; omitted from JSON).
     #[serde(skip)]
     pub minus: Vec<f64>,
 }
@@ -218,18 +376,612 @@ pub struct FastCheck {
     pub passed: bool,
 }
 
-/// How evaluations are judged: the kink policy and how many worst elements to list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How evaluations are judged.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rules {
     /// Kink policy.
     pub kinks: KinkPolicy,
     /// How many worst elements to list per tensor.
     pub top_k: usize,
+    /// Unit roundoff of the analytic gradients (2⁻⁵³ for f64 files, 2⁻²⁴ for f32 ones):
+    /// the user's backprop rounded its sums in that precision.
+    pub gradient_roundoff: f64,
+    /// 2 (judge the central difference) or 4 (judge Richardson's (4·g(ε) − g(2ε))/3).
+    pub stencil: u8,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            kinks: KinkPolicy::Exclude,
+            top_k: 3,
+            gradient_roundoff: f64::EPSILON / 2.0,
+            stencil: 2,
+        }
+    }
+}
+
+/// What a verdict is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct Evidence<'a> {
+    /// The parameter layout (tensor names and shapes).
+    pub layout: &'a ParamLayout,
+    /// The analytic gradient, flat.
+    pub grad: &'a [f64],
+    /// The evaluation at ε.
+    pub eval: &'a Evaluation,
+    /// The same at 2ε, for the truncation estimate. Without it truncation is unknown:
+    /// nothing can be proven wrong or right, only consistent at this ε.
+    pub wide: Option<&'a Evaluation>,
+    /// ε.
+    pub epsilon: f64,
+    /// The notebook's threshold (its rule is reported beside the verdict).
+    pub threshold: f64,
+    /// m (for the report).
+    pub m: usize,
+    /// Rounding-error growth of the net evaluated ([`growth`] of its layout).
+    pub growth: f64,
+}
+
+/// One element judged.
+#[derive(Debug, Clone, Copy)]
+struct Judged {
+    numeric: f64,
+    bound: f64,
+    /// The rounding and truncation parts of the bound (for the remedy).
+    rounding: f64,
+    truncation: f64,
+    signal: f64,
+    method: Method,
+    status: Status,
+}
+
+/// A difference and its error bound's parts.
+#[derive(Debug, Clone, Copy)]
+struct Estimate {
+    value: f64,
+    rounding: f64,
+    truncation: f64,
+    /// The truncation estimate less its own rounding noise (≥ 0): what tells a
+    /// truncation-limited ε from a rounding-limited one.
+    signal: f64,
+}
+
+/// Per-element access to one evaluation: ΔJ± and their error bounds.
+struct Side<'a> {
+    eval: &'a Evaluation,
+    epsilon: f64,
+    /// ROUNDING_FACTOR · growth · u.
+    ku: f64,
+    /// The central differences of this evaluation.
+    central: Vec<f64>,
+}
+
+impl Side<'_> {
+    /// Half the step really taken (ε, or fl32 steps / 2).
+    fn half_step(&self, i: usize) -> f64 {
+        match &self.eval.steps {
+            Some(h) => 0.5 * h[i],
+            None => self.epsilon,
+        }
+    }
+    /// Error bounds of ΔJ⁺, ΔJ⁻ and of J(θ) (0 on the Δ paths, which never form J±).
+    fn errors(&self, i: usize) -> (f64, f64, f64) {
+        match &self.eval.magnitudes {
+            Some(m) => (self.ku * m[i][0], self.ku * m[i][1], 0.0),
+            None => {
+                let e = self.ku * self.eval.cost_scale;
+                (e, e, e)
+            }
+        }
+    }
+    fn central(&self, i: usize) -> Estimate {
+        let (ep, em, _) = self.errors(i);
+        Estimate {
+            value: self.central[i],
+            rounding: (ep + em) / (2.0 * self.half_step(i)),
+            truncation: 0.0,
+            signal: 0.0,
+        }
+    }
+    /// (J⁺ − J)/ε (`forward`) or (J − J⁻)/ε.
+    fn one_sided(&self, i: usize, forward: bool) -> Estimate {
+        let (dp, dm) = self.eval.delta(i);
+        let (ep, em, e0) = self.errors(i);
+        let h = self.half_step(i);
+        if forward {
+            Estimate {
+                value: dp / h,
+                rounding: (ep + e0) / h,
+                truncation: 0.0,
+                signal: 0.0,
+            }
+        } else {
+            Estimate {
+                value: -dm / h,
+                rounding: (em + e0) / h,
+                truncation: 0.0,
+                signal: 0.0,
+            }
+        }
+    }
+    fn kinks(&self, i: usize) -> u8 {
+        self.eval.kinks[i]
+    }
+    /// Per-sample size of the gradient, Σ_j|∂loss_j/∂θ_i|/m (what the analytic side summed).
+    fn term_size(&self, i: usize, g: f64, c: f64) -> f64 {
+        match &self.eval.magnitudes {
+            Some(m) => 0.5 * (m[i][0] + m[i][1]) / self.half_step(i),
+            None => g.abs().max(c.abs()),
+        }
+    }
+}
+
+/// Adds the truncation estimate from the 2ε difference of the same kind: Richardson's
+/// |g(2ε) − g(ε)|/3 for central differences (error c·ε²), |g(2ε) − g(ε)| for one-sided
+/// ones (c·ε), plus that estimate's own rounding, counted twice.
+fn with_truncation(at: Estimate, wide: Estimate, central: bool) -> Estimate {
+    let (scale, noise) = if central {
+        (1.0 / 3.0, (at.rounding + wide.rounding) / 3.0)
+    } else {
+        (1.0, at.rounding + wide.rounding)
+    };
+    let seen = (wide.value - at.value).abs() * scale;
+    Estimate {
+        truncation: 2.0 * (seen + noise),
+        signal: (seen - noise).max(0.0),
+        ..at
+    }
 }
 
 impl Rules {
-    /// Builds the report from an evaluation: differences, verdicts, worst elements (the
-    /// diagnoses are `diagnose`'s to add).
+    /// Judges every element, tensor and the whole (see the module doc for the rules).
+    pub fn judge(&self, ev: &Evidence<'_>) -> Report {
+        let (layout, grad, eval) = (ev.layout, ev.grad, ev.eval);
+        let ku = ROUNDING_FACTOR * ev.growth;
+        let at = Side {
+            eval,
+            epsilon: ev.epsilon,
+            ku: ku * eval.unit_roundoff,
+            central: eval.gradapprox(ev.epsilon),
+        };
+        let wide = ev.wide.map(|w| Side {
+            eval: w,
+            epsilon: 2.0 * ev.epsilon,
+            ku: ku * w.unit_roundoff,
+            central: w.gradapprox(2.0 * ev.epsilon),
+        });
+        let kg = ku * self.gradient_roundoff;
+        let judged: Vec<Judged> = (0..grad.len())
+            .map(|i| self.judge_element(i, grad[i], &at, wide.as_ref(), kg))
+            .collect();
+        // The numbers the notebook would print: central (or Richardson) differences.
+        let approx: Vec<f64> = match (&wide, self.stencil) {
+            (Some(w), 4) => at
+                .central
+                .iter()
+                .zip(&w.central)
+                .map(|(c, cw)| (4.0 * c - cw) / 3.0)
+                .collect(),
+            _ => at.central.clone(),
+        };
+        let mut tensors = Vec::new();
+        let mut suggestions = Vec::new();
+        for slot in layout.tensors() {
+            let (t, eps) = self.judge_tensor(slot, layout, grad, &approx, &judged, ev);
+            tensors.push(t);
+            suggestions.extend(eps);
+        }
+        let resolved: Vec<usize> = (0..grad.len())
+            .filter(|&i| judged[i].status.resolved())
+            .collect();
+        let (a, n): (Vec<f64>, Vec<f64>) = resolved
+            .iter()
+            .map(|&i| (grad[i], judged[i].numeric))
+            .unzip();
+        let verdict = if tensors.iter().any(|t| t.verdict == Verdict::Fail) {
+            Verdict::Fail
+        } else if tensors.iter().all(|t| t.verdict == Verdict::Pass) {
+            Verdict::Pass
+        } else {
+            Verdict::Inconclusive
+        };
+        let reasons: Vec<String> = tensors
+            .iter()
+            .filter(|t| t.verdict != Verdict::Pass)
+            .filter_map(|t| t.reason.clone())
+            .collect();
+        // One significant digit: a suggestion, not a measurement.
+        let suggested_epsilon = if verdict == Verdict::Inconclusive {
+            suggestions
+                .iter()
+                .copied()
+                .reduce(f64::min)
+                .map(|e| format!("{e:.0e}").parse().unwrap_or(e))
+        } else {
+            None
+        };
+
+        let kinks = eval.kinks.iter().filter(|&&k| k != 0).count();
+        let difference = difference(grad, &approx);
+        Report {
+            difference,
+            difference_counted: crate::metric::difference(&a, &n),
+            verdict,
+            passed: verdict == Verdict::Pass,
+            threshold: ev.threshold,
+            notebook_rule_passed: difference <= ev.threshold,
+            epsilon: ev.epsilon,
+            backend: eval.backend.clone(),
+            precision: eval.precision.clone(),
+            builtin_gradients: false,
+            n_params: grad.len(),
+            m: ev.m,
+            cost: eval.cost,
+            kinks,
+            kinks_excluded: self.kinks == KinkPolicy::Exclude && kinks > 0,
+            unresolved: judged.iter().filter(|j| !j.status.resolved()).count(),
+            tensors,
+            reasons,
+            suggested_epsilon,
+            notes: eval.notes.clone(),
+            timings: Timings::default(),
+            mode: "full".into(),
+            stencil: if self.stencil == 4 && ev.wide.is_some() {
+                4
+            } else {
+                2
+            },
+            fast: None,
+            gradapprox: approx,
+            plus: eval.plus.clone(),
+            minus: eval.minus.clone(),
+        }
+    }
+
+    /// The verdict on element i (see the module doc).
+    fn judge_element(
+        &self,
+        i: usize,
+        g: f64,
+        at: &Side<'_>,
+        wide: Option<&Side<'_>>,
+        kg: f64,
+    ) -> Judged {
+        let unresolved = |status, numeric| Judged {
+            numeric,
+            bound: f64::INFINITY,
+            rounding: f64::INFINITY,
+            truncation: f64::INFINITY,
+            signal: 0.0,
+            method: Method::None,
+            status,
+        };
+        let c = at.central[i];
+        if !g.is_finite() {
+            return Judged {
+                status: Status::Wrong,
+                bound: 0.0,
+                rounding: 0.0,
+                truncation: 0.0,
+                signal: 0.0,
+                method: Method::Central,
+                numeric: c,
+            };
+        }
+        let step_error = at.eval.step_errors.as_ref().map_or(0.0, |s| s[i]);
+        if at.half_step(i) == 0.0 || step_error >= 0.5 {
+            return unresolved(Status::StepUnderflow, c);
+        }
+        let include = self.kinks == KinkPolicy::Include;
+        let kinks = if include { 0 } else { at.kinks(i) };
+        let wide_kinks = match wide {
+            Some(w) if !include => w.kinks(i),
+            _ => 0,
+        };
+        // (method, estimate at ε, the same kind at 2ε if its side is smooth there)
+        let one_sided = |forward: bool| {
+            let side = if forward { KINK_PLUS } else { KINK_MINUS };
+            let w = wide
+                .filter(|_| wide_kinks & side == 0)
+                .map(|w| w.one_sided(i, forward));
+            (
+                if forward {
+                    Method::Forward
+                } else {
+                    Method::Backward
+                },
+                at.one_sided(i, forward),
+                w,
+            )
+        };
+        let (primary, alternative) = match kinks {
+            0 => {
+                let w = wide.filter(|_| wide_kinks == 0).map(|w| w.central(i));
+                ((Method::Central, at.central(i), w), None)
+            }
+            KINK_PLUS => (one_sided(false), Some(one_sided(true))),
+            KINK_MINUS => (one_sided(true), Some(one_sided(false))),
+            _ => return unresolved(Status::KinkBothSides, c),
+        };
+        let complete = |(method, est, w): (Method, Estimate, Option<Estimate>)| {
+            let central = method == Method::Central;
+            let est = match w {
+                Some(w) => {
+                    let mut e = with_truncation(est, w, central);
+                    if central && self.stencil == 4 {
+                        e.value = (4.0 * est.value - w.value) / 3.0;
+                        e.rounding = (4.0 * est.rounding + w.rounding) / 3.0;
+                    }
+                    e
+                }
+                None => Estimate {
+                    truncation: f64::INFINITY,
+                    signal: 0.0,
+                    ..est
+                },
+            };
+            let method = if central && self.stencil == 4 && w.is_some() {
+                Method::Richardson
+            } else {
+                method
+            };
+            // The analytic side's rounding, the nominal-step gap, and underflow of ΔJ.
+            let rounding = est.rounding
+                + kg * at.term_size(i, g, est.value)
+                + est.value.abs() * step_error
+                + f64::MIN_POSITIVE / at.half_step(i);
+            (method, est.value, rounding, est.truncation, est.signal)
+        };
+        let (method, numeric, rounding, truncation, signal) = complete(primary);
+        if !numeric.is_finite() {
+            return unresolved(Status::NotFinite, numeric);
+        }
+        let judged = |method, numeric, rounding: f64, truncation: f64, status| Judged {
+            numeric,
+            bound: rounding + truncation,
+            rounding,
+            truncation,
+            signal,
+            method,
+            status,
+        };
+        if truncation.is_infinite() {
+            // A kink within 2ε (or no 2ε evaluation): this difference's truncation is unknown.
+            return judged(
+                method,
+                numeric,
+                rounding,
+                truncation,
+                Status::KinkWithinTwoEpsilon,
+            );
+        }
+        let bound = rounding + truncation;
+        let d = (g - numeric).abs();
+        if d <= bound {
+            return judged(method, numeric, rounding, truncation, Status::Consistent);
+        }
+        // The crossing side: a valid one-sided derivative only when θ sits exactly on the
+        // kink (then g may be either subgradient); never a proof against g.
+        let alt = alternative.map(complete);
+        if let Some((am, an, ar, at_, _)) = alt {
+            if an.is_finite() && (g - an).abs() <= ar + at_ {
+                return judged(am, an, ar, at_, Status::Consistent);
+            }
+        }
+        let alt_far = alt.is_none_or(|(_, an, ar, at_, _)| {
+            !an.is_finite() || (g - an).abs() > FAIL_MARGIN * (ar + at_)
+        });
+        let status = if d > FAIL_MARGIN * bound && alt_far {
+            Status::Wrong
+        } else {
+            Status::Suspicious
+        };
+        judged(method, numeric, rounding, truncation, status)
+    }
+
+    /// A tensor's verdict, and the ε that would resolve it (if that is its problem).
+    fn judge_tensor(
+        &self,
+        slot: &crate::model::TensorSlot,
+        layout: &ParamLayout,
+        grad: &[f64],
+        approx: &[f64],
+        judged: &[Judged],
+        ev: &Evidence<'_>,
+    ) -> (TensorReport, Option<f64>) {
+        let range = slot.range();
+        let count = |f: &dyn Fn(&Judged) -> bool| range.clone().filter(|&i| f(&judged[i])).count();
+        let resolved: Vec<usize> = range
+            .clone()
+            .filter(|&i| judged[i].status.resolved())
+            .collect();
+        let wrong = count(&|j| j.status == Status::Wrong);
+        let suspicious = count(&|j| j.status == Status::Suspicious);
+        let unresolved = range.len() - resolved.len();
+        let kinks = range.clone().filter(|&i| ev.eval.kinks[i] != 0).count();
+        let one_sided = count(&|j| matches!(j.method, Method::Forward | Method::Backward));
+        let norm =
+            |f: &dyn Fn(usize) -> f64| resolved.iter().map(|&i| f(i).powi(2)).sum::<f64>().sqrt();
+        let n_bound = norm(&|i| judged[i].bound);
+        let n_round = norm(&|i| judged[i].rounding);
+        let n_signal = norm(&|i| judged[i].signal);
+        let n_grad = norm(&|i| grad[i]).max(norm(&|i| judged[i].numeric));
+        let resolution = if n_bound == 0.0 {
+            0.0
+        } else if n_grad > 0.0 {
+            n_bound / n_grad
+        } else {
+            f64::INFINITY
+        };
+        // Analytic weight of the elements nothing could judge.
+        let g_all = range.clone().map(|i| grad[i].powi(2)).sum::<f64>().sqrt();
+        let g_unres = range
+            .clone()
+            .filter(|&i| !judged[i].status.resolved())
+            .map(|i| grad[i].powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let rms_error = if resolved.is_empty() {
+            0.0
+        } else {
+            (resolved
+                .iter()
+                .map(|&i| (grad[i] - judged[i].numeric).powi(2))
+                .sum::<f64>()
+                / resolved.len() as f64)
+                .sqrt()
+        };
+        let excess = |i: usize| {
+            let j = &judged[i];
+            if !j.status.resolved() {
+                -1.0
+            } else if j.bound > 0.0 {
+                (grad[i] - j.numeric).abs() / j.bound
+            } else if grad[i] == j.numeric {
+                0.0
+            } else {
+                f64::INFINITY
+            }
+        };
+        let max_excess = resolved.iter().map(|&i| excess(i)).fold(0.0, f64::max);
+        let name = &slot.name;
+        let mut suggestion: Option<f64> = None;
+        // Kinks are separated by a smaller ε; on the Δ paths that costs no accuracy.
+        let kink_unresolved = range.clone().any(|i| {
+            matches!(
+                judged[i].status,
+                Status::KinkBothSides | Status::KinkWithinTwoEpsilon
+            )
+        });
+        if kink_unresolved && ev.eval.magnitudes.is_some() && ev.wide.is_some() {
+            suggestion = Some(ev.epsilon / 1000.0);
+        }
+        // θ ± ε rounding to θ is cured by the notebook's ε.
+        if range
+            .clone()
+            .any(|i| judged[i].status == Status::StepUnderflow)
+            && ev.epsilon < DEFAULT_EPSILON
+        {
+            suggestion = Some(DEFAULT_EPSILON);
+        }
+        let (verdict, reason) = if wrong > 0 {
+            (
+                Verdict::Fail,
+                Some(format!(
+                    "{name}: {wrong} of {} elements differ from the numeric gradient by more than {FAIL_MARGIN} × their error bound",
+                    range.len()
+                )),
+            )
+        } else if suspicious > 0 {
+            (
+                Verdict::Inconclusive,
+                Some(format!(
+                    "{name}: {suspicious} element(s) differ by 1–{FAIL_MARGIN} × their error bound: neither shown right nor wrong"
+                )),
+            )
+        } else if resolved.is_empty() {
+            (
+                Verdict::Inconclusive,
+                Some(format!(
+                    "{name}: no element could be judged at ε = {} ({})",
+                    py(ev.epsilon),
+                    dominant_reason(range.clone().map(|i| judged[i].status))
+                )),
+            )
+        } else if resolution > RESOLUTION || g_unres > RESOLUTION * g_all {
+            let why = if g_unres > RESOLUTION * g_all {
+                format!(
+                    "{unresolved} element(s) carrying {:.1} % of d{name} could not be judged ({})",
+                    100.0 * g_unres / g_all,
+                    dominant_reason(range.clone().map(|i| judged[i].status))
+                )
+            } else if n_signal > n_round {
+                // Truncation ∝ ε², rounding ∝ 1/ε: the optimum balances them.
+                let e = ev.epsilon * (n_round / (2.0 * n_signal)).cbrt().clamp(1e-3, 0.5);
+                suggestion = Some(e);
+                format!(
+                    "the numeric gradient is only known to {:.2} % (truncation at ε = {} dominates: a smaller ε)",
+                    100.0 * resolution,
+                    py(ev.epsilon)
+                )
+            } else if ev.eval.magnitudes.is_some() {
+                format!(
+                    "the numeric gradient is only known to {:.2} % (rounding dominates: the gradient is too small for {} here)",
+                    100.0 * resolution,
+                    ev.eval.precision
+                )
+            } else {
+                let e = ev.epsilon
+                    * (n_round / (2.0 * n_signal.max(f64::MIN_POSITIVE)))
+                        .cbrt()
+                        .clamp(2.0, 1e3);
+                suggestion = Some(e);
+                format!(
+                    "the numeric gradient is only known to {:.2} % (rounding dominates: ε = {} is too small for the plain arithmetic; the Δ path, --precision f64, has no such limit)",
+                    100.0 * resolution,
+                    py(ev.epsilon)
+                )
+            };
+            (
+                Verdict::Inconclusive,
+                Some(format!(
+                    "{name}: {why}; PASS needs {:.2} %",
+                    100.0 * RESOLUTION
+                )),
+            )
+        } else {
+            (Verdict::Pass, None)
+        };
+        let mut order: Vec<usize> = range.clone().collect();
+        order.sort_by(|&x, &y| excess(y).total_cmp(&excess(x)).then(x.cmp(&y)));
+        let worst = order
+            .into_iter()
+            .take(self.top_k)
+            .map(|i| Worst {
+                index: i,
+                element: layout.element_name(i),
+                analytic: grad[i],
+                numeric: judged[i].numeric,
+                abs_error: (grad[i] - judged[i].numeric).abs(),
+                bound: judged[i].bound,
+                method: judged[i].method,
+                status: judged[i].status,
+                kink: ev.eval.kinks[i] != 0,
+            })
+            .collect();
+        let error_estimate = ev.wide.map(|_| {
+            resolved
+                .iter()
+                .map(|&i| judged[i].truncation)
+                .fold(0.0, f64::max)
+        });
+        (
+            TensorReport {
+                name: name.clone(),
+                shape: [slot.rows, slot.cols],
+                difference: difference(&grad[range.clone()], &approx[range.clone()]),
+                rms_error,
+                verdict,
+                passed: verdict == Verdict::Pass,
+                resolution,
+                max_excess,
+                kinks,
+                one_sided,
+                unresolved,
+                wrong,
+                suspicious,
+                worst,
+                reason,
+                diagnosis: None,
+                error_estimate,
+            },
+            suggestion,
+        )
+    }
+
+    /// [`Rules::judge`] of an evaluation alone (no 2ε evaluation: truncation unknown, so
+    /// the verdict can only be inconclusive; for numbers such as a sweep's points).
     pub fn build_report(
         &self,
         layout: &ParamLayout,
@@ -239,104 +991,44 @@ impl Rules {
         threshold: f64,
         m: usize,
     ) -> Report {
-        self.build_report_with(
+        self.judge(&Evidence {
             layout,
             grad,
             eval,
-            eval.gradapprox(epsilon),
-            None,
+            wide: None,
             epsilon,
             threshold,
             m,
-        )
+            growth: growth(layout),
+        })
     }
+}
 
-    /// [`Rules::build_report`] with the central differences given (`approx`), and
-    /// optionally a per-element error estimate of them (the 4-point stencil's).
-    #[allow(clippy::too_many_arguments)]
-    pub fn build_report_with(
-        &self,
-        layout: &ParamLayout,
-        grad: &[f64],
-        eval: &Evaluation,
-        approx: Vec<f64>,
-        error_estimate: Option<&[f64]>,
-        epsilon: f64,
-        threshold: f64,
-        m: usize,
-    ) -> Report {
-        let counted = |i: usize| self.kinks == KinkPolicy::Include || !eval.kinks[i];
-        let floor = noise_floor(eval.unit_roundoff, eval.cost_scale, epsilon);
-        let mut tensors = Vec::new();
-        for slot in layout.tensors() {
-            let range = slot.range();
-            let idx: Vec<usize> = range.clone().filter(|&i| counted(i)).collect();
-            let (diff, rms) = diff_and_rms(grad, &approx, &idx);
-            let mut worst: Vec<Worst> = range
-                .clone()
-                .map(|i| Worst {
-                    index: i,
-                    element: layout.element_name(i),
-                    analytic: grad[i],
-                    numeric: approx[i],
-                    abs_error: (grad[i] - approx[i]).abs(),
-                    kink: eval.kinks[i],
-                })
-                .collect();
-            worst.sort_by(|x, y| {
-                y.abs_error
-                    .total_cmp(&x.abs_error)
-                    .then(x.index.cmp(&y.index))
-            });
-            worst.truncate(self.top_k);
-            let passed = !rms.is_nan() && (diff <= threshold || rms <= floor);
-            let error_estimate =
-                error_estimate.map(|e| idx.iter().map(|&i| e[i]).fold(0.0, f64::max));
-            tensors.push(TensorReport {
-                error_estimate,
-                name: slot.name.clone(),
-                shape: [slot.rows, slot.cols],
-                difference: diff,
-                rms_error: rms,
-                passed,
-                kinks: range.clone().filter(|&i| eval.kinks[i]).count(),
-                worst,
-                diagnosis: None,
-            });
-        }
-        let all = difference(grad, &approx);
-        let idx: Vec<usize> = (0..grad.len()).filter(|&i| counted(i)).collect();
-        let (counted_diff, rms_all) = diff_and_rms(grad, &approx, &idx);
-        let kinks = eval.kinks.iter().filter(|&&k| k).count();
-        // The same noise-aware rule as per tensor, and then every tensor must pass.
-        let passed = !rms_all.is_nan()
-            && (counted_diff <= threshold || rms_all <= floor)
-            && tensors.iter().all(|t| t.passed);
-        Report {
-            difference: all,
-            difference_counted: counted_diff,
-            passed,
-            threshold,
-            epsilon,
-            noise_floor: floor,
-            backend: eval.backend.clone(),
-            precision: eval.precision.clone(),
-            n_params: grad.len(),
-            m,
-            cost: eval.cost,
-            kinks,
-            kinks_excluded: self.kinks == KinkPolicy::Exclude && kinks > 0,
-            tensors,
-            notes: eval.notes.clone(),
-            timings: Timings::default(),
-            mode: "full".into(),
-            stencil: if error_estimate.is_some() { 4 } else { 2 },
-            fast: None,
-            gradapprox: approx,
-            plus: eval.plus.clone(),
-            minus: eval.minus.clone(),
+/// ε as the reasons print it.
+fn py(x: f64) -> String {
+    format!("{x:e}")
+}
+
+/// The most common reason elements went unjudged, in words.
+fn dominant_reason(statuses: impl Iterator<Item = Status>) -> &'static str {
+    let mut counts = [0usize; 4];
+    for s in statuses {
+        match s {
+            Status::KinkBothSides => counts[0] += 1,
+            Status::KinkWithinTwoEpsilon => counts[1] += 1,
+            Status::NotFinite => counts[2] += 1,
+            Status::StepUnderflow => counts[3] += 1,
+            _ => {}
         }
     }
+    let texts = [
+        "both ±ε steps cross a ReLU kink: a smaller ε separates them",
+        "a ReLU kink lies within 2ε, so the truncation error cannot be estimated: a smaller ε",
+        "the cost is not finite at θ ± ε (a saturated output in the notebook's arithmetic: --precision f64 computes it stably)",
+        "ε is below the resolution of θ: θ ± ε rounds to θ; use a larger ε or --precision f64 (the Δ path takes exact steps)",
+    ];
+    let k = (0..4).max_by_key(|&k| counts[k]).unwrap_or(0);
+    texts[k]
 }
 
 /// The threshold must be a finite number > 0.

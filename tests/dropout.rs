@@ -399,7 +399,7 @@ fn gpu_applies_the_same_masks() {
                 &params,
                 &data,
                 1e-6,
-                Precision::F64,
+                Precision::F64Plain,
                 Default::default(),
             )
             .unwrap();

@@ -129,6 +129,8 @@ fn seed_from_the_notebooks_npz_files() {
             &p(grads),
             "--backend",
             "cpu",
+            "--precision",
+            "f64-plain",
             "--json",
             "-",
         ]);
@@ -151,6 +153,7 @@ fn seed_notebook_gradapprox_element_by_element() {
     let p = gradcheck::examples::seed_problem(false).unwrap();
     let r = gradcheck::GradCheck::new()
         .backend(gradcheck::Backend::Cpu)
+        .precision(gradcheck::Precision::F64Plain)
         .run(&p.model, &p.params, &p.data, &p.grads)
         .unwrap();
     let text = std::fs::read_to_string(seed_dir().join("seed_expected.json")).unwrap();
@@ -205,7 +208,7 @@ fn fast_mode_flags_seed_buggy_and_passes_seed_fixed() {
     ]);
     assert_eq!(code, 1, "{err}");
     let v = json(&out);
-    assert_eq!(v["mode"], "full (after the fast check failed)");
+    assert_eq!(v["mode"], "full (after the fast check did not pass)");
     assert!(!v["fast"]["passed"].as_bool().unwrap());
     check_buggy(&v);
     let (code, out, err) = common::gradcheck(&[

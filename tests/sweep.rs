@@ -22,7 +22,7 @@ fn seed_fixed_sweep_is_a_v_on_the_cpu() {
         &p.data,
         &p.grads,
         &eps,
-        &[Precision::F64],
+        &[Precision::F64Plain],
     )
     .unwrap();
     let c = &s.curves[0];

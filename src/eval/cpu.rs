@@ -290,8 +290,22 @@ pub struct Perturbed {
     pub plus: Vec<f64>,
     /// J(θ − ε·e_i) for each i of the range.
     pub minus: Vec<f64>,
-    /// True where the ±ε step moved some ReLU/leaky-ReLU pre-activation across 0.
-    pub kinks: Vec<bool>,
+    /// Where the +ε step ([`KINK_PLUS`]) or the −ε step ([`KINK_MINUS`]) moved some
+    /// ReLU/leaky-ReLU pre-activation across 0 (bit flags; 0 = smooth both ways).
+    pub kinks: Vec<u8>,
+    /// Δ path only: Σ_j |Δloss_j|/m + |ΔL2| of the +ε and −ε steps, the size of what was
+    /// summed into ΔJ± (their rounding error is a few u of it).
+    pub magnitudes: Option<Vec<[f64; 2]>>,
+}
+
+/// Kink flag: the +ε step crossed a kink.
+pub const KINK_PLUS: u8 = 1;
+/// Kink flag: the −ε step crossed a kink.
+pub const KINK_MINUS: u8 = 2;
+
+/// The kink flags of a perturbation from whether its +ε and −ε steps crossed.
+fn kink_bits(plus: bool, minus: bool) -> u8 {
+    (u8::from(plus) * KINK_PLUS) | (u8::from(minus) * KINK_MINUS)
 }
 
 /// How many threads the CPU evaluator uses.
@@ -331,9 +345,9 @@ pub fn perturbed_costs(
     let one = |s: &mut Scratch, i: usize| {
         let (p, kp) = ctx.eval(s, i, 1.0);
         let (q, kq) = ctx.eval(s, i, -1.0);
-        (p, q, kp || kq)
+        (p, q, kink_bits(kp, kq))
     };
-    let results: Vec<(f64, f64, bool)> = match threads {
+    let results: Vec<(f64, f64, u8)> = match threads {
         Threads::Serial => {
             let mut s = Scratch::default();
             range.map(|i| one(&mut s, i)).collect()
@@ -349,6 +363,7 @@ pub fn perturbed_costs(
         plus: Vec::with_capacity(results.len()),
         minus: Vec::with_capacity(results.len()),
         kinks: Vec::with_capacity(results.len()),
+        magnitudes: None,
     };
     for (p, q, k) in results {
         out.plus.push(p);
@@ -508,6 +523,377 @@ impl Ctx<'_> {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// The Δ path in f64 ("stable" arithmetic): each perturbed stage carries its change from the
+// base pass in a closed form, so ΔJ± = J(θ ± ε·e_i) − J(θ) keep a relative accuracy of a
+// few u of Σ|Δloss_j| whatever ε is (no J± ≈ J to subtract), and saturated outputs
+// (σ(z) = 1 in f64) cost nothing: the losses go through softplus of the logit. The same
+// closed forms as the GPU's (shaders/common.wgsl `act_delta`, shaders/cost.wgsl
+// `sample_loss_delta`), in the host's f64 with std's exp_m1/ln_1p.
+// ---------------------------------------------------------------------------------------
+
+/// softplus(z) = log(1 + e^z), without overflow or cancellation.
+pub fn softplus(z: f64) -> f64 {
+    z.max(0.0) + (-z.abs()).exp().ln_1p()
+}
+
+/// σ(z) without overflow for large |z|.
+fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// 1 − |tanh z| = 2/(1 + e^{2|z|}), without cancellation.
+fn tanh_complement(z: f64) -> f64 {
+    2.0 / (1.0 + (2.0 * z.abs()).exp())
+}
+
+/// g(z0 + dz) − g(z0) without subtracting two nearly equal rounded values.
+pub fn act_delta(g: Activation, z0: f64, dz: f64) -> f64 {
+    let z1 = z0 + dz;
+    match g {
+        Activation::Relu | Activation::LeakyRelu(_) => {
+            if z0 > 0.0 && z1 > 0.0 {
+                dz
+            } else if z0 <= 0.0 && z1 <= 0.0 {
+                g.slope() * dz
+            } else {
+                // A crossing (flagged as a kink): one side is exactly slope·z.
+                g.apply(z1) - g.apply(z0)
+            }
+        }
+        // σ(z + d) − σ(z) = σ(z + d)·σ(−z)·(1 − e^−d).
+        Activation::Sigmoid => sigmoid(z1) * sigmoid(-z0) * (-(-dz).exp_m1()),
+        // tanh a − tanh b = (1 − tanh a·tanh b)·tanh(a − b).
+        Activation::Tanh => {
+            let t0 = z0.tanh();
+            let c = if (z0 >= 0.0) == (z1 >= 0.0) {
+                tanh_complement(z0) + t0.abs() * tanh_complement(z1)
+            } else {
+                1.0 + (t0 * z1.tanh()).abs()
+            };
+            c * dz.tanh()
+        }
+        Activation::Identity | Activation::Softmax => dz,
+    }
+}
+
+/// e^x − 1 − x, accurate for small x.
+fn exp_tail(x: f64) -> f64 {
+    if x.abs() < 1e-3 {
+        x * x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x / 120.0)))
+    } else {
+        x.exp_m1() - x
+    }
+}
+
+/// log(1 + s) − s, accurate for small s.
+fn log1p_tail(s: f64) -> f64 {
+    if s.abs() < 1e-3 {
+        s * s * (-0.5 + s * (1.0 / 3.0 + s * (-0.25 + s * (0.2 - s / 6.0))))
+    } else {
+        s.ln_1p() - s
+    }
+}
+
+/// The loss of one sample through softplus of the logit (BCE) or log-sum-exp (softmax CE):
+/// finite and accurate where the notebook's −log(1 − σ(z)) gives inf (σ(z) = 1 in f64).
+pub fn sample_loss_stable(loss: Loss, out: Activation, z: &[f64], y: &[f64]) -> f64 {
+    match loss {
+        Loss::BinaryCrossEntropy => z
+            .iter()
+            .zip(y)
+            .map(|(&zi, &yi)| yi * softplus(-zi) + (1.0 - yi) * softplus(zi))
+            .sum(),
+        _ => sample_loss(loss, out, z, y),
+    }
+}
+
+/// loss(z0 + Δz) − loss(z0) of one sample in closed forms (the GPU's `sample_loss_delta`).
+pub fn loss_delta(loss: Loss, out: Activation, z0: &[f64], dz: &[f64], y: &[f64]) -> f64 {
+    match loss {
+        // softplus(u + d) − softplus(u) = log1p(σ(u)·expm1(d)).
+        Loss::BinaryCrossEntropy => z0
+            .iter()
+            .zip(dz)
+            .zip(y)
+            .map(|((&z, &d), &y)| {
+                y * (sigmoid(-z) * (-d).exp_m1()).ln_1p()
+                    + (1.0 - y) * (sigmoid(z) * d.exp_m1()).ln_1p()
+            })
+            .sum(),
+        // Δloss = Σ (Y·p_c − y_c)·Δz_c + Y·(Q + log1p_tail(S)), S = Σ p_c·expm1(Δz_c),
+        // Q = Σ p_c·exp_tail(Δz_c), Y = Σ y_c; Y·p_c − y_c from the "others" sums, summed
+        // afresh when one term dominates (exact zeros for one-hot y).
+        Loss::SoftmaxCrossEntropy => {
+            let mx = z0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = z0.iter().map(|z| (z - mx).exp()).collect();
+            let se: f64 = e.iter().sum();
+            let yy: f64 = y.iter().sum();
+            let (mut lin, mut sm, mut q) = (0.0, 0.0, 0.0);
+            for c in 0..z0.len() {
+                let (ec, yc) = (e[c], y[c]);
+                let (mut other_e, mut other_y) = (se - ec, yy - yc);
+                if 2.0 * ec > se || 2.0 * yc > yy {
+                    other_e = (0..z0.len()).filter(|&d| d != c).map(|d| e[d]).sum();
+                    other_y = (0..z0.len()).filter(|&d| d != c).map(|d| y[d]).sum();
+                }
+                lin += (other_y * ec - yc * other_e) / se * dz[c];
+                let pc = ec / se;
+                sm += pc * dz[c].exp_m1();
+                q += pc * exp_tail(dz[c]);
+            }
+            lin + yy * (q + log1p_tail(sm))
+        }
+        // ½(a + Δa − y)² − ½(a − y)² = Δa·((a − y) + Δa/2).
+        Loss::MeanSquaredError => z0
+            .iter()
+            .zip(dz)
+            .zip(y)
+            .map(|((&z, &d), &y)| {
+                let da = act_delta(out, z, d);
+                da * ((out.apply(z) - y) + 0.5 * da)
+            })
+            .sum(),
+    }
+}
+
+/// J(θ) with the losses in their stable forms ([`sample_loss_stable`]).
+pub fn stable_cost(model: &Model, fwd: &Forward, data: &Data) -> f64 {
+    let out = model.depth() - 1;
+    let zl = &fwd.z[out];
+    let losses: Vec<f64> = (0..data.m())
+        .map(|j| {
+            let z: Vec<f64> = zl.column(j).to_vec();
+            let y: Vec<f64> = data.y.column(j).to_vec();
+            sample_loss_stable(model.loss(), model.activation(out), &z, &y)
+        })
+        .collect();
+    total_cost(model, data.m(), &losses, fwd.weight_sumsq)
+}
+
+/// Neumaier's compensated sum.
+#[derive(Default)]
+struct Compensated {
+    sum: f64,
+    carry: f64,
+}
+
+impl Compensated {
+    fn add(&mut self, v: f64) {
+        let t = self.sum + v;
+        if self.sum.abs() >= v.abs() {
+            self.carry += (self.sum - t) + v;
+        } else {
+            self.carry += (v - t) + self.sum;
+        }
+        self.sum = t;
+    }
+    fn value(&self) -> f64 {
+        self.sum + self.carry
+    }
+}
+
+/// Every ΔJ± = J(θ ± ε·e_i) − J(θ), i ∈ `range`, on the Δ path in f64 (see above). The
+/// step is exactly ±ε (not fl(θ_i ± ε) − θ_i), so the central difference divides by 2ε.
+/// `cost` is the stable J(θ).
+pub fn perturbed_deltas(
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    epsilon: f64,
+    range: Range<usize>,
+    threads: Threads,
+) -> Result<Perturbed> {
+    if range.end > model.n_params() || range.start > range.end {
+        return Err(Error::Config(format!(
+            "parameter range {range:?} is outside 0..{}",
+            model.n_params()
+        )));
+    }
+    let fwd = forward(model, params, data);
+    let ctx = Ctx {
+        model,
+        params,
+        data,
+        fwd: &fwd,
+        epsilon,
+    };
+    let one = |s: &mut Scratch, i: usize| {
+        let (p, mp, kp) = ctx.eval_delta(s, i, 1.0);
+        let (q, mq, kq) = ctx.eval_delta(s, i, -1.0);
+        (
+            p,
+            q,
+            kink_bits(kp, kq),
+            [mp, mq],
+        )
+    };
+    let results: Vec<(f64, f64, u8, [f64; 2])> = match threads {
+        Threads::Serial => {
+            let mut s = Scratch::default();
+            range.map(|i| one(&mut s, i)).collect()
+        }
+        Threads::Parallel => range
+            .into_par_iter()
+            .with_min_len(64)
+            .map_init(Scratch::default, one)
+            .collect(),
+    };
+    let mut mags = Vec::with_capacity(results.len());
+    let mut out = Perturbed {
+        cost: stable_cost(model, &fwd, data),
+        plus: Vec::with_capacity(results.len()),
+        minus: Vec::with_capacity(results.len()),
+        kinks: Vec::with_capacity(results.len()),
+        magnitudes: None,
+    };
+    for (p, q, k, mag) in results {
+        out.plus.push(p);
+        out.minus.push(q);
+        out.kinks.push(k);
+        mags.push(mag);
+    }
+    out.magnitudes = Some(mags);
+    Ok(out)
+}
+
+impl Ctx<'_> {
+    /// ΔJ of the step sign·ε·e_i, the magnitude Σ|Δloss_j|/m + |ΔL2| summed into it, and
+    /// whether the step crossed a kink.
+    fn eval_delta(&self, s: &mut Scratch, i: usize, sign: f64) -> (f64, f64, bool) {
+        let (model, fwd, data) = (self.model, self.fwd, self.data);
+        let layout = model.layout();
+        let pos = layout.locate(i).expect("index in range");
+        let slot = &layout.tensors()[pos.tensor];
+        let (l, r) = (slot.layer, pos.row);
+        let depth = model.depth();
+        let m = data.m();
+        let d = sign * self.epsilon;
+        let mut kink = false;
+        let input = if l == 0 {
+            data.x.view()
+        } else {
+            fwd.a[l - 1].view()
+        };
+        let g = model.activation(l);
+        let ny = model.sizes()[depth];
+        // ΔZ_l[r, j] for the samples it moves.
+        s.cols.clear();
+        s.vals.clear();
+        for j in 0..m {
+            let dz = match slot.kind {
+                TensorKind::Weight => d * input[[pos.col, j]],
+                TensorKind::Bias => d,
+            };
+            if dz != 0.0 {
+                let z0 = fwd.z[l][[r, j]];
+                kink |= crosses(g, z0, z0 + dz) && mask_at(data, l, r, j) != 0.0;
+                s.cols.push(j);
+                s.vals.push(dz);
+            }
+        }
+        // s.cur holds, per moved sample, the output layer's ΔZ column (ny values).
+        s.cur.clear();
+        if l + 1 == depth {
+            for &dz in &s.vals {
+                let at = s.cur.len();
+                s.cur.resize(at + ny, 0.0);
+                s.cur[at + r] = dz;
+            }
+        } else {
+            // ΔA_l[r, j], keeping the samples whose activation really moved.
+            let mut keep = 0;
+            for k in 0..s.cols.len() {
+                let j = s.cols[k];
+                let da = act_delta(g, fwd.z[l][[r, j]], s.vals[k]) * mask_at(data, l, r, j);
+                if da != 0.0 {
+                    s.cols[keep] = j;
+                    s.vals[keep] = da;
+                    keep += 1;
+                }
+            }
+            s.cols.truncate(keep);
+            s.vals.truncate(keep);
+            // Layer l+1: ΔZ = W[:, r]·ΔA_l[r, j] (rank 1).
+            let p = l + 1;
+            let np = model.sizes()[p + 1];
+            let w = self.params.weight(p);
+            let gp = model.activation(p);
+            for (&j, &da) in s.cols.iter().zip(&s.vals) {
+                for ii in 0..np {
+                    let dz = w[[ii, r]] * da;
+                    let z0 = fwd.z[p][[ii, j]];
+                    kink |= crosses(gp, z0, z0 + dz) && mask_at(data, p, ii, j) != 0.0;
+                    s.cur.push(dz);
+                }
+            }
+            // Later layers: ΔA = g(Z + ΔZ) − g(Z), ΔZ_q = W_q·ΔA (no bias).
+            let mut width = np;
+            for q in p + 1..depth {
+                let gq = model.activation(q - 1);
+                for (k, &j) in s.cols.iter().enumerate() {
+                    for (ii, v) in s.cur[k * width..(k + 1) * width].iter_mut().enumerate() {
+                        *v = act_delta(gq, fwd.z[q - 1][[ii, j]], *v) * mask_at(data, q - 1, ii, j);
+                    }
+                }
+                let wq = self.params.weight(q);
+                let nq = model.sizes()[q + 1];
+                let gnext = model.activation(q);
+                s.next.clear();
+                for k in 0..s.cols.len() {
+                    let j = s.cols[k];
+                    let a = &s.cur[k * width..(k + 1) * width];
+                    for ii in 0..nq {
+                        let mut acc = 0.0;
+                        for (t, &wt) in wq.row(ii).iter().enumerate() {
+                            acc = wt.mul_add(a[t], acc);
+                        }
+                        let z0 = fwd.z[q][[ii, j]];
+                        kink |= crosses(gnext, z0, z0 + acc) && mask_at(data, q, ii, j) != 0.0;
+                        s.next.push(acc);
+                    }
+                }
+                std::mem::swap(&mut s.cur, &mut s.next);
+                width = nq;
+            }
+        }
+        // Per-sample loss changes, summed with compensation in sample order.
+        let gout = model.activation(depth - 1);
+        let mut sum = Compensated::default();
+        let mut mag = 0.0;
+        for (k, &j) in s.cols.iter().enumerate() {
+            s.zcol.clear();
+            s.zcol.extend(fwd.z[depth - 1].column(j).iter());
+            s.ycol.clear();
+            s.ycol.extend(data.y.column(j).iter());
+            let dl = loss_delta(
+                model.loss(),
+                gout,
+                &s.zcol,
+                &s.cur[k * ny..(k + 1) * ny],
+                &s.ycol,
+            );
+            sum.add(dl);
+            mag += dl.abs();
+        }
+        let inv_m = 1.0 / m as f64;
+        let mut dj = sum.value() * inv_m;
+        mag *= inv_m;
+        if slot.kind == TensorKind::Weight && model.l2() != 0.0 {
+            let th = self.params.as_slice()[i];
+            let dl2 = model.l2() / (2.0 * m as f64) * d * (2.0 * th + d);
+            dj += dl2;
+            mag += dl2.abs();
+        }
+        (dj, mag, kink)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,7 +1004,7 @@ mod tests {
             )
             .unwrap();
             for i in 0..model.n_params() {
-                if pc.kinks[i] {
+                if pc.kinks[i] != 0 {
                     continue;
                 }
                 let num = (pc.plus[i] - pc.minus[i]) / (2.0 * eps);

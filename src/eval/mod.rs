@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::model::{Data, Model, Params};
 
-pub use cpu::Threads;
+pub use cpu::{KINK_MINUS, KINK_PLUS, Threads};
 
 /// Which evaluator computes the J±.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -30,16 +30,25 @@ pub enum Backend {
     Gpu,
 }
 
-/// Floating-point precision of the GPU evaluation (the CPU is always f64).
+/// Floating-point precision and arithmetic of the evaluation. The "plain" ones compute
+/// J± themselves and subtract them (the notebook's arithmetic); the others carry every
+/// stage's change from the base pass in closed forms (the Δ path), so ΔJ± keep a relative
+/// accuracy of a few units of the precision whatever ε is, and saturated outputs cost
+/// nothing. The CPU evaluates f64 and f64-plain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Precision {
-    /// f64 where the adapter has SHADER_F64, f32 otherwise.
+    /// f64 on the CPU and on adapters with SHADER_F64, f32 on other GPUs (Δ path both).
     #[serde(rename = "auto")]
     Auto,
-    /// f64 shaders (own exp/log; needs SHADER_F64).
+    /// The Δ path in f64 (GPU: own exp/log, needs SHADER_F64).
     #[serde(rename = "f64")]
     F64,
+    /// The notebook's arithmetic in f64: J± literally (−log(1 − σ(z)), FMA dot products in
+    /// index order), subtracted; what reproduces the notebook's digits.
+    #[cfg_attr(feature = "cli", value(name = "f64-plain"))]
+    #[serde(rename = "f64-plain")]
+    F64Plain,
     /// f32 shaders that evaluate ΔJ± = J(θ ± ε·e_i) − J(θ) directly, every stage carrying
     /// its change from the base pass in a closed form without cancellation: verdicts as
     /// sharp as f64's on hardware without f64.
@@ -58,6 +67,7 @@ impl Precision {
         match self {
             Precision::Auto => "auto",
             Precision::F64 => "f64",
+            Precision::F64Plain => "f64-plain",
             Precision::F32 => "f32",
             Precision::F32Plain => "f32-plain",
         }
@@ -79,11 +89,20 @@ pub struct Evaluation {
     /// The size of the numbers whose rounding makes the noise in J±: per-sample loss
     /// magnitude Σ|loss_j|/m + L2 term; on the Δ path the RMS over i of Σ_j|Δloss_j|/m.
     pub cost_scale: f64,
-    /// Whether the ±ε step of parameter i crossed a ReLU/leaky-ReLU kink.
-    pub kinks: Vec<bool>,
+    /// Whether the +ε step ([`KINK_PLUS`]) or the −ε step ([`KINK_MINUS`]) of parameter i
+    /// moved some ReLU/leaky-ReLU pre-activation across 0 (bit flags).
+    pub kinks: Vec<u8>,
+    /// Δ paths: per parameter, Σ_j|Δloss_j|/m + |ΔL2| of the +ε and −ε steps — the size of
+    /// what was summed into ΔJ±, whose rounding error is a few units of the precision of
+    /// it. `None` on plain paths, whose J± carry the rounding of the whole cost
+    /// (`cost_scale`).
+    pub magnitudes: Option<Vec<[f64; 2]>>,
+    /// Plain f64: |h_i − 2ε|/(2ε), where h_i = fl(θ_i + ε) − fl(θ_i − ε) is the step really
+    /// taken and 2ε the one divided by (as the notebook does); 1 when the step moved nothing.
+    pub step_errors: Option<Vec<f64>>,
     /// "cpu" or "gpu (adapter name)".
     pub backend: String,
-    /// "f64", "f32" or "f32-plain".
+    /// "f64", "f64-plain", "f32" or "f32-plain".
     pub precision: String,
     /// Unit roundoff of the precision the J± were computed in.
     pub unit_roundoff: f64,
@@ -140,18 +159,19 @@ pub trait Evaluator {
         range: Range<usize>,
     ) -> Result<Evaluation>;
 
-    /// The precision its J± will be in ("f64", "f32" or "f32-plain"), known before
-    /// evaluating so that the matching defaults can be chosen.
+    /// The precision its J± will be in ("f64", "f64-plain", "f32" or "f32-plain"), known
+    /// before evaluating so that the matching defaults can be chosen.
     fn precision(&self) -> &'static str;
 }
 
-/// The CPU f64 reference as an [`Evaluator`].
+/// The CPU f64 reference as an [`Evaluator`]: the Δ path (`f64`, the default) or the
+/// notebook's arithmetic (`f64-plain`).
 #[derive(Debug, Clone, Copy)]
 pub struct CpuEvaluator {
     /// Serial or on all cores (same bits either way).
     pub threads: Threads,
-    /// Why the CPU was chosen when it was not asked for (a note in the report).
-    pub note: Option<&'static str>,
+    /// F64Plain for the notebook's arithmetic; anything else evaluates the f64 Δ path.
+    pub precision: Precision,
 }
 
 impl Evaluator for CpuEvaluator {
@@ -165,39 +185,71 @@ impl Evaluator for CpuEvaluator {
     ) -> Result<Evaluation> {
         validate_epsilon(epsilon)?;
         let n = model.n_params();
-        let p = cpu::perturbed_costs(model, params, data, epsilon, range.clone(), self.threads)?;
+        let plain = self.precision == Precision::F64Plain;
+        let p = if plain {
+            cpu::perturbed_costs(model, params, data, epsilon, range.clone(), self.threads)?
+        } else {
+            cpu::perturbed_deltas(model, params, data, epsilon, range.clone(), self.threads)?
+        };
         // Full-length vectors: NaN (and no kink) outside the range.
         let mut plus = vec![f64::NAN; n];
         let mut minus = vec![f64::NAN; n];
-        let mut kinks = vec![false; n];
+        let mut kinks = vec![0; n];
         plus[range.clone()].copy_from_slice(&p.plus);
         minus[range.clone()].copy_from_slice(&p.minus);
         kinks[range.clone()].copy_from_slice(&p.kinks);
+        let magnitudes = p.magnitudes.map(|m| {
+            let mut all = vec![[f64::NAN; 2]; n];
+            all[range.clone()].copy_from_slice(&m);
+            all
+        });
+        let mut notes = Vec::new();
+        if matches!(self.precision, Precision::F32 | Precision::F32Plain) {
+            notes.push(format!(
+                "--precision {} applies to the GPU; the CPU evaluated the f64 Δ path",
+                self.precision.label()
+            ));
+        }
         Ok(Evaluation {
             cost: p.cost,
             plus,
             minus,
-            deltas: false,
+            deltas: !plain,
             cost_scale: cost_scale(model, params, data),
             kinks,
+            magnitudes,
+            step_errors: plain.then(|| nominal_step_errors(params.as_slice(), epsilon)),
             backend: "cpu".into(),
-            precision: "f64".into(),
+            precision: if plain { "f64-plain" } else { "f64" }.into(),
             unit_roundoff: f64::EPSILON / 2.0,
             steps: None,
-            notes: self.note.map(String::from).into_iter().collect(),
+            notes,
         })
     }
 
     fn precision(&self) -> &'static str {
-        "f64"
+        if self.precision == Precision::F64Plain {
+            "f64-plain"
+        } else {
+            "f64"
+        }
     }
 }
 
-/// Tries the GPU, and falls back to the CPU (with a note saying why) when the GPU
-/// backend cannot do the job: `--backend auto`.
+/// |h_i − 2ε|/(2ε) for h_i = fl(θ_i + ε) − fl(θ_i − ε): how far the step really taken in
+/// f64 is from the 2ε the notebook divides by (1 when ε is below θ_i's resolution).
+pub fn nominal_step_errors(theta: &[f64], epsilon: f64) -> Vec<f64> {
+    theta
+        .iter()
+        .map(|&t| (((t + epsilon) - (t - epsilon)) - 2.0 * epsilon).abs() / (2.0 * epsilon))
+        .collect()
+}
+
+/// A real GPU, falling back to the CPU (with a note saying why) when the GPU backend
+/// cannot do the job (buffer limits, no f64, device lost): `--backend auto`.
 #[cfg(feature = "gpu")]
 struct GpuOrCpu {
-    gpu: Result<gpu::GpuEvaluator>,
+    gpu: gpu::GpuEvaluator,
     cpu: CpuEvaluator,
 }
 
@@ -211,62 +263,103 @@ impl Evaluator for GpuOrCpu {
         epsilon: f64,
         range: Range<usize>,
     ) -> Result<Evaluation> {
-        let why = match &self.gpu {
-            Ok(g) => match g.evaluate(model, params, data, epsilon, range.clone()) {
-                Err(Error::Gpu(why)) => why,
-                other => return other,
-            },
-            Err(Error::Gpu(why)) => why.clone(),
-            Err(e) => return Err(Error::Config(e.to_string())),
-        };
-        let mut e = self.cpu.evaluate(model, params, data, epsilon, range)?;
-        e.notes.push(format!(
-            "GPU unavailable ({why}); fell back to the CPU f64 evaluator"
-        ));
+        match self
+            .gpu
+            .evaluate(model, params, data, epsilon, range.clone())
+        {
+            Err(Error::Gpu(why)) => {
+                let mut e = self.cpu.evaluate(model, params, data, epsilon, range)?;
+                e.notes.push(format!(
+                    "the GPU could not do it ({why}); fell back to the CPU {} evaluator",
+                    e.precision
+                ));
+                Ok(e)
+            }
+            other => other,
+        }
+    }
+
+    fn precision(&self) -> &'static str {
+        self.gpu.precision()
+    }
+}
+
+/// An evaluator with a note for the report (why it was chosen).
+struct Noted<E> {
+    inner: E,
+    note: String,
+}
+
+impl<E: Evaluator> Evaluator for Noted<E> {
+    fn evaluate(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilon: f64,
+        range: Range<usize>,
+    ) -> Result<Evaluation> {
+        let mut e = self.inner.evaluate(model, params, data, epsilon, range)?;
+        e.notes.push(self.note.clone());
         Ok(e)
     }
 
     fn precision(&self) -> &'static str {
-        match &self.gpu {
-            Ok(g) => g.precision(),
-            Err(_) => "f64",
-        }
+        self.inner.precision()
     }
 }
 
 /// The evaluator a backend choice stands for. `adapter` picks a GPU adapter by name.
+///
+/// `auto` takes a real GPU when there is one, and the CPU otherwise — also when the only
+/// adapter is a software one (Mesa's llvmpipe emulates a GPU on these same cores, 14–30×
+/// slower than the native CPU evaluator); naming it with `adapter` or `--backend gpu`
+/// still uses it. The report says which was chosen and why.
 pub fn evaluator(
     backend: Backend,
     precision: Precision,
     adapter: Option<&str>,
     threads: Threads,
 ) -> Result<Box<dyn Evaluator>> {
-    let cpu = CpuEvaluator {
-        threads,
-        note: None,
+    let cpu = CpuEvaluator { threads, precision };
+    let on_cpu = |why: String| -> Box<dyn Evaluator> {
+        Box::new(Noted {
+            inner: cpu,
+            note: why,
+        })
     };
     #[cfg(feature = "gpu")]
     {
-        let gpu = || gpu::GpuEvaluator::new(adapter, precision);
         match backend {
             Backend::Cpu => Ok(Box::new(cpu)),
-            Backend::Gpu => Ok(Box::new(gpu()?)),
-            Backend::Auto => Ok(Box::new(GpuOrCpu { gpu: gpu(), cpu })),
+            Backend::Gpu => Ok(Box::new(gpu::GpuEvaluator::new(adapter, precision)?)),
+            Backend::Auto => match gpu::GpuEvaluator::new(adapter, precision) {
+                Err(e) => Ok(on_cpu(format!(
+                    "no usable GPU ({}): evaluated on the CPU",
+                    e.to_string().trim_start_matches("gpu: ")
+                ))),
+                Ok(g) if g.context.is_software() && adapter.is_none() => Ok(on_cpu(format!(
+                    "the only GPU adapter, {}, is a software emulator running on the CPU \
+                     (slower than the native CPU evaluator): evaluated on the CPU \
+                     (--backend gpu uses it anyway)",
+                    g.context.adapter_name()
+                ))),
+                Ok(g) => Ok(Box::new(GpuOrCpu { gpu: g, cpu })),
+            },
         }
     }
     #[cfg(not(feature = "gpu"))]
     {
-        let _ = (precision, adapter);
+        let _ = adapter;
         match backend {
             Backend::Cpu => Ok(Box::new(cpu)),
             Backend::Gpu => Err(Error::Gpu(
                 "this build of gradcheck has no GPU backend (built without the `gpu` feature)"
                     .into(),
             )),
-            Backend::Auto => Ok(Box::new(CpuEvaluator {
-                threads,
-                note: Some("built without the `gpu` feature: evaluated on the CPU"),
-            })),
+            Backend::Auto => Ok(on_cpu(
+                "built without the `gpu` feature: evaluated on the CPU".into(),
+            )),
         }
     }
 }
@@ -310,12 +403,14 @@ pub fn check_fn<F: FnMut(&[f64]) -> f64>(
     Ok(Evaluation {
         cost,
         cost_scale: cost.abs(),
-        kinks: vec![false; t.len()],
+        kinks: vec![0; t.len()],
+        magnitudes: None,
+        step_errors: Some(nominal_step_errors(theta, epsilon)),
         plus,
         minus,
         deltas: false,
         backend: "cpu".into(),
-        precision: "f64".into(),
+        precision: "f64-plain".into(),
         unit_roundoff: f64::EPSILON / 2.0,
         steps: None,
         notes: Vec::new(),

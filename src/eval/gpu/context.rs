@@ -180,6 +180,11 @@ impl GpuContext {
         &self.info.name
     }
 
+    /// Whether the adapter is a software one (a GPU emulated on the CPU, e.g. llvmpipe).
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
     /// Whether f64 shaders are available.
     pub fn has_f64(&self) -> bool {
         self.has_f64

@@ -37,7 +37,7 @@ impl GpuContext {
     ) -> Result<Evaluation> {
         validate_epsilon(epsilon)?;
         let precision = match precision {
-            Precision::F64 if !self.has_f64 => {
+            Precision::F64 | Precision::F64Plain if !self.has_f64 => {
                 return Err(Error::Gpu(format!(
                     "{} has no SHADER_F64; use --precision f32",
                     self.info.name
@@ -47,8 +47,8 @@ impl GpuContext {
             Precision::Auto => Precision::F32,
             p => p,
         };
-        let use_f64 = precision == Precision::F64;
-        let delta = precision == Precision::F32;
+        let use_f64 = matches!(precision, Precision::F64 | Precision::F64Plain);
+        let delta = matches!(precision, Precision::F64 | Precision::F32);
         let plan = Plan::new(
             model,
             data,
@@ -65,7 +65,8 @@ impl GpuContext {
         }
         let fwd = cpu::forward(model, params, data);
         let (mut out, steps) = if use_f64 {
-            let out = self.run::<f64>(model, params, data, epsilon, &plan, &fwd, false)?;
+            // f64 Δ: the step is exactly ±ε·x; plain: divided by 2ε as the notebook does.
+            let out = self.run::<f64>(model, params, data, epsilon, &plan, &fwd, delta)?;
             (out, None)
         } else {
             let out = self.run::<f32>(model, params, data, epsilon, &plan, &fwd, delta)?;
@@ -88,13 +89,24 @@ impl GpuContext {
             out.plus[i] = f64::NAN;
             out.minus[i] = f64::NAN;
         }
-        let cost_scale = match &out.magnitudes {
+        let magnitudes = out.magnitudes.map(|mag| {
+            (0..model.n_params())
+                .map(|i| {
+                    if range.contains(&i) {
+                        [mag[2 * i], mag[2 * i + 1]]
+                    } else {
+                        [f64::NAN; 2]
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let cost_scale = match &magnitudes {
             // RMS over the evaluated i of Σ_j|Δloss_j|/m, averaged over ±.
             Some(mag) if !range.is_empty() => {
                 let sq: f64 = range
                     .clone()
                     .map(|i| {
-                        let a = 0.5 * (mag[2 * i] + mag[2 * i + 1]);
+                        let a = 0.5 * (mag[i][0] + mag[i][1]);
                         a * a
                     })
                     .sum();
@@ -102,13 +114,22 @@ impl GpuContext {
             }
             _ => cpu::noise_scale(model, &fwd, data),
         };
+        let plain_f64 = precision == Precision::F64Plain;
         Ok(Evaluation {
-            cost: fwd.cost,
+            // The Δ paths' J(θ) through softplus / log-sum-exp (finite when σ(z) = 1).
+            cost: if delta {
+                cpu::stable_cost(model, &fwd, data)
+            } else {
+                fwd.cost
+            },
             plus: out.plus,
             minus: out.minus,
             deltas: delta,
             cost_scale,
             kinks: out.kinks,
+            magnitudes,
+            step_errors: plain_f64
+                .then(|| crate::eval::nominal_step_errors(params.as_slice(), epsilon)),
             backend: format!("gpu ({})", self.info.name),
             precision: precision.label().into(),
             unit_roundoff: if use_f64 {
@@ -381,7 +402,8 @@ impl GpuContext {
         Ok(RunOutput {
             plus: (0..n).map(|i| vals[2 * i].to_f64()).collect(),
             minus: (0..n).map(|i| vals[2 * i + 1].to_f64()).collect(),
-            kinks: flags.iter().take(n).map(|&f| f != 0).collect(),
+            // Bit 0: the +ε step crossed a kink, bit 1: the −ε step (shaders' flag_kink).
+            kinks: flags.iter().take(n).map(|&f| f as u8).collect(),
             magnitudes: delta.then(|| vals[2 * n..4 * n].iter().map(|v| v.to_f64()).collect()),
         })
     }
@@ -391,7 +413,7 @@ impl GpuContext {
 struct RunOutput {
     plus: Vec<f64>,
     minus: Vec<f64>,
-    kinks: Vec<bool>,
+    kinks: Vec<u8>,
     /// Δ path: Σ_j|Δloss_j|/m of every perturbation (2i plus, 2i + 1 minus).
     magnitudes: Option<Vec<f64>>,
 }
