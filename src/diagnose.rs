@@ -142,8 +142,16 @@ fn close(x: f64, y: f64) -> bool {
 }
 
 /// Diagnoses one failing tensor from its analytic (`a`) and numeric (`n`) gradients.
-/// `m` is the number of samples (to recognise a missing or doubled 1/m).
-pub fn diagnose_tensor(slot: &TensorSlot, a: &[f64], n: &[f64], m: usize) -> Option<Diagnosis> {
+/// `m` is the number of samples (to recognise a missing or doubled 1/m); `resolution` the
+/// relative error of the numeric gradient (a factor is called m only within it). A single
+/// element shows no pattern: it gets no factor.
+pub fn diagnose_tensor(
+    slot: &TensorSlot,
+    a: &[f64],
+    n: &[f64],
+    m: usize,
+    resolution: f64,
+) -> Option<Diagnosis> {
     let gname = format!("d{}", slot.name);
     let bad = a.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
@@ -163,6 +171,21 @@ pub fn diagnose_tensor(slot: &TensorSlot, a: &[f64], n: &[f64], m: usize) -> Opt
             ),
         });
     }
+    // Equal to m (or 1/m) within what the numeric gradient resolves, not just within the
+    // fit tolerance: a factor of 3.02 with m = 3 is a scaling, not a missing 1/m.
+    let exactly = |c: f64, want: f64| {
+        (c - want).abs() <= (4.0 * resolution).clamp(1e-9, FIT_TOLERANCE) * want.abs()
+    };
+    if a.len() == 1 && nn > 0.0 {
+        return Some(Diagnosis {
+            kind: MistakeKind::Elementwise,
+            factor: None,
+            message: format!(
+                "{gname} = {:.6e} where the numeric gradient is {:.6e} (one element shows no pattern)",
+                a[0], n[0]
+            ),
+        });
+    }
     if nn > 0.0 {
         // Least-squares factor c minimising ‖a − c·n‖.
         let c = a.iter().zip(n).map(|(x, y)| x * y).sum::<f64>() / (nn * nn);
@@ -173,14 +196,14 @@ pub fn diagnose_tensor(slot: &TensorSlot, a: &[f64], n: &[f64], m: usize) -> Opt
                     MistakeKind::SignFlipped,
                     format!("{gname} has the wrong sign (−1 × the numeric gradient)"),
                 )
-            } else if m > 1 && close(c, mf) {
+            } else if m > 1 && exactly(c, mf) {
                 (
                     MistakeKind::MissingAveraging,
                     format!(
                         "{gname} is {c:.3} × the numeric gradient = m: the 1/m averaging is missing"
                     ),
                 )
-            } else if m > 1 && close(c, 1.0 / mf) {
+            } else if m > 1 && exactly(c, 1.0 / mf) {
                 (
                     MistakeKind::DoubledAveraging,
                     format!(
@@ -254,7 +277,7 @@ pub fn diagnose_report(report: &mut Report, layout: &ParamLayout, grad: &[f64], 
     for (t, slot) in report.tensors.iter_mut().zip(layout.tensors()) {
         if t.verdict == Verdict::Fail {
             let r = slot.range();
-            t.diagnosis = diagnose_tensor(slot, &grad[r.clone()], &approx[r], m);
+            t.diagnosis = diagnose_tensor(slot, &grad[r.clone()], &approx[r], m, t.resolution);
         }
     }
     let approx = std::mem::take(&mut report.gradapprox);
@@ -324,31 +347,31 @@ mod tests {
         let s = slot(3, 3);
         let n = numeric(9);
         let scaled: Vec<f64> = n.iter().map(|v| 2.0 * v).collect();
-        let d = diagnose_tensor(&s, &scaled, &n, 5).unwrap();
+        let d = diagnose_tensor(&s, &scaled, &n, 5, 1e-12).unwrap();
         assert_eq!(d.kind, MistakeKind::Scaled);
         assert!((d.factor.unwrap() - 2.0).abs() < 1e-12);
         let neg: Vec<f64> = n.iter().map(|v| -v).collect();
         assert_eq!(
-            diagnose_tensor(&s, &neg, &n, 5).unwrap().kind,
+            diagnose_tensor(&s, &neg, &n, 5, 1e-12).unwrap().kind,
             MistakeKind::SignFlipped
         );
         let by_m: Vec<f64> = n.iter().map(|v| 5.0 * v).collect();
         assert_eq!(
-            diagnose_tensor(&s, &by_m, &n, 5).unwrap().kind,
+            diagnose_tensor(&s, &by_m, &n, 5, 1e-12).unwrap().kind,
             MistakeKind::MissingAveraging
         );
         let t: Vec<f64> = (0..9).map(|i| n[(i % 3) * 3 + i / 3]).collect();
         assert_eq!(
-            diagnose_tensor(&s, &t, &n, 5).unwrap().kind,
+            diagnose_tensor(&s, &t, &n, 5, 1e-12).unwrap().kind,
             MistakeKind::Transposed
         );
         assert_eq!(
-            diagnose_tensor(&s, &[0.0; 9], &n, 5).unwrap().kind,
+            diagnose_tensor(&s, &[0.0; 9], &n, 5, 1e-12).unwrap().kind,
             MistakeKind::AllZero
         );
         let mut one = n.clone();
         one[4] += 1.0;
-        let d = diagnose_tensor(&s, &one, &n, 5).unwrap();
+        let d = diagnose_tensor(&s, &one, &n, 5, 1e-12).unwrap();
         assert_eq!(d.kind, MistakeKind::Elementwise);
         assert!(
             d.message.contains("1 of 9") && d.message.contains("rows 1; columns 1"),
@@ -358,7 +381,7 @@ mod tests {
         let mut nan = n.clone();
         nan[0] = f64::NAN;
         assert_eq!(
-            diagnose_tensor(&s, &nan, &n, 5).unwrap().kind,
+            diagnose_tensor(&s, &nan, &n, 5, 1e-12).unwrap().kind,
             MistakeKind::NotFinite
         );
     }

@@ -256,8 +256,13 @@ pub fn backprop_with(
             dw.scaled_add(model.l2() / m, &params.weight(l));
         }
         let db = dz.sum_axis(Axis(1)) * (1.0 / m);
-        values[layout.weight(l).range()].copy_from_slice(dw.as_slice().expect("standard layout"));
-        values[layout.bias(l).range()].copy_from_slice(db.as_slice().expect("standard layout"));
+        // Row-major whatever layout ndarray's product chose (m = 1 gives column-major).
+        for (v, d) in values[layout.weight(l).range()].iter_mut().zip(dw.iter()) {
+            *v = *d;
+        }
+        for (v, d) in values[layout.bias(l).range()].iter_mut().zip(db.iter()) {
+            *v = *d;
+        }
         if l > 0 {
             let g = model.activation(l - 1);
             let mut da = params.weight(l).t().dot(&dz);
@@ -726,12 +731,7 @@ pub fn perturbed_deltas(
     let one = |s: &mut Scratch, i: usize| {
         let (p, mp, kp) = ctx.eval_delta(s, i, 1.0);
         let (q, mq, kq) = ctx.eval_delta(s, i, -1.0);
-        (
-            p,
-            q,
-            kink_bits(kp, kq),
-            [mp, mq],
-        )
+        (p, q, kink_bits(kp, kq), [mp, mq])
     };
     let results: Vec<(f64, f64, u8, [f64; 2])> = match threads {
         Threads::Serial => {

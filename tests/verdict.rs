@@ -1,0 +1,543 @@
+//! The verdict is never a lie: every class of case that used to print a false PASS or a
+//! false FAIL, planted on nets built here, in both directions — correct gradients never
+//! FAIL, wrong ones (1 % or more) never PASS — on the CPU in both f64 arithmetics, and on
+//! the GPU in every precision. Where a test allows INCONCLUSIVE it says why no central
+//! difference could decide. The oracle is the built-in backprop (itself checked against
+//! closed forms in eval::cpu's tests) and the planted factor.
+
+mod common;
+
+use gradcheck::check::{Backend, GradCheck, Precision, Verdict};
+use gradcheck::eval::cpu;
+use gradcheck::examples::random_problem;
+use gradcheck::rng::Rng;
+use gradcheck::{Data, Grads, Loss, Model, ModelSpec, Params};
+use ndarray::Array2;
+
+/// One check on the CPU at `eps` (`None`: the precision's default).
+fn cpu_check(
+    precision: Precision,
+    eps: Option<f64>,
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    grads: &Grads,
+) -> gradcheck::Report {
+    let mut gc = GradCheck::new().backend(Backend::Cpu).precision(precision);
+    gc.epsilon = eps;
+    gc.run(model, params, data, grads).unwrap()
+}
+
+/// `g` with tensor `name` multiplied by `f`.
+fn scaled(g: &Grads, name: &str, f: f64) -> Grads {
+    let mut g = g.clone();
+    let r = tensor_range(&g, name);
+    g.as_mut_slice()[r].iter_mut().for_each(|v| *v *= f);
+    g
+}
+
+fn tensor_range(g: &Grads, name: &str) -> std::ops::Range<usize> {
+    g.layout()
+        .tensors()
+        .iter()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no tensor {name}"))
+        .range()
+}
+
+/// A logistic unit σ(w·x + b) with BCE: samples' pre-activations are w·x_j + 1; the first
+/// sample sits at `z` with y = 0 (confidently wrong), the `extra` others are ordinary.
+fn logistic(z: f64, extra: usize) -> (Model, Params, Data) {
+    let spec = ModelSpec {
+        layers: vec![1, 1],
+        activations: vec!["sigmoid".parse().unwrap()],
+        loss: Loss::BinaryCrossEntropy,
+        l2: 0.0,
+        dropout: None,
+    };
+    let model = Model::new(spec).unwrap();
+    let params = Params::new(model.layout().clone(), vec![z - 1.0, 1.0]).unwrap();
+    let m = 1 + extra;
+    let x = Array2::from_shape_fn(
+        (1, m),
+        |(_, j)| {
+            if j == 0 { 1.0 } else { 0.3 * j as f64 - 0.5 }
+        },
+    );
+    let y = Array2::from_shape_fn((1, m), |(_, j)| f64::from(u8::from(j % 2 == 1)));
+    let data = Data::new(&model, x, y).unwrap();
+    (model, params, data)
+}
+
+fn planted_bugs(g: &Grads) -> Vec<(&'static str, Grads)> {
+    vec![
+        ("dW1 zeroed", scaled(g, "W1", 0.0)),
+        ("dW1 negated", scaled(g, "W1", -1.0)),
+        ("dW1 × 10", scaled(g, "W1", 10.0)),
+        ("dW1 × 2", scaled(g, "W1", 2.0)),
+        ("db1 × 1.01", scaled(g, "b1", 1.01)),
+    ]
+}
+
+#[test]
+fn saturated_outputs_are_decided_by_the_delta_path_and_never_lie_in_plain_f64() {
+    for (z, extra) in [(31.0, 0), (40.0, 0), (31.0, 5), (40.0, 5), (5.0, 3)] {
+        let (model, params, data) = logistic(z, extra);
+        let good = cpu::backprop(&model, &params, &data);
+        let case = format!("z = {z}, {extra} ordinary samples");
+        // J(θ) is finite (softplus), so the check runs: at z ≥ 36.7 σ(z) == 1.0 in f64.
+        let r = cpu_check(Precision::F64, None, &model, &params, &data, &good);
+        assert_eq!(r.verdict, Verdict::Pass, "{case}: {:?}", r.reasons);
+        assert!(r.cost.is_finite(), "{case}: J = {}", r.cost);
+        if extra == 0 {
+            // J = softplus(z) ≈ z: the notebook's −log(1 − σ(z)) is inf from z = 36.7 on.
+            assert!((r.cost - z).abs() < 1e-9, "{case}: J = {}", r.cost);
+        }
+        for (bug, g) in planted_bugs(&good) {
+            let r = cpu_check(Precision::F64, None, &model, &params, &data, &g);
+            assert_eq!(r.verdict, Verdict::Fail, "{case}, {bug}: {:?}", r.reasons);
+        }
+        // The notebook's arithmetic loses the gradient in −log(1 − σ(z)): it may not be
+        // able to decide (exit 3), but it never calls a wrong gradient right or a right
+        // one wrong.
+        let r = cpu_check(Precision::F64Plain, None, &model, &params, &data, &good);
+        assert_ne!(r.verdict, Verdict::Fail, "{case} plain: {:?}", r.reasons);
+        for (bug, g) in planted_bugs(&good) {
+            let r = cpu_check(Precision::F64Plain, None, &model, &params, &data, &g);
+            assert_ne!(r.verdict, Verdict::Pass, "{case} plain, {bug}");
+        }
+    }
+}
+
+/// A relu net with zero biases and an all-zero input sample: every first-layer unit sits
+/// exactly on its kink for that sample, so every b1 step crosses a kink on its + side.
+fn zero_biases() -> (Model, Params, Data) {
+    let spec = ModelSpec {
+        layers: vec![3, 4, 2, 1],
+        activations: ["relu", "relu", "sigmoid"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect(),
+        loss: Loss::BinaryCrossEntropy,
+        l2: 0.0,
+        dropout: None,
+    };
+    let (model, params, data) = random_problem(spec, 6, 5).unwrap();
+    let mut theta = params.as_slice().to_vec();
+    for t in model.layout().tensors() {
+        if t.name.starts_with('b') {
+            theta[t.range()].iter_mut().for_each(|v| *v = 0.0);
+        }
+    }
+    let params = Params::new(model.layout().clone(), theta).unwrap();
+    let mut x = data.x.clone();
+    x.column_mut(0).fill(0.0);
+    let data = Data::new(&model, x, data.y.clone()).unwrap();
+    (model, params, data)
+}
+
+#[test]
+fn kinks_at_zero_biases_do_not_hide_the_bias_gradient() {
+    let (model, params, data) = zero_biases();
+    let good = cpu::backprop(&model, &params, &data);
+    for precision in [Precision::F64, Precision::F64Plain] {
+        let r = cpu_check(precision, None, &model, &params, &data, &good);
+        let b1 = &r.tensors[1];
+        assert_eq!(b1.name, "b1");
+        assert!(
+            b1.kinks > 0,
+            "{precision:?}: the zero sample puts b1 on kinks"
+        );
+        assert_eq!(b1.unresolved, 0, "{precision:?}: one side is always smooth");
+        assert_eq!(r.verdict, Verdict::Pass, "{precision:?}: {:?}", r.reasons);
+        for f in [2.0, 0.0, -1.0] {
+            let r = cpu_check(
+                precision,
+                None,
+                &model,
+                &params,
+                &data,
+                &scaled(&good, "b1", f),
+            );
+            assert_eq!(
+                r.verdict,
+                Verdict::Fail,
+                "{precision:?} db1 × {f}: {}",
+                gradcheck::report::render_text(&r)
+            );
+            assert_eq!(
+                r.tensors[1].verdict,
+                Verdict::Fail,
+                "{precision:?} db1 × {f}"
+            );
+        }
+    }
+}
+
+#[test]
+fn epsilon_from_1e_minus_20_to_1e_minus_1_never_lies() {
+    let fixed = gradcheck::examples::seed_problem(false).unwrap();
+    let buggy = gradcheck::examples::seed_problem(true).unwrap();
+    for precision in [Precision::F64, Precision::F64Plain] {
+        for k in 1..=20 {
+            let eps = 10f64.powi(-k);
+            let p = &fixed;
+            let r = cpu_check(precision, Some(eps), &p.model, &p.params, &p.data, &p.grads);
+            assert_ne!(
+                r.verdict,
+                Verdict::Fail,
+                "{precision:?} ε {eps:e}: correct gradients failed: {:?}",
+                r.reasons
+            );
+            let p = &buggy;
+            let r = cpu_check(precision, Some(eps), &p.model, &p.params, &p.data, &p.grads);
+            assert_ne!(
+                r.verdict,
+                Verdict::Pass,
+                "{precision:?} ε {eps:e}: the notebook's bugs passed"
+            );
+            // The Δ path takes exact steps: it decides at every ε of this range
+            // (small ones in one go, large ones after re-checking at a smaller ε).
+            if precision == Precision::F64 {
+                assert_eq!(r.verdict, Verdict::Fail, "ε {eps:e}: {:?}", r.reasons);
+            }
+        }
+    }
+    // The notebook's own ε in its arithmetic: its verdicts, as before.
+    let p = &fixed;
+    let r = cpu_check(
+        Precision::F64Plain,
+        None,
+        &p.model,
+        &p.params,
+        &p.data,
+        &p.grads,
+    );
+    assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reasons);
+}
+
+#[test]
+fn one_by_one_tensors_get_no_factor_and_m_only_with_evidence() {
+    let p = gradcheck::examples::seed_problem(false).unwrap();
+    let g = scaled(&p.grads, "b3", 1.07);
+    let r = cpu_check(Precision::F64, None, &p.model, &p.params, &p.data, &g);
+    assert_eq!(r.verdict, Verdict::Fail);
+    let b3 = r.tensors.iter().find(|t| t.name == "b3").unwrap();
+    let d = b3
+        .diagnosis
+        .as_ref()
+        .expect("a failing tensor is described");
+    assert_eq!(
+        d.kind,
+        gradcheck::diagnose::MistakeKind::Elementwise,
+        "{}",
+        d.message
+    );
+    // m = 3: a factor of 3.02 is not "the 1/m averaging is missing".
+    let g = scaled(&p.grads, "W1", 3.02);
+    let r = cpu_check(Precision::F64, None, &p.model, &p.params, &p.data, &g);
+    let w1 = &r.tensors[0];
+    let d = w1.diagnosis.as_ref().unwrap();
+    assert_eq!(
+        d.kind,
+        gradcheck::diagnose::MistakeKind::Scaled,
+        "{}",
+        d.message
+    );
+    let g = scaled(&p.grads, "W1", 3.0);
+    let r = cpu_check(Precision::F64, None, &p.model, &p.params, &p.data, &g);
+    let d = r.tensors[0].diagnosis.as_ref().unwrap();
+    assert_eq!(
+        d.kind,
+        gradcheck::diagnose::MistakeKind::MissingAveraging,
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn truncation_at_large_epsilon_never_fails_a_correct_backprop() {
+    // A tanh/softmax net at ε = 1e-2: the O(ε²) truncation is ~1e-5 relative, 50× the
+    // notebook's threshold, and used to be reported as a wrong gradient.
+    let spec = ModelSpec {
+        layers: vec![64, 32, 16, 4],
+        activations: ["tanh", "tanh", "softmax"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect(),
+        loss: Loss::SoftmaxCrossEntropy,
+        l2: 0.0,
+        dropout: None,
+    };
+    let (model, params, data) = random_problem(spec, 16, 3).unwrap();
+    let good = cpu::backprop(&model, &params, &data);
+    for eps in [1e-1, 3e-2, 1e-2, 1e-3] {
+        let mut gc = GradCheck::new()
+            .backend(Backend::Cpu)
+            .precision(Precision::F64)
+            .epsilon(eps);
+        gc.auto_epsilon = false;
+        let r = gc.run(&model, &params, &data, &good).unwrap();
+        assert_ne!(r.verdict, Verdict::Fail, "ε {eps}: {:?}", r.reasons);
+        assert!(
+            r.tensors.iter().all(|t| t.diagnosis.is_none()),
+            "ε {eps}: no diagnosis without a failure"
+        );
+        // With the re-check the tool decides by itself.
+        let r = cpu_check(Precision::F64, Some(eps), &model, &params, &data, &good);
+        assert_eq!(r.verdict, Verdict::Pass, "ε {eps}: {:?}", r.reasons);
+    }
+}
+
+#[test]
+fn builtin_gradients_are_not_called_yours() {
+    let p = gradcheck::examples::seed_problem(false).unwrap();
+    let g = cpu::backprop(&p.model, &p.params, &p.data);
+    let mut r = cpu_check(Precision::F64, None, &p.model, &p.params, &p.data, &g);
+    r.builtin_gradients = true;
+    let text = gradcheck::report::render_text(&r);
+    assert!(text.contains("built-in backprop agrees"), "{text}");
+    assert!(!text.contains("your backward propagation"), "{text}");
+    let spec: ModelSpec =
+        serde_json::from_str(r#"{"layers": [2, 1], "activations": ["identity"], "loss": "mse"}"#)
+            .unwrap();
+    assert_eq!(spec.loss, Loss::MeanSquaredError, "both spellings of MSE");
+}
+
+// ---- The property test: random nets of the whole family × planted bugs × ε. ----------
+
+/// A random net of the family: depth 1–3, widths 1–7, every hidden activation, each
+/// loss with its output, L2 and dropout sometimes.
+fn random_net(rng: &mut Rng) -> ModelSpec {
+    let depth = 1 + (rng.next_f64() * 3.0) as usize;
+    let mut layers = vec![1 + (rng.next_f64() * 6.0) as usize];
+    for _ in 0..depth - 1 {
+        layers.push(1 + (rng.next_f64() * 7.0) as usize);
+    }
+    let hidden = ["relu", "tanh", "sigmoid", "leaky_relu:0.1", "identity"];
+    let mut activations: Vec<_> = (0..depth - 1)
+        .map(|_| hidden[(rng.next_f64() * 5.0) as usize].parse().unwrap())
+        .collect();
+    let (loss, out, width) = match (rng.next_f64() * 3.0) as usize {
+        0 => (Loss::BinaryCrossEntropy, "sigmoid", 1),
+        1 => (
+            Loss::SoftmaxCrossEntropy,
+            "softmax",
+            2 + (rng.next_f64() * 3.0) as usize,
+        ),
+        _ => (
+            Loss::MeanSquaredError,
+            "identity",
+            1 + (rng.next_f64() * 2.0) as usize,
+        ),
+    };
+    layers.push(width);
+    activations.push(out.parse().unwrap());
+    let dropout = (depth > 1 && rng.next_f64() < 0.25).then(|| gradcheck::Dropout {
+        keep_prob: 0.8,
+        seed: Some(7),
+        layers: vec![1],
+    });
+    ModelSpec {
+        layers,
+        activations,
+        loss,
+        l2: if rng.next_f64() < 0.3 { 0.1 } else { 0.0 },
+        dropout,
+    }
+}
+
+/// Bugs of 1 % or more, each on one tensor t of the net (names in the message).
+fn bugs(good: &Grads, model: &Model, rng: &mut Rng) -> Vec<(String, Grads)> {
+    let tensors = model.layout().tensors();
+    let t = &tensors[(rng.next_f64() * tensors.len() as f64) as usize];
+    let r = t.range();
+    let name = t.name.clone();
+    let mut out = Vec::new();
+    let factor = 1.01 + rng.next_f64();
+    out.push((
+        format!("d{name} × {factor:.3}"),
+        scaled(good, &name, factor),
+    ));
+    out.push((format!("d{name} negated"), scaled(good, &name, -1.0)));
+    out.push((format!("d{name} zeroed"), scaled(good, &name, 0.0)));
+
+    // One element off by 1 %: the largest, whose own error bound can see 1 % of it.
+    let mut one = good.clone();
+    let big = r
+        .clone()
+        .max_by(|&a, &b| {
+            good.as_slice()[a]
+                .abs()
+                .total_cmp(&good.as_slice()[b].abs())
+        })
+        .unwrap();
+    one.as_mut_slice()[big] *= 1.01;
+    out.push((format!("d{name}: its largest element × 1.01"), one));
+    if t.rows == t.cols && t.rows > 1 {
+        let mut tr = good.clone();
+        for i in 0..t.rows {
+            for j in 0..t.cols {
+                tr.as_mut_slice()[r.start + i * t.cols + j] =
+                    good.as_slice()[r.start + j * t.cols + i];
+            }
+        }
+        if tr != *good {
+            out.push((format!("d{name} transposed"), tr));
+        }
+    }
+    // A slip in some elements only (a wrong derivative on some units looks like this).
+    let mut half = good.clone();
+    for i in r.clone().step_by(2) {
+        half.as_mut_slice()[i] = -half.as_mut_slice()[i];
+    }
+    if half != *good {
+        out.push((format!("d{name}: every other element negated"), half));
+    }
+    out
+}
+
+#[test]
+fn property_random_nets_planted_bugs_and_epsilons_never_get_a_false_verdict() {
+    let mut rng = Rng(2026);
+    let (mut checks, mut inconclusive) = (0usize, 0usize);
+    for net in 0..24 {
+        let spec = random_net(&mut rng);
+        let what = format!("net {net} {:?} {:?}", spec.layers, spec.activations);
+        let m = 1 + (rng.next_f64() * 9.0) as usize;
+        let (model, params, data) = random_problem(spec, m, 1000 + net).unwrap();
+        let good = cpu::backprop(&model, &params, &data);
+        // A bug that vanishes (a zero gradient scaled) is no bug: skip those.
+        let planted: Vec<_> = bugs(&good, &model, &mut rng)
+            .into_iter()
+            .filter(|(_, g)| diff(g, &good) > 0.0)
+            .collect();
+        for eps in [1e-8, 1e-6, 1e-4, 1e-2] {
+            for precision in [Precision::F64, Precision::F64Plain] {
+                let r = cpu_check(precision, Some(eps), &model, &params, &data, &good);
+                checks += 1;
+                inconclusive += usize::from(r.verdict == Verdict::Inconclusive);
+                assert_ne!(
+                    r.verdict,
+                    Verdict::Fail,
+                    "{what} m={m} ε {eps:e} {precision:?}: correct gradients failed: {:?}",
+                    r.reasons
+                );
+                for (bug, g) in &planted {
+                    // A bug in a tensor whose true gradient is 0 everywhere changes nothing.
+                    let r = cpu_check(precision, Some(eps), &model, &params, &data, g);
+                    checks += 1;
+                    inconclusive += usize::from(r.verdict == Verdict::Inconclusive);
+                    assert_ne!(
+                        r.verdict,
+                        Verdict::Pass,
+                        "{what} m={m} ε {eps:e} {precision:?}: {bug} passed"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "property test: {checks} checks, {inconclusive} inconclusive ({:.1} %)",
+        100.0 * inconclusive as f64 / checks as f64
+    );
+}
+
+/// ‖a − b‖∞.
+fn diff(a: &Grads, b: &Grads) -> f64 {
+    a.as_slice()
+        .iter()
+        .zip(b.as_slice())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+// ---- The GPU, every precision -------------------------------------------------------
+
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_every_precision_never_lies_on_the_planted_classes() {
+    let Some(ctx) = common::gpu() else { return };
+    let mut precisions = vec![Precision::F32, Precision::F32Plain];
+    if ctx.has_f64() {
+        precisions.extend([Precision::F64, Precision::F64Plain]);
+    }
+    let gpu_check = |precision, model: &Model, params: &Params, data: &Data, g: &Grads| {
+        GradCheck::new()
+            .backend(Backend::Gpu)
+            .precision(precision)
+            .run(model, params, data, g)
+            .unwrap()
+    };
+    let mut cases = vec![("zero biases".to_string(), zero_biases())];
+    for z in [31.0, 40.0] {
+        cases.push((format!("logistic z = {z}"), logistic(z, 3)));
+    }
+    for (name, (model, params, data)) in &cases {
+        let good = cpu::backprop(model, params, data);
+        for &precision in &precisions {
+            let r = gpu_check(precision, model, params, data, &good);
+            assert_ne!(
+                r.verdict,
+                Verdict::Fail,
+                "{name} {precision:?}: {:?}",
+                r.reasons
+            );
+            // The Δ paths decide these (saturation and kinks are what they are for).
+            if matches!(precision, Precision::F64 | Precision::F32) {
+                assert_eq!(
+                    r.verdict,
+                    Verdict::Pass,
+                    "{name} {precision:?}: {:?}",
+                    r.reasons
+                );
+            }
+            for (bug, g) in planted_bugs(&good) {
+                let r = gpu_check(precision, model, params, data, &g);
+                assert_ne!(
+                    r.verdict,
+                    Verdict::Pass,
+                    "{name} {precision:?}: {bug} passed"
+                );
+                if matches!(precision, Precision::F64 | Precision::F32) {
+                    assert_eq!(r.verdict, Verdict::Fail, "{name} {precision:?}: {bug}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(feature = "gpu")]
+#[test]
+fn gpu_f32_small_gradient_tensors_are_judged_by_their_own_bounds() {
+    // Inputs scaled by 1e-4 … 1e-8 make dW1 tiny next to the other tensors: one noise
+    // floor for the whole net used to pass ×2, ×1.1 and zero bugs there.
+    let Some(_) = common::gpu() else { return };
+    for s in [1e-4, 1e-6, 1e-8] {
+        let spec = ModelSpec {
+            layers: vec![4, 5, 3, 1],
+            activations: ["relu", "tanh", "sigmoid"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect(),
+            loss: Loss::BinaryCrossEntropy,
+            l2: 0.0,
+            dropout: None,
+        };
+        let (model, params, data) = random_problem(spec, 8, 11).unwrap();
+        let data = Data::new(&model, data.x.mapv(|v| v * s), data.y.clone()).unwrap();
+        let good = cpu::backprop(&model, &params, &data);
+        let gc = GradCheck::new()
+            .backend(Backend::Gpu)
+            .precision(Precision::F32);
+        let r = gc.run(&model, &params, &data, &good).unwrap();
+        assert_ne!(r.verdict, Verdict::Fail, "scale {s}: {:?}", r.reasons);
+        for f in [2.0, 1.1, 0.0] {
+            let r = gc
+                .run(&model, &params, &data, &scaled(&good, "W1", f))
+                .unwrap();
+            assert_ne!(r.verdict, Verdict::Pass, "scale {s}: dW1 × {f} passed");
+            assert_ne!(r.tensors[0].verdict, Verdict::Pass, "scale {s}: dW1 × {f}");
+        }
+    }
+}
