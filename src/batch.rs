@@ -86,10 +86,7 @@ pub struct Manifest {
 impl Manifest {
     /// Reads a manifest; relative paths in it are made relative to its folder.
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = crate::io::read_text(path)?;
         let mut m: Manifest = toml::from_str(&text).map_err(|e| Error::Format {
             path: path.to_owned(),
             msg: format!("not a valid batch manifest: {e}"),

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 /// Everything that can go wrong before or during a check.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be opened or read.
-    #[error("{path}: {source}")]
+    /// A file could not be opened or read. (Not a `source`: the message already says it,
+    /// and a chain would print it twice.)
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file exists but is not what it should be (not an npz, bad JSON, bad TOML, …).
     #[error("{path}: {msg}")]

@@ -8,7 +8,6 @@ use std::io::{Cursor, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, ArrayD, IxDyn};
-use ndarray_npy::{NpzReader, ReadNpyError, ReadNpzError};
 
 use crate::error::{Error, Result};
 use crate::model::{Data, Grads, MAX_ELEMENTS, Model, ModelSpec, Params};
@@ -24,44 +23,203 @@ pub struct Npz {
     pub f32_keys: Vec<String>,
 }
 
+/// Bytes of tensor data one process reads from its input files, at most: 2 GiB, or
+/// `GRADCHECK_MAX_INPUT_BYTES`. Checked against every array's declared shape before a byte
+/// of it is allocated, so a 1.5 KB header claiming 8 TB, or a deflate bomb, is refused by
+/// name instead of aborting the process.
+pub fn input_budget() -> u64 {
+    std::env::var("GRADCHECK_MAX_INPUT_BYTES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(2 << 30)
+}
+
+/// Largest .npy header read (numpy writes < 1 KiB; version 2 allows 4 GiB).
+const MAX_NPY_HEADER: usize = 1 << 16;
+
+/// The element types accepted: floats as such, integers and booleans (labels) as values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dtype {
+    F64,
+    F32,
+    I64,
+    I32,
+    U8,
+    Bool,
+}
+
+impl Dtype {
+    fn parse(descr: &str) -> Option<(Dtype, bool)> {
+        let (order, code) = descr.split_at(1.min(descr.len()));
+        let big = match order {
+            "<" | "|" | "=" => false,
+            ">" => true,
+            _ => return None,
+        };
+        let t = match code {
+            "f8" => Dtype::F64,
+            "f4" => Dtype::F32,
+            "i8" => Dtype::I64,
+            "i4" => Dtype::I32,
+            "u1" => Dtype::U8,
+            "b1" => Dtype::Bool,
+            _ => return None,
+        };
+        Some((t, big))
+    }
+    fn size(self) -> usize {
+        match self {
+            Dtype::F64 | Dtype::I64 => 8,
+            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::U8 | Dtype::Bool => 1,
+        }
+    }
+    fn decode(self, b: &[u8], big: bool) -> f64 {
+        macro_rules! num {
+            ($t:ty) => {{
+                let a = b.try_into().expect("sized");
+                if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }
+            }};
+        }
+        match self {
+            Dtype::F64 => num!(f64),
+            Dtype::F32 => f64::from(num!(f32)),
+            Dtype::I64 => num!(i64) as f64,
+            Dtype::I32 => f64::from(num!(i32)),
+            Dtype::U8 | Dtype::Bool => f64::from(b[0]),
+        }
+    }
+}
+
+/// The value of `'key': …` in a numpy header dict (a quoted string, True/False, or a
+/// parenthesised tuple), as text.
+fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let at = header.find(&format!("'{key}'"))? + key.len() + 2;
+    let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
+    let end = match rest.chars().next()? {
+        '(' => rest.find(')')? + 1,
+        '\'' => rest[1..].find('\'')? + 2,
+        _ => rest.find([',', '}'])?,
+    };
+    Some(rest[..end].trim())
+}
+
+/// Reads one .npy stream of at most `declared` bytes: header first, the shape checked
+/// against `budget` (bytes still allowed) before anything is allocated.
+fn read_npy(r: &mut impl Read, declared: u64, budget: &mut u64) -> std::result::Result<(ArrayD<f64>, bool), String> {
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic)
+        .map_err(|_| "truncated: no .npy header".to_string())?;
+    if &magic[..6] != b"\x93NUMPY" {
+        return Err("not a .npy array (bad magic)".into());
+    }
+    let header_len = match magic[6] {
+        1 => {
+            let mut l = [0u8; 2];
+            r.read_exact(&mut l).map_err(|_| "truncated .npy header".to_string())?;
+            usize::from(u16::from_le_bytes(l))
+        }
+        2 | 3 => {
+            let mut l = [0u8; 4];
+            r.read_exact(&mut l).map_err(|_| "truncated .npy header".to_string())?;
+            u32::from_le_bytes(l) as usize
+        }
+        v => return Err(format!(".npy format version {v} is not supported")),
+    };
+    if header_len > MAX_NPY_HEADER {
+        return Err(format!(".npy header of {header_len} bytes (at most {MAX_NPY_HEADER})"));
+    }
+    let mut header = vec![0u8; header_len];
+    r.read_exact(&mut header)
+        .map_err(|_| "truncated .npy header".to_string())?;
+    let header = String::from_utf8_lossy(&header);
+    let descr = header_field(&header, "descr")
+        .ok_or("the .npy header has no 'descr'")?
+        .trim_matches('\'');
+    let (dtype, big) = Dtype::parse(descr).ok_or_else(|| {
+        format!("dtype {descr}; expected float64 or float32 (or integer/bool labels)")
+    })?;
+    let fortran = header_field(&header, "fortran_order") == Some("True");
+    let shape_text = header_field(&header, "shape").ok_or("the .npy header has no 'shape'")?;
+    let shape = shape_text
+        .trim_matches(|c| c == '(' || c == ')')
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.trim_end_matches('L').parse::<usize>())
+        .collect::<std::result::Result<Vec<usize>, _>>()
+        .map_err(|_| format!("unreadable shape {shape_text}"))?;
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= MAX_ELEMENTS)
+        .ok_or_else(|| format!("shape {shape:?} has more than {MAX_ELEMENTS} elements"))?;
+    let bytes = (count as u64) * dtype.size() as u64;
+    let header_total = (if magic[6] == 1 { 10 } else { 12 } + header_len) as u64;
+    if bytes + header_total > declared {
+        return Err(format!(
+            "shape {shape:?} needs {bytes} bytes but the entry holds {}",
+            declared.saturating_sub(header_total)
+        ));
+    }
+    let f64_bytes = (count as u64) * 8;
+    if f64_bytes > *budget {
+        return Err(format!(
+            "shape {shape:?} would take {} MiB, over the input budget ({} MiB left; raise GRADCHECK_MAX_INPUT_BYTES)",
+            f64_bytes >> 20,
+            *budget >> 20
+        ));
+    }
+    *budget -= f64_bytes;
+    let mut values = Vec::with_capacity(count);
+    let mut chunk = vec![0u8; dtype.size() * 4096];
+    let mut left = count;
+    while left > 0 {
+        let k = left.min(4096);
+        let buf = &mut chunk[..k * dtype.size()];
+        r.read_exact(buf)
+            .map_err(|_| format!("truncated: shape {shape:?} but the data ends early"))?;
+        values.extend(buf.chunks_exact(dtype.size()).map(|b| dtype.decode(b, big)));
+        left -= k;
+    }
+    let arr = if fortran {
+        let rev: Vec<usize> = shape.iter().rev().copied().collect();
+        ArrayD::from_shape_vec(IxDyn(&rev), values)
+            .map_err(|e| e.to_string())?
+            .reversed_axes()
+            .as_standard_layout()
+            .into_owned()
+    } else {
+        ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| e.to_string())?
+    };
+    Ok((arr, dtype == Dtype::F32))
+}
+
 fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
     let fmt = |msg: String| Error::Format {
         path: path.to_owned(),
         msg,
     };
-    let mut npz =
-        NpzReader::new(reader).map_err(|e| fmt(format!("not a numpy .npz archive ({e})")))?;
-    let names = npz
-        .names()
-        .map_err(|e| fmt(format!("unreadable .npz ({e})")))?;
-    let mut arrays = Vec::with_capacity(names.len());
+    let mut zip = zip::ZipArchive::new(reader)
+        .map_err(|e| fmt(format!("not a numpy .npz archive ({e})")))?;
+    let mut arrays: Vec<(String, ArrayD<f64>)> = Vec::with_capacity(zip.len());
     let mut f32_keys = Vec::new();
-    for name in names {
-        let arr: ArrayD<f64> = match npz.by_name::<ndarray::OwnedRepr<f64>, IxDyn>(&name) {
-            Ok(a) => a,
-            Err(ReadNpzError::Npy(ReadNpyError::WrongDescriptor(d))) => {
-                match npz.by_name::<ndarray::OwnedRepr<f32>, IxDyn>(&name) {
-                    Ok(a) => {
-                        f32_keys.push(name.clone());
-                        a.mapv(f64::from)
-                    }
-                    Err(_) => {
-                        return Err(fmt(format!(
-                            "{name} has dtype {d}; expected float64 or float32"
-                        )));
-                    }
-                }
-            }
-            Err(e) => return Err(fmt(format!("{name}: {e}"))),
+    let mut budget = input_budget();
+    for k in 0..zip.len() {
+        let mut entry = zip
+            .by_index(k)
+            .map_err(|e| fmt(format!("unreadable .npz ({e})")))?;
+        let Some(name) = entry.name().strip_suffix(".npy").map(str::to_owned) else {
+            return Err(fmt(format!("{} is not a .npy entry", entry.name())));
         };
-        if let Some((pos, v)) = arr.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            use ndarray::Dimension;
-            return Err(Error::NonFinite {
-                path: path.to_owned(),
-                key: name,
-                value: v.to_string(),
-                position: format!("{:?}", pos.as_array_view().to_vec()),
-            });
+        if arrays.iter().any(|(n, _)| *n == name) {
+            return Err(fmt(format!("{name} appears twice")));
+        }
+        let declared = entry.size();
+        let (arr, was_f32) = read_npy(&mut entry, declared, &mut budget)
+            .map_err(|m| fmt(format!("{name}: {m}")))?;
+        if was_f32 {
+            f32_keys.push(name.clone());
         }
         arrays.push((name, arr));
     }
@@ -72,14 +230,65 @@ fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
     })
 }
 
+/// Opens a regular file (a FIFO or a device would block or never end) of at most `cap`
+/// bytes.
+pub fn open_regular(path: &Path, cap: u64) -> Result<File> {
+    let io = |error: std::io::Error| Error::Io {
+        path: path.to_owned(),
+        error,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(Error::Format {
+            path: path.to_owned(),
+            msg: "not a regular file".into(),
+        });
+    }
+    if meta.len() > cap {
+        return Err(Error::Format {
+            path: path.to_owned(),
+            msg: format!("{} bytes: more than the {} MiB expected of this file", meta.len(), cap >> 20),
+        });
+    }
+    File::open(path).map_err(io)
+}
+
+/// Reads a small text file (JSON, TOML) through [`open_regular`], capped at 16 MiB.
+pub fn read_text(path: &Path) -> Result<String> {
+    let mut s = String::new();
+    open_regular(path, 16 << 20)?
+        .read_to_string(&mut s)
+        .map_err(|error| Error::Io {
+            path: path.to_owned(),
+            error,
+        })?;
+    Ok(s)
+}
+
 impl Npz {
+    /// Refuses NaN and infinities (by key and position): inputs must be finite. Gradients
+    /// are not checked here — a NaN gradient is a backprop bug, reported as a failure.
+    pub fn require_finite(&self) -> Result<()> {
+        for (key, arr) in &self.arrays {
+            if let Some((pos, v)) = arr.indexed_iter().find(|(_, v)| !v.is_finite()) {
+                use ndarray::Dimension;
+                return Err(Error::NonFinite {
+                    path: self.path.clone(),
+                    key: key.clone(),
+                    value: v.to_string(),
+                    position: format!("{:?}", pos.as_array_view().to_vec()),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Reads an .npz file from disk.
     pub fn open(path: &Path) -> Result<Npz> {
-        let f = File::open(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        read_all(path, f)
+        // Compressed entries can unpack to far more than the file: the budget, not the
+        // file size, bounds what is read.
+        let f = open_regular(path, u64::MAX)?;
+        read_all(path, std::io::BufReader::new(f))
     }
 
     /// Reads an .npz held in memory (the built-in examples); `name` labels errors.
@@ -214,6 +423,7 @@ fn flat_from(npz: &Npz, model: &Model, prefix: &str) -> Result<Vec<f64>> {
 /// Parameters (and the model, from the spec or inferred from the shapes). Returns the
 /// model, the parameters, and whether the model was inferred.
 pub fn params_from(npz: &Npz, spec: Option<ModelSpec>) -> Result<(Model, Params, bool)> {
+    npz.require_finite()?;
     let inferred = spec.is_none();
     // A given spec is validated (sizes, memory) before anything else is read.
     let given = spec.map(Model::new).transpose()?;
@@ -245,6 +455,7 @@ pub fn grads_from(npz: &Npz, model: &Model) -> Result<Grads> {
 /// Data X (n0 × m), Y (nL × m), and dropout masks D1, D2, … (n_l × m, 0/1) for the
 /// hidden layers that have them.
 pub fn data_from(npz: &Npz, model: &Model) -> Result<Data> {
+    npz.require_finite()?;
     let mask_keys: Vec<String> = (1..model.depth()).map(|l| format!("D{l}")).collect();
     let mut keys = vec!["X".to_string(), "Y".to_string()];
     keys.extend(mask_keys.iter().cloned());
@@ -285,9 +496,9 @@ pub fn write_masks(path: &Path, model: &Model, data: &Data) -> Result<usize> {
             "--save-masks: the model has no dropout (add \"dropout\" to the model spec)".into(),
         ));
     };
-    let io_err = |e: std::io::Error| Error::Io {
+    let io_err = |error: std::io::Error| Error::Io {
         path: path.to_owned(),
-        source: e,
+        error,
     };
     let file = File::create(path).map_err(io_err)?;
     let mut w = ndarray_npy::NpzWriter::new(file);
@@ -307,10 +518,7 @@ pub fn write_masks(path: &Path, model: &Model, data: &Data) -> Result<usize> {
 
 /// Reads a JSON file into `T`; `what` names the expected content in the error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let text = read_text(path)?;
     serde_json::from_str(&text).map_err(|e| Error::Format {
         path: path.to_owned(),
         msg: format!("not a valid {what}: {e}"),
