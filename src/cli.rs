@@ -85,8 +85,9 @@ struct CheckArgs {
     adapter: Option<String>,
     /// Fast mode: K random directions first (2K evaluations instead of 2N); on failure
     /// the full check runs to localise the mistake.
-    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "4")]
-    fast: Option<usize>,
+    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "4",
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    fast: Option<u64>,
     /// Seed of the fast mode's directions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -152,6 +153,7 @@ struct MergeArgs {
 }
 
 fn run_merge(a: MergeArgs) -> Result<ExitCode> {
+    preflight(&[a.json.as_ref()])?;
     let p = load(&a.inputs)?;
     let parts = a
         .parts
@@ -248,6 +250,7 @@ fn sweep_precisions(
 }
 
 fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
+    preflight(&[a.json.as_ref(), a.svg.as_ref()])?;
     let p = load(&a.inputs)?;
     let eps = gradcheck::sweep::epsilons(a.from, a.to, a.per_decade)?;
     let mut gc = GradCheck::new().backend(a.backend).kinks(a.kinks);
@@ -263,8 +266,7 @@ fn run_sweep(a: SweepArgs) -> Result<ExitCode> {
         &precisions,
     )?;
     if let Some(path) = &a.svg {
-        std::fs::write(path, gradcheck::sweep::render_svg(&s))
-            .with_context(|| format!("writing {}", path.display()))?;
+        write_file(path, gradcheck::sweep::render_svg(&s).as_bytes())?;
     }
     let json = serde_json::to_string_pretty(&s)?;
     emit(&json, a.json.as_ref(), || gradcheck::sweep::render_text(&s))?;
@@ -292,6 +294,7 @@ struct BatchArgs {
 
 fn run_batch(a: BatchArgs) -> Result<ExitCode> {
     use gradcheck::batch::{self, Manifest};
+    preflight(&[a.json.as_ref(), a.junit.as_ref()])?;
     let mut manifest = Manifest::load(&a.manifest)?;
     if let Some(spec) = &a.shard {
         let (i, n) = gradcheck::shard::parse_shard(spec)?;
@@ -321,11 +324,19 @@ fn run_batch(a: BatchArgs) -> Result<ExitCode> {
     bar.finish_and_clear();
     let json = serde_json::to_string_pretty(&report)?;
     if let Some(p) = &a.junit {
-        std::fs::write(p, batch::render_junit(&report))
-            .with_context(|| format!("writing {}", p.display()))?;
+        write_file(p, batch::render_junit(&report).as_bytes())?;
     }
     emit(&json, a.json.as_ref(), || batch::render_batch_text(&report))?;
     Ok(ExitCode::from(report.exit_code()))
+}
+
+/// ε must be a step: finite, > 0 and at most 1 (a larger one moves the parameters by more
+/// than the size of a typical weight and overflows costs; it is never a gradient check).
+fn check_epsilon(e: f64) -> Result<()> {
+    if !(e.is_finite() && e > 0.0 && e <= 1.0) {
+        bail!("--epsilon {e}: must be a number in (0, 1] (or `auto`)");
+    }
+    Ok(())
 }
 
 /// `--epsilon`: a number or `auto`.
@@ -372,7 +383,7 @@ pub fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices => {
-            print!("{}", gradcheck::eval::gpu::describe_adapters());
+            stdout(&gradcheck::eval::gpu::describe_adapters())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -410,6 +421,10 @@ fn configure(a: &CheckArgs) -> GradCheck {
 }
 
 fn run_check(a: CheckArgs) -> Result<ExitCode> {
+    preflight(&[a.json.as_ref(), a.save_masks.as_ref()])?;
+    if let Some(EpsilonArg::Value(e)) = a.epsilon {
+        check_epsilon(e)?;
+    }
     let gc = configure(&a);
     let report = if a.inputs.example == Some(Example::Seed1d) {
         one_d_report(&gc)?
@@ -432,10 +447,9 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
             let path = a.json.as_ref().expect("clap requires --json with --shard");
             let text = serde_json::to_string(&part)?;
             if path.as_os_str() == "-" {
-                println!("{text}");
+                stdout(&format!("{text}\n"))?;
             } else {
-                std::fs::write(path, text)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                write_file(path, text.as_bytes())?;
                 println!(
                     "shard {i}/{n}: parameters {}..{} of {} evaluated, written to {}",
                     part.range[0],
@@ -468,7 +482,7 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         }
         let gc = gc;
         let fast = match a.fast {
-            Some(k) => Some(gc.fast(&p.model, &p.params, &p.data, &p.grads, k, a.seed)?),
+            Some(k) => Some(gc.fast(&p.model, &p.params, &p.data, &p.grads, k as usize, a.seed)?),
             None => None,
         };
         let mut r = match fast {
@@ -523,12 +537,12 @@ fn one_d_report(gc: &GradCheck) -> Result<Report> {
 /// table still goes to stdout; no flag prints the table only.
 fn emit(json: &str, path: Option<&PathBuf>, text: impl FnOnce() -> String) -> Result<()> {
     match path {
-        Some(p) if p.as_os_str() == "-" => println!("{json}"),
+        Some(p) if p.as_os_str() == "-" => stdout(&format!("{json}\n"))?,
         other => {
             if let Some(p) = other {
-                std::fs::write(p, json).with_context(|| format!("writing {}", p.display()))?;
+                write_file(p, json.as_bytes())?;
             }
-            print!("{}", text());
+            stdout(&text())?;
         }
     }
     Ok(())
@@ -537,4 +551,58 @@ fn emit(json: &str, path: Option<&PathBuf>, text: impl FnOnce() -> String) -> Re
 /// A check report through [`emit`].
 fn emit_report(r: &Report, path: Option<&PathBuf>) -> Result<()> {
     emit(&report::render_json(r), path, || report::render_text(r))
+}
+
+/// Writes to stdout. A reader that went away (`… | head`) ends the output quietly — the
+/// exit code is still the verdict's; any other failure (a full disk) is an error.
+fn stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
+}
+
+/// Writes a report file whole or not at all: into a temporary file beside it, synced,
+/// then renamed over the path, so a full disk never leaves a truncated report or
+/// destroys an earlier good one.
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    let tmp = temp_beside(path);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    let done = written.and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("writing {}", path.display()));
+    }
+    Ok(())
+}
+
+fn temp_beside(path: &std::path::Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(|| "report".into(), |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+}
+
+/// Fails before any work when an output path cannot be written (its folder missing or
+/// read-only, or it is a folder itself); `-` is stdout.
+fn preflight(paths: &[Option<&PathBuf>]) -> Result<()> {
+    for p in paths.iter().flatten() {
+        if p.as_os_str() == "-" {
+            continue;
+        }
+        if p.is_dir() {
+            bail!("{}: is a directory, not a file to write", p.display());
+        }
+        let tmp = temp_beside(p);
+        std::fs::File::create(&tmp)
+            .with_context(|| format!("{}: cannot be written", p.display()))?;
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok(())
 }

@@ -50,12 +50,13 @@ enum Dtype {
 
 impl Dtype {
     fn parse(descr: &str) -> Option<(Dtype, bool)> {
-        let (order, code) = descr.split_at(1.min(descr.len()));
-        let big = match order {
-            "<" | "|" | "=" => false,
-            ">" => true,
+        let mut chars = descr.chars();
+        let big = match chars.next()? {
+            '<' | '|' | '=' => false,
+            '>' => true,
             _ => return None,
         };
+        let code = chars.as_str();
         let t = match code {
             "f8" => Dtype::F64,
             "f4" => Dtype::F32,
@@ -78,7 +79,11 @@ impl Dtype {
         macro_rules! num {
             ($t:ty) => {{
                 let a = b.try_into().expect("sized");
-                if big { <$t>::from_be_bytes(a) } else { <$t>::from_le_bytes(a) }
+                if big {
+                    <$t>::from_be_bytes(a)
+                } else {
+                    <$t>::from_le_bytes(a)
+                }
             }};
         }
         match self {
@@ -106,7 +111,11 @@ fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
 
 /// Reads one .npy stream of at most `declared` bytes: header first, the shape checked
 /// against `budget` (bytes still allowed) before anything is allocated.
-fn read_npy(r: &mut impl Read, declared: u64, budget: &mut u64) -> std::result::Result<(ArrayD<f64>, bool), String> {
+fn read_npy(
+    r: &mut impl Read,
+    declared: u64,
+    budget: &mut u64,
+) -> std::result::Result<(ArrayD<f64>, bool), String> {
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)
         .map_err(|_| "truncated: no .npy header".to_string())?;
@@ -116,18 +125,22 @@ fn read_npy(r: &mut impl Read, declared: u64, budget: &mut u64) -> std::result::
     let header_len = match magic[6] {
         1 => {
             let mut l = [0u8; 2];
-            r.read_exact(&mut l).map_err(|_| "truncated .npy header".to_string())?;
+            r.read_exact(&mut l)
+                .map_err(|_| "truncated .npy header".to_string())?;
             usize::from(u16::from_le_bytes(l))
         }
         2 | 3 => {
             let mut l = [0u8; 4];
-            r.read_exact(&mut l).map_err(|_| "truncated .npy header".to_string())?;
+            r.read_exact(&mut l)
+                .map_err(|_| "truncated .npy header".to_string())?;
             u32::from_le_bytes(l) as usize
         }
         v => return Err(format!(".npy format version {v} is not supported")),
     };
     if header_len > MAX_NPY_HEADER {
-        return Err(format!(".npy header of {header_len} bytes (at most {MAX_NPY_HEADER})"));
+        return Err(format!(
+            ".npy header of {header_len} bytes (at most {MAX_NPY_HEADER})"
+        ));
     }
     let mut header = vec![0u8; header_len];
     r.read_exact(&mut header)
@@ -200,8 +213,8 @@ fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
         path: path.to_owned(),
         msg,
     };
-    let mut zip = zip::ZipArchive::new(reader)
-        .map_err(|e| fmt(format!("not a numpy .npz archive ({e})")))?;
+    let mut zip =
+        zip::ZipArchive::new(reader).map_err(|e| fmt(format!("not a numpy .npz archive ({e})")))?;
     let mut arrays: Vec<(String, ArrayD<f64>)> = Vec::with_capacity(zip.len());
     let mut f32_keys = Vec::new();
     let mut budget = input_budget();
@@ -216,8 +229,8 @@ fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
             return Err(fmt(format!("{name} appears twice")));
         }
         let declared = entry.size();
-        let (arr, was_f32) = read_npy(&mut entry, declared, &mut budget)
-            .map_err(|m| fmt(format!("{name}: {m}")))?;
+        let (arr, was_f32) =
+            read_npy(&mut entry, declared, &mut budget).map_err(|m| fmt(format!("{name}: {m}")))?;
         if was_f32 {
             f32_keys.push(name.clone());
         }
@@ -247,7 +260,11 @@ pub fn open_regular(path: &Path, cap: u64) -> Result<File> {
     if meta.len() > cap {
         return Err(Error::Format {
             path: path.to_owned(),
-            msg: format!("{} bytes: more than the {} MiB expected of this file", meta.len(), cap >> 20),
+            msg: format!(
+                "{} bytes: more than the {} MiB expected of this file",
+                meta.len(),
+                cap >> 20
+            ),
         });
     }
     File::open(path).map_err(io)
@@ -500,7 +517,14 @@ pub fn write_masks(path: &Path, model: &Model, data: &Data) -> Result<usize> {
         path: path.to_owned(),
         error,
     };
-    let file = File::create(path).map_err(io_err)?;
+    // Whole or not at all: a temporary file beside it, renamed when complete.
+    let tmp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map_or_else(|| "masks".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let file = File::create(&tmp).map_err(io_err)?;
     let mut w = ndarray_npy::NpzWriter::new(file);
     let mut layers = d.layers.clone();
     layers.sort_unstable();
@@ -511,8 +535,15 @@ pub fn write_masks(path: &Path, model: &Model, data: &Data) -> Result<usize> {
         w.add_array(format!("D{l}"), &bits)
             .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
     }
-    w.finish()
-        .map_err(|e| io_err(std::io::Error::other(e.to_string())))?;
+    let done = w
+        .finish()
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|f| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(e));
+    }
     Ok(layers.len())
 }
 

@@ -46,11 +46,11 @@ pub struct Sweep {
 
 /// ε from `from` down to `to`, `per_decade` values per decade (log-spaced, both ends kept).
 pub fn epsilons(from: f64, to: f64, per_decade: usize) -> Result<Vec<f64>> {
-    if !(from.is_finite() && to.is_finite() && from > 0.0 && to > 0.0 && from > to)
+    if !(from.is_finite() && to.is_finite() && from <= 1.0 && to > 0.0 && from > to)
         || per_decade == 0
     {
         return Err(Error::Config(format!(
-            "sweep range {from:e} … {to:e} with {per_decade} per decade: need from > to > 0 and at least 1 per decade"
+            "sweep range {from:e} … {to:e} with {per_decade} per decade: need 1 ≥ from > to > 0 and at least 1 per decade"
         )));
     }
     let steps = ((from / to).log10() * per_decade as f64).round() as usize;

@@ -1,0 +1,432 @@
+//! Hostile and careless inputs: every one ends in a clear exit code within seconds,
+//! never a panic, an abort or a hang, and no report is ever half-written. The crafted
+//! files are made here, a few lines each (no committed binaries).
+#![cfg(feature = "cli")]
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{gradcheck, seed_dir, tempdir};
+use gradcheck::io::Npz;
+use gradcheck::rng::Rng;
+
+/// A .npy stream with the given header dict and raw data.
+fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend((header.len() as u16).to_le_bytes());
+    b.extend(header.as_bytes());
+    b.extend(data);
+    b
+}
+
+/// An .npz of (name, .npy bytes), deflated or stored.
+fn npz(path: &std::path::Path, entries: &[(&str, Vec<u8>)], deflate: bool) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let method = if deflate {
+        zip::CompressionMethod::Deflated
+    } else {
+        zip::CompressionMethod::Stored
+    };
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(method)
+        .large_file(true);
+    for (name, bytes) in entries {
+        z.start_file(format!("{name}.npy"), opts).unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+/// Runs the CLI, asserting it ends by itself within `limit` with no panic.
+fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (i32, String, String) {
+    let t0 = Instant::now();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradcheck"));
+    cmd.args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let (o, e) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(t0.elapsed() < limit, "{args:?} took {:?}", t0.elapsed());
+    assert!(!e.contains("panicked"), "{args:?}: {e}");
+    (out.status.code().unwrap_or(-1), o, e)
+}
+
+fn seed(f: &str) -> String {
+    seed_dir().join(f).to_string_lossy().into_owned()
+}
+
+#[test]
+fn huge_header_shapes_are_refused_before_allocating() {
+    let dir = tempdir("hostile-header");
+    for descr in ["<f8", "<f4", "<i8", "|b1"] {
+        let p = dir.join(format!("huge-{}.npz", &descr[1..]));
+        // 1e12 × 8 elements claimed, 64 bytes present.
+        npz(
+            &p,
+            &[
+                ("X", npy(descr, "(1000000000000, 8)", &[0u8; 64])),
+                ("Y", npy("<f8", "(1, 8)", &[0u8; 64])),
+            ],
+            false,
+        );
+        let (code, _, err) = run(
+            &[
+                "check",
+                "--params",
+                &seed("seed_params.npz"),
+                "--data",
+                p.to_str().unwrap(),
+            ],
+            &[],
+            Duration::from_secs(10),
+        );
+        assert_eq!(code, 2, "{descr}: {err}");
+        assert!(err.contains("X") && err.contains("huge"), "{err}");
+    }
+}
+
+#[test]
+fn a_deflate_bomb_is_refused_by_the_input_budget() {
+    let dir = tempdir("hostile-bomb");
+    let p = dir.join("bomb.npz");
+    // 4 × 2 M zeros = 64 MB unpacked from ~64 KB, against a budget of 8 MB.
+    let zeros = vec![0u8; 4 * 2_000_000 * 8];
+    npz(&p, &[("X", npy("<f8", "(4, 2000000)", &zeros))], true);
+    assert!(std::fs::metadata(&p).unwrap().len() < 1 << 20);
+    let (code, _, err) = run(
+        &[
+            "check",
+            "--params",
+            &seed("seed_params.npz"),
+            "--data",
+            p.to_str().unwrap(),
+        ],
+        &[("GRADCHECK_MAX_INPUT_BYTES", "8000000")],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("input budget"), "{err}");
+}
+
+#[test]
+fn fifos_devices_truncated_and_garbage_files_end_in_exit_2() {
+    let dir = tempdir("hostile-files");
+    let fifo = dir.join("fifo.npz");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    let garbage = dir.join("garbage.npz");
+    std::fs::write(&garbage, b"PK\x03\x04 this is not a zip at all").unwrap();
+    let truncated = dir.join("truncated.npz");
+    let good = std::fs::read(seed_dir().join("seed_data.npz")).unwrap();
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+    let mut cases = vec![garbage, truncated];
+    if made.is_ok_and(|s| s.success()) {
+        cases.push(fifo);
+    }
+    for data in &cases {
+        let (code, _, err) = run(
+            &[
+                "check",
+                "--params",
+                &seed("seed_params.npz"),
+                "--data",
+                data.to_str().unwrap(),
+            ],
+            &[],
+            Duration::from_secs(10),
+        );
+        assert_eq!(code, 2, "{data:?}: {err}");
+        assert!(
+            err.contains(data.file_name().unwrap().to_str().unwrap()),
+            "{err}"
+        );
+    }
+    let (code, _, err) = run(
+        &["check", "--example", "seed-fixed", "--model", "/dev/zero"],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(
+        &[
+            "check",
+            "--params",
+            &seed("seed_params.npz"),
+            "--data",
+            &seed("seed_data.npz"),
+            "--model",
+            "/dev/zero",
+        ],
+        &[],
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+#[test]
+fn option_extremes_are_usage_errors() {
+    for args in [
+        vec!["check", "--example", "seed-fixed", "--fast", "1000000000"],
+        vec!["check", "--example", "seed-fixed", "--epsilon", "1e300"],
+        vec!["check", "--example", "seed-fixed", "--epsilon", "-1"],
+        vec!["check", "--example", "seed-fixed", "--epsilon", "nan"],
+        vec![
+            "sweep",
+            "--example",
+            "seed-fixed",
+            "--from",
+            "1e300",
+            "--to",
+            "1e-300",
+        ],
+    ] {
+        let (code, _, err) = run(&args, &[], Duration::from_secs(10));
+        assert_eq!(code, 2, "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_closed_or_full_stdout_does_not_panic() {
+    // The reader goes away after one byte: the rest is dropped quietly.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradcheck"))
+        .args([
+            "check",
+            "--example",
+            "seed-buggy",
+            "--backend",
+            "cpu",
+            "--json",
+            "-",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(1), "the verdict's code: {err}");
+    // A full device is an error, exit 2, said once.
+    if let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") {
+        let out = Command::new(env!("CARGO_BIN_EXE_gradcheck"))
+            .args(["check", "--example", "seed-buggy", "--backend", "cpu"])
+            .stdout(full)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("stdout"), "{err}");
+    }
+}
+
+#[test]
+fn reports_are_written_whole_and_unwritable_paths_fail_first() {
+    let dir = tempdir("hostile-reports");
+    let json = dir.join("report.json");
+    let (code, _, err) = gradcheck(&[
+        "check",
+        "--example",
+        "seed-fixed",
+        "--backend",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["verdict"], "pass");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // A folder that does not exist: refused before any work, naming the path.
+    let (code, _, err) = gradcheck(&[
+        "check",
+        "--example",
+        "seed-fixed",
+        "--json",
+        "/nonexistent-dir/r.json",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent-dir/r.json"), "{err}");
+    // A folder as the report path.
+    let (code, _, err) = gradcheck(&[
+        "check",
+        "--example",
+        "seed-fixed",
+        "--json",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn junit_with_control_characters_is_valid_xml() {
+    let dir = tempdir("hostile-junit");
+    let m = dir.join("jobs.toml");
+    std::fs::write(
+        &m,
+        "[[job]]\nname = \"bell\\u0007 and <tag> & \\u001b[31mred\"\nexample = \"seed-buggy\"\n\n[[job]]\nname = \"nul\\u0000\"\nexample = \"nope\"\n",
+    )
+    .unwrap();
+    let junit = dir.join("junit.xml");
+    let (code, _, err) = gradcheck(&[
+        "batch",
+        m.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+        "--json",
+        "-",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    roxmltree::Document::parse(&xml).unwrap_or_else(|e| panic!("{e}: {xml}"));
+}
+
+#[test]
+fn nan_gradients_are_a_backprop_bug() {
+    let dir = tempdir("hostile-nan");
+    let g = Npz::open(&seed_dir().join("seed_grads_fixed.npz")).unwrap();
+    let arrays: Vec<(String, ndarray::Array2<f64>)> = g
+        .arrays
+        .iter()
+        .map(|(k, a)| {
+            let s = a.shape();
+            let (r, c) = if s.len() == 2 {
+                (s[0], s[1])
+            } else {
+                (s[0], 1)
+            };
+            let mut m =
+                ndarray::Array2::from_shape_vec((r, c), a.iter().copied().collect()).unwrap();
+            if k == "db2" {
+                m[[1, 0]] = f64::NAN;
+            }
+            (k.clone(), m)
+        })
+        .collect();
+    let p = dir.join("grads.npz");
+    let refs: Vec<(&str, ndarray::Array2<f64>)> = arrays
+        .iter()
+        .map(|(k, a)| (k.as_str(), a.clone()))
+        .collect();
+    common::write_npz(&p, &refs);
+    let (code, out, err) = gradcheck(&[
+        "check",
+        "--params",
+        &seed("seed_params.npz"),
+        "--data",
+        &seed("seed_data.npz"),
+        "--grads",
+        p.to_str().unwrap(),
+        "--backend",
+        "cpu",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.contains("db2 has 1 NaN"), "{out}");
+}
+
+#[test]
+fn shards_of_another_problem_are_refused() {
+    let dir = tempdir("hostile-shards");
+    let part = |i: usize, data: &str| {
+        let path = dir.join(format!("part{i}-{}.json", data.len()));
+        let (code, _, err) = gradcheck(&[
+            "check",
+            "--params",
+            &seed("seed_params.npz"),
+            "--data",
+            data,
+            "--backend",
+            "cpu",
+            "--shard",
+            &format!("{i}/2"),
+            "--json",
+            path.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        path.to_string_lossy().into_owned()
+    };
+    // Other data: Y flipped.
+    let d = Npz::open(&seed_dir().join("seed_data.npz")).unwrap();
+    let other = dir.join("other.npz");
+    let x = d.arrays.iter().find(|(k, _)| k == "X").unwrap().1.clone();
+    let y = d
+        .arrays
+        .iter()
+        .find(|(k, _)| k == "Y")
+        .unwrap()
+        .1
+        .mapv(|v| 1.0 - v);
+    let to2 = |a: ndarray::ArrayD<f64>| {
+        let s = a.shape().to_vec();
+        let (r, c) = if s.len() == 2 {
+            (s[0], s[1])
+        } else {
+            (1, s[0])
+        };
+        ndarray::Array2::from_shape_vec((r, c), a.iter().copied().collect()).unwrap()
+    };
+    common::write_npz(&other, &[("X", to2(x)), ("Y", to2(y))]);
+    let p1 = part(1, &seed("seed_data.npz"));
+    let p2 = part(2, other.to_str().unwrap());
+    let (code, _, err) = gradcheck(&[
+        "merge",
+        "--params",
+        &seed("seed_params.npz"),
+        "--data",
+        &seed("seed_data.npz"),
+        "--grads",
+        &seed("seed_grads_fixed.npz"),
+        &p1,
+        &p2,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("another problem"), "{err}");
+}
+
+#[test]
+fn mutated_npz_files_never_panic_and_stay_in_budget() {
+    let good = std::fs::read(seed_dir().join("seed_data.npz")).unwrap();
+    let mut rng = Rng(7);
+    for _ in 0..3000 {
+        let mut b = good.clone();
+        for _ in 0..1 + (rng.next_f64() * 8.0) as usize {
+            let at = (rng.next_f64() * b.len() as f64) as usize;
+            b[at] = (rng.next_f64() * 256.0) as u8;
+        }
+        if rng.next_f64() < 0.2 {
+            b.truncate((rng.next_f64() * b.len() as f64) as usize);
+        }
+        // Ok or a typed error; never a panic (the test would abort).
+        let _ = Npz::from_bytes("mutated.npz", &b);
+    }
+    for _ in 0..2000 {
+        let len = (rng.next_f64() * 400.0) as usize;
+        let text: String = (0..len)
+            .map(|_| {
+                char::from(
+                    b" {}[]\",:0123456789.eE-+layersactivationsrelu"
+                        [(rng.next_f64() * 44.0) as usize],
+                )
+            })
+            .collect();
+        let _ = serde_json::from_str::<gradcheck::ModelSpec>(&text).map(gradcheck::Model::new);
+    }
+}
