@@ -572,7 +572,7 @@ pub fn act_delta(g: Activation, z0: f64, dz: f64) -> f64 {
             }
         }
         // σ(z + d) − σ(z) = σ(z + d)·σ(−z)·(1 − e^−d).
-        Activation::Sigmoid => sigmoid(z1) * sigmoid(-z0) * (-(-dz).exp_m1()),
+        Activation::Sigmoid => sigmoid(z1) * sigmoid(-z0) * (-expm1(-dz)),
         // tanh a − tanh b = (1 − tanh a·tanh b)·tanh(a − b).
         Activation::Tanh => {
             let t0 = z0.tanh();
@@ -581,7 +581,12 @@ pub fn act_delta(g: Activation, z0: f64, dz: f64) -> f64 {
             } else {
                 1.0 + (t0 * z1.tanh()).abs()
             };
-            c * dz.tanh()
+            c * if dz.abs() < 1e-4 {
+                // tanh d = d − d³/3 + 2d⁵/15: exact in f64 here.
+                dz * (1.0 - dz * dz / 3.0)
+            } else {
+                dz.tanh()
+            }
         }
         Activation::Identity | Activation::Softmax => dz,
     }
@@ -721,16 +726,10 @@ pub fn perturbed_deltas(
         )));
     }
     let fwd = forward(model, params, data);
-    let ctx = Ctx {
-        model,
-        params,
-        data,
-        fwd: &fwd,
-        epsilon,
-    };
+    let ctx = DeltaCtx::new(model, params, data, &fwd, epsilon);
     let one = |s: &mut Scratch, i: usize| {
-        let (p, mp, kp) = ctx.eval_delta(s, i, 1.0);
-        let (q, mq, kq) = ctx.eval_delta(s, i, -1.0);
+        let (p, mp, kp) = ctx.eval(s, i, 1.0);
+        let (q, mq, kq) = ctx.eval(s, i, -1.0);
         (p, q, kink_bits(kp, kq), [mp, mq])
     };
     let results: Vec<(f64, f64, u8, [f64; 2])> = match threads {
@@ -762,42 +761,145 @@ pub fn perturbed_deltas(
     Ok(out)
 }
 
-impl Ctx<'_> {
+/// e^x − 1: a four-term series where it is exact in f64 (|x| < 1e-4: the next term is
+/// below 1e-18 relative), std's exp_m1 elsewhere. The Δ path calls it per sample and
+/// perturbation, mostly with tiny arguments.
+fn expm1(x: f64) -> f64 {
+    if x.abs() < 1e-4 {
+        x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0))))
+    } else {
+        x.exp_m1()
+    }
+}
+
+/// log(1 + x), likewise (|x| < 1e-4: next term below 2e-17 relative).
+fn log1p(x: f64) -> f64 {
+    if x.abs() < 1e-4 {
+        x * (1.0 + x * (-0.5 + x * (1.0 / 3.0 + x * (-0.25))))
+    } else {
+        x.ln_1p()
+    }
+}
+
+/// Σ a_t·b_t with four accumulators (the Δ path's dot products: vectorisable; their
+/// rounding is part of the error bound, they need not match any other order).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// The base pass rearranged for the Δ path: everything a perturbation reads, sample-major
+/// and contiguous (no strided or bounds-checked indexing in the hot loops).
+struct DeltaCtx<'a> {
+    model: &'a Model,
+    params: &'a Params,
+    data: &'a Data,
+    epsilon: f64,
+    /// Per layer l: Z_l transposed, [j·n_l + i].
+    zt: Vec<Vec<f64>>,
+    /// Per layer l: the dropout factors transposed (None without dropout).
+    mt: Vec<Option<Vec<f64>>>,
+    /// Per layer l: W_l's columns, [c·n_l + i] = W_l[i, c] (the rank-1 update's column).
+    wcols: Vec<Vec<f64>>,
+    /// Per layer l: the input of layer l row-major (X or A_{l−1}), [c·m + j].
+    input: Vec<Vec<f64>>,
+    /// Y transposed, [j·nL + i].
+    yt: Vec<f64>,
+    /// BCE: σ(−z) and σ(z) of the output's base pre-activations, [j·nL + i].
+    sig: Vec<[f64; 2]>,
+}
+
+impl<'a> DeltaCtx<'a> {
+    fn new(
+        model: &'a Model,
+        params: &'a Params,
+        data: &'a Data,
+        fwd: &Forward,
+        epsilon: f64,
+    ) -> Self {
+        let depth = model.depth();
+        let t = |a: &Array2<f64>| a.t().iter().copied().collect::<Vec<f64>>();
+        let zt: Vec<Vec<f64>> = fwd.z.iter().map(t).collect();
+        let mt = (0..depth).map(|l| mask(data, l).map(t)).collect();
+        let wcols = (0..depth).map(|l| params.weight(l).t().iter().copied().collect()).collect();
+        let input = (0..depth)
+            .map(|l| {
+                if l == 0 {
+                    data.x.iter().copied().collect()
+                } else {
+                    fwd.a[l - 1].iter().copied().collect()
+                }
+            })
+            .collect();
+        let sig = if model.loss() == Loss::BinaryCrossEntropy {
+            zt[depth - 1].iter().map(|&z| [sigmoid(-z), sigmoid(z)]).collect()
+        } else {
+            Vec::new()
+        };
+        DeltaCtx {
+            model,
+            params,
+            data,
+            epsilon,
+            zt,
+            mt,
+            wcols,
+            input,
+            yt: t(&data.y),
+            sig,
+        }
+    }
+
+    /// The dropout factor of (i, j) in layer l's sample-major table.
+    fn mask(&self, l: usize, at: usize) -> f64 {
+        self.mt[l].as_ref().map_or(1.0, |m| m[at])
+    }
+
     /// ΔJ of the step sign·ε·e_i, the magnitude Σ|Δloss_j|/m + |ΔL2| summed into it, and
     /// whether the step crossed a kink.
-    fn eval_delta(&self, s: &mut Scratch, i: usize, sign: f64) -> (f64, f64, bool) {
-        let (model, fwd, data) = (self.model, self.fwd, self.data);
+    fn eval(&self, s: &mut Scratch, i: usize, sign: f64) -> (f64, f64, bool) {
+        let model = self.model;
         let layout = model.layout();
         let pos = layout.locate(i).expect("index in range");
         let slot = &layout.tensors()[pos.tensor];
         let (l, r) = (slot.layer, pos.row);
+        let sizes = model.sizes();
         let depth = model.depth();
-        let m = data.m();
+        let m = self.data.m();
         let d = sign * self.epsilon;
         let mut kink = false;
-        let input = if l == 0 {
-            data.x.view()
-        } else {
-            fwd.a[l - 1].view()
-        };
         let g = model.activation(l);
-        let ny = model.sizes()[depth];
+        let nl = sizes[l + 1];
+        let ny = sizes[depth];
         // ΔZ_l[r, j] for the samples it moves.
         s.cols.clear();
         s.vals.clear();
+        let row = match slot.kind {
+            TensorKind::Weight => Some(&self.input[l][pos.col * m..(pos.col + 1) * m]),
+            TensorKind::Bias => None,
+        };
         for j in 0..m {
-            let dz = match slot.kind {
-                TensorKind::Weight => d * input[[pos.col, j]],
-                TensorKind::Bias => d,
-            };
+            let dz = row.map_or(d, |x| d * x[j]);
             if dz != 0.0 {
-                let z0 = fwd.z[l][[r, j]];
-                kink |= crosses(g, z0, z0 + dz) && mask_at(data, l, r, j) != 0.0;
+                let at = j * nl + r;
+                let z0 = self.zt[l][at];
+                kink |= crosses(g, z0, z0 + dz) && self.mask(l, at) != 0.0;
                 s.cols.push(j);
                 s.vals.push(dz);
             }
         }
-        // s.cur holds, per moved sample, the output layer's ΔZ column (ny values).
+        // s.cur: per moved sample, the current layer's ΔZ column.
         s.cur.clear();
         if l + 1 == depth {
             for &dz in &s.vals {
@@ -810,7 +912,8 @@ impl Ctx<'_> {
             let mut keep = 0;
             for k in 0..s.cols.len() {
                 let j = s.cols[k];
-                let da = act_delta(g, fwd.z[l][[r, j]], s.vals[k]) * mask_at(data, l, r, j);
+                let at = j * nl + r;
+                let da = act_delta(g, self.zt[l][at], s.vals[k]) * self.mask(l, at);
                 if da != 0.0 {
                     s.cols[keep] = j;
                     s.vals[keep] = da;
@@ -821,15 +924,18 @@ impl Ctx<'_> {
             s.vals.truncate(keep);
             // Layer l+1: ΔZ = W[:, r]·ΔA_l[r, j] (rank 1).
             let p = l + 1;
-            let np = model.sizes()[p + 1];
-            let w = self.params.weight(p);
+            let np = sizes[p + 1];
+            let wc = &self.wcols[p][r * np..(r + 1) * np];
             let gp = model.activation(p);
+            let kinky = gp.has_kink();
             for (&j, &da) in s.cols.iter().zip(&s.vals) {
-                for ii in 0..np {
-                    let dz = w[[ii, r]] * da;
-                    let z0 = fwd.z[p][[ii, j]];
-                    kink |= crosses(gp, z0, z0 + dz) && mask_at(data, p, ii, j) != 0.0;
-                    s.cur.push(dz);
+                let z0 = &self.zt[p][j * np..(j + 1) * np];
+                let at = s.cur.len();
+                s.cur.extend(wc.iter().map(|&w| w * da));
+                if kinky {
+                    for (ii, (&z, &dz)) in z0.iter().zip(&s.cur[at..]).enumerate() {
+                        kink |= ((z > 0.0) != (z + dz > 0.0)) && self.mask(p, j * np + ii) != 0.0;
+                    }
                 }
             }
             // Later layers: ΔA = g(Z + ΔZ) − g(Z), ΔZ_q = W_q·ΔA (no bias).
@@ -837,25 +943,27 @@ impl Ctx<'_> {
             for q in p + 1..depth {
                 let gq = model.activation(q - 1);
                 for (k, &j) in s.cols.iter().enumerate() {
+                    let z0 = &self.zt[q - 1][j * width..(j + 1) * width];
                     for (ii, v) in s.cur[k * width..(k + 1) * width].iter_mut().enumerate() {
-                        *v = act_delta(gq, fwd.z[q - 1][[ii, j]], *v) * mask_at(data, q - 1, ii, j);
+                        *v = act_delta(gq, z0[ii], *v) * self.mask(q - 1, j * width + ii);
                     }
                 }
                 let wq = self.params.weight(q);
-                let nq = model.sizes()[q + 1];
+                let wq = wq.as_slice().expect("standard layout");
+                let nq = sizes[q + 1];
                 let gnext = model.activation(q);
+                let kinky = gnext.has_kink();
                 s.next.clear();
-                for k in 0..s.cols.len() {
-                    let j = s.cols[k];
+                for (k, &j) in s.cols.iter().enumerate() {
                     let a = &s.cur[k * width..(k + 1) * width];
+                    let z0 = &self.zt[q][j * nq..(j + 1) * nq];
                     for ii in 0..nq {
-                        let mut acc = 0.0;
-                        for (t, &wt) in wq.row(ii).iter().enumerate() {
-                            acc = wt.mul_add(a[t], acc);
+                        let dz = dot(&wq[ii * width..(ii + 1) * width], a);
+                        if kinky {
+                            kink |= ((z0[ii] > 0.0) != (z0[ii] + dz > 0.0))
+                                && self.mask(q, j * nq + ii) != 0.0;
                         }
-                        let z0 = fwd.z[q][[ii, j]];
-                        kink |= crosses(gnext, z0, z0 + acc) && mask_at(data, q, ii, j) != 0.0;
-                        s.next.push(acc);
+                        s.next.push(dz);
                     }
                 }
                 std::mem::swap(&mut s.cur, &mut s.next);
@@ -867,17 +975,26 @@ impl Ctx<'_> {
         let mut sum = Compensated::default();
         let mut mag = 0.0;
         for (k, &j) in s.cols.iter().enumerate() {
-            s.zcol.clear();
-            s.zcol.extend(fwd.z[depth - 1].column(j).iter());
-            s.ycol.clear();
-            s.ycol.extend(data.y.column(j).iter());
-            let dl = loss_delta(
-                model.loss(),
-                gout,
-                &s.zcol,
-                &s.cur[k * ny..(k + 1) * ny],
-                &s.ycol,
-            );
+            let dz = &s.cur[k * ny..(k + 1) * ny];
+            let y = &self.yt[j * ny..(j + 1) * ny];
+            let dl = if model.loss() == Loss::BinaryCrossEntropy {
+                // softplus(u + d) − softplus(u) = log1p(σ(u)·expm1(d)), σ(±z0) precomputed;
+                // a label of exactly 0 or 1 leaves one term.
+                let sig = &self.sig[j * ny..(j + 1) * ny];
+                let mut t = 0.0;
+                for ((&d, &y), &[s_neg, s_pos]) in dz.iter().zip(y).zip(sig) {
+                    if y != 0.0 {
+                        t += y * log1p(s_neg * expm1(-d));
+                    }
+                    if y != 1.0 {
+                        t += (1.0 - y) * log1p(s_pos * expm1(d));
+                    }
+                }
+                t
+            } else {
+                let z0 = &self.zt[depth - 1][j * ny..(j + 1) * ny];
+                loss_delta(model.loss(), gout, z0, dz, y)
+            };
             sum.add(dl);
             mag += dl.abs();
         }
