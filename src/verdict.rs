@@ -561,8 +561,27 @@ impl Rules {
         let kg = ku * self.gradient_roundoff;
         // First pass: every element's own truncation estimate; then per tensor a shared
         // allowance and whether its ε is in the asymptotic range.
+        // Rounding in either side's dot products is relative to the magnitudes flowing
+        // through them, which are alike across a tensor, not to each element's own value
+        // (a small element can be a large cancellation): every element's rounding bound is
+        // at least that of the tensor's RMS per-sample term size.
+        let mut term_rms = vec![0.0; grad.len()];
+        for slot in layout.tensors() {
+            let r = slot.range();
+            let sq: f64 = r
+                .clone()
+                .map(|i| at.term_size(i, grad[i], at.central[i]))
+                .filter(|t| t.is_finite())
+                .map(|t| t * t)
+                .sum();
+            let rms = (sq / r.len().max(1) as f64).sqrt();
+            term_rms[r].iter_mut().for_each(|v| *v = rms);
+        }
         let first: Vec<Judged> = (0..grad.len())
-            .map(|i| self.judge_element(i, grad[i], &at, wide.as_ref(), kg, 0.0, true))
+            .map(|i| {
+                let t = term_rms[i];
+                self.judge_element(i, grad[i], &at, wide.as_ref(), kg, t, 0.0, true)
+            })
             .collect();
         let mut floor = vec![0.0; grad.len()];
         let mut provable = vec![true; grad.len()];
@@ -587,7 +606,10 @@ impl Rules {
             }
         }
         let judged: Vec<Judged> = (0..grad.len())
-            .map(|i| self.judge_element(i, grad[i], &at, wide.as_ref(), kg, floor[i], provable[i]))
+            .map(|i| {
+                let t = term_rms[i];
+                self.judge_element(i, grad[i], &at, wide.as_ref(), kg, t, floor[i], provable[i])
+            })
             .collect();
         // The numbers the notebook would print: central (or Richardson) differences.
         let approx: Vec<f64> = match (&wide, self.stencil) {
@@ -673,7 +695,8 @@ impl Rules {
         }
     }
 
-    /// The verdict on element i (see the module doc). `floor` is a truncation allowance
+    /// The verdict on element i (see the module doc). `term_rms` is the tensor's RMS
+    /// per-sample term size (a floor for rounding); `floor` is a truncation allowance
     /// shared by the tensor (half its largest visible truncation: a per-element Richardson
     /// estimate can cancel by accident); `provable` is false when the tensor's ε is outside
     /// the range where truncation is predictable (then nothing is proven wrong at it).
@@ -685,6 +708,7 @@ impl Rules {
         at: &Side<'_>,
         wide: Option<&Side<'_>>,
         kg: f64,
+        term_rms: f64,
         floor: f64,
         provable: bool,
     ) -> Judged {
@@ -758,9 +782,10 @@ impl Rules {
         if !numeric.is_finite() {
             return unresolved(Status::NotFinite, numeric);
         }
-        // The analytic side's rounding, the nominal-step gap, and underflow of ΔJ.
-        let rounding = est.rounding
-            + kg * at.term_size(i, g, numeric)
+        // Both sides' rounding, at least the tensor's (see `judge`), the nominal-step gap,
+        // and underflow of ΔJ.
+        let rounding = est.rounding.max(at.ku * term_rms)
+            + kg * at.term_size(i, g, numeric).max(term_rms)
             + numeric.abs() * step_error
             + f64::MIN_POSITIVE / at.half_step(i);
         let truncation = est.truncation + floor;
