@@ -837,6 +837,10 @@ struct DeltaCtx<'a> {
     epsilon: f64,
     /// Per layer l: Z_l transposed, [j·n_l + i].
     zt: Vec<Vec<f64>>,
+    /// Per layer l: Z_l row-major, [i·m + j] (the perturbed row's samples, contiguous).
+    zr: Vec<Vec<f64>>,
+    /// Per layer l: the dropout factors row-major.
+    mr: Vec<Option<Vec<f64>>>,
     /// Per layer l: the dropout factors transposed (None without dropout).
     mt: Vec<Option<Vec<f64>>>,
     /// Per layer l: W_l's columns, [c·n_l + i] = W_l[i, c] (the rank-1 update's column).
@@ -901,11 +905,14 @@ impl<'a> DeltaCtx<'a> {
         } else {
             Vec::new()
         };
+        let rows = |a: &Array2<f64>| a.iter().copied().collect::<Vec<f64>>();
         let mut ctx = DeltaCtx {
             model,
             params,
             data,
             epsilon,
+            zr: fwd.z.iter().map(rows).collect(),
+            mr: (0..depth).map(|l| mask(data, l).map(rows)).collect(),
             zt,
             mt,
             wcols,
@@ -1007,7 +1014,6 @@ impl<'a> DeltaCtx<'a> {
         let d = sign * self.epsilon;
         let mut kink = false;
         let g = model.activation(l);
-        let nl = sizes[l + 1];
         let ny = sizes[depth];
         // ΔZ_l[r, j] for the samples it moves.
         s.cols.clear();
@@ -1016,12 +1022,13 @@ impl<'a> DeltaCtx<'a> {
             TensorKind::Weight => Some(&self.input[l][pos.col * m..(pos.col + 1) * m]),
             TensorKind::Bias => None,
         };
+        let z_row = &self.zr[l][r * m..(r + 1) * m];
+        let m_row = self.mr[l].as_ref().map(|f| &f[r * m..(r + 1) * m]);
         for j in 0..m {
             let dz = row.map_or(d, |x| d * x[j]);
             if dz != 0.0 {
-                let at = j * nl + r;
-                let z0 = self.zt[l][at];
-                kink |= crosses(g, z0, z0 + dz) && self.mask(l, at) != 0.0;
+                let z0 = z_row[j];
+                kink |= crosses(g, z0, z0 + dz) && m_row.is_none_or(|f| f[j] != 0.0);
                 s.cols.push(j);
                 s.vals.push(dz);
             }
@@ -1040,8 +1047,7 @@ impl<'a> DeltaCtx<'a> {
             let mut keep = 0;
             for k in 0..s.cols.len() {
                 let j = s.cols[k];
-                let at = j * nl + r;
-                let da = act_delta(g, self.zt[l][at], s.vals[k]) * self.mask(l, at);
+                let da = act_delta(g, z_row[j], s.vals[k]) * m_row.map_or(1.0, |f| f[j]);
                 if da != 0.0 {
                     s.cols[keep] = j;
                     s.vals[keep] = da;
@@ -1327,7 +1333,7 @@ mod tests {
             let spec = ModelSpec {
                 layers: vec![4, 6, 5, 3],
                 activations: acts.iter().map(|a| a.parse().unwrap()).collect(),
-                loss: if acts[2] == "sigmoid" { loss } else { loss },
+                loss,
                 l2: 0.05,
                 dropout: Some(crate::model::Dropout {
                     keep_prob: 0.7,
