@@ -1,0 +1,204 @@
+"""gradcheck from Python: prove that a hand-written backprop is right.
+
+    import gradcheck
+    r = gradcheck.check(parameters, X, Y, gradients)
+    r.verdict, r.difference, r.tensors      # and, in Jupyter, a table
+
+The dicts are the course notebook's: ``parameters`` holds W1, b1, … (W_l is n_l × n_{l-1},
+b_l is n_l × 1), ``gradients`` holds dW1, db1, … (extra keys such as dZ3 or dA2 are
+ignored), X is n0 × m and Y is nL × m, one sample per column. The check itself is the Rust
+library's (the same as the ``gradcheck`` command line): every central difference, each
+with a bound on its own error, and a verdict that is pass, fail or inconclusive.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from . import _gradcheck
+
+__all__ = ["check", "gradient_check_n", "Report", "Tensor", "__version__"]
+__version__ = _gradcheck.version()
+
+# The notebook's parameter and gradient names.
+_PARAM = re.compile(r"^[Wb][1-9][0-9]*$")
+_GRAD = re.compile(r"^d[Wb][1-9][0-9]*$")
+
+
+def _wire(name: str, value: Any, label: str):
+    """(name, shape, float64 bytes, was float32) for the Rust side: any memory order and
+    float dtype, one contiguous float64 copy."""
+    try:
+        arr = np.asarray(value)
+    except Exception as e:  # noqa: BLE001 - the message is what matters
+        raise ValueError(f"{label}: {name} is not an array ({e})") from None
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{label}: {name} has dtype {arr.dtype}; expected float64 or float32")
+    was_f32 = arr.dtype == np.float32
+    arr = np.ascontiguousarray(arr, dtype=np.float64)
+    return (name, list(arr.shape), arr.tobytes(), bool(was_f32))
+
+
+def _arrays(d: Mapping[str, Any], label: str, keep) -> list:
+    if not isinstance(d, Mapping):
+        raise ValueError(f"{label}: expected a dict of arrays, got {type(d).__name__}")
+    return [_wire(k, v, label) for k, v in d.items() if keep(k)]
+
+
+@dataclass
+class Tensor:
+    """One tensor's result."""
+
+    name: str
+    shape: tuple
+    difference: float
+    verdict: str
+    passed: bool
+    resolution: float
+    diagnosis: Optional[str]
+    reason: Optional[str]
+    worst: list = field(default_factory=list)
+
+
+class Report:
+    """The result of a check: ``verdict`` ("pass", "fail", "inconclusive"), ``passed``,
+    ``difference`` (the notebook's number), ``tensors``; ``to_dict()`` / ``to_json()`` give
+    the command line's JSON document."""
+
+    def __init__(self, document: str, text: str):
+        self._json = document
+        self._text = text
+        self._dict = json.loads(document)
+        d = self._dict
+        self.verdict: str = d["verdict"]
+        self.passed: bool = d["passed"]
+        self.difference: float = d["difference"]
+        self.epsilon: float = d["epsilon"]
+        self.backend: str = d["backend"]
+        self.precision: str = d["precision"]
+        self.reasons: list = d["reasons"]
+        self.notes: list = d["notes"]
+        self.tensors = [
+            Tensor(
+                name=t["name"],
+                shape=tuple(t["shape"]),
+                difference=t["difference"],
+                verdict=t["verdict"],
+                passed=t["passed"],
+                resolution=t["resolution"],
+                diagnosis=(t["diagnosis"] or {}).get("message"),
+                reason=t["reason"],
+                worst=t["worst"],
+            )
+            for t in d["tensors"]
+        ]
+
+    def to_dict(self) -> dict:
+        """The report as the command line's ``--json`` document (a fresh copy)."""
+        return json.loads(self._json)
+
+    def to_json(self) -> str:
+        """The command line's ``--json`` text, unchanged."""
+        return self._json
+
+    def __str__(self) -> str:
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"<gradcheck.Report {self.verdict} difference={self.difference!r}>"
+
+    def _repr_html_(self) -> str:
+        color = {"pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}
+        rows = []
+        for t in self.tensors:
+            style = "" if t.passed else ' style="background:#ffebe9"'
+            note = html.escape(t.diagnosis or t.reason or "")
+            rows.append(
+                f"<tr{style}><td>{html.escape(t.name)}</td><td>{t.shape[0]}×{t.shape[1]}</td>"
+                f"<td>{t.difference:.3e}</td><td>{t.resolution:.1e}</td>"
+                f'<td style="color:{color.get(t.verdict, "black")}"><b>{t.verdict}</b></td>'
+                f"<td>{note}</td></tr>"
+            )
+        reasons = "".join(f"<li>{html.escape(r)}</li>" for r in self.reasons)
+        return (
+            f'<div><p><b style="color:{color.get(self.verdict, "black")}">'
+            f"{self.verdict.upper()}</b> — difference {self.difference!r} "
+            f"(ε = {self.epsilon:g}, {html.escape(self.backend)}, {html.escape(self.precision)})</p>"
+            f"{f'<ul>{reasons}</ul>' if reasons else ''}"
+            "<table><thead><tr><th>tensor</th><th>shape</th><th>difference</th>"
+            "<th>resolution</th><th>verdict</th><th></th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table></div>"
+        )
+
+
+def check(
+    parameters: Mapping[str, Any],
+    X: Any,
+    Y: Any,
+    gradients: Optional[Mapping[str, Any]] = None,
+    *,
+    model: Optional[Mapping[str, Any]] = None,
+    epsilon: Optional[float] = None,
+    threshold: Optional[float] = None,
+    backend: str = "auto",
+    precision: str = "auto",
+    kinks: str = "exclude",
+    stencil: int = 2,
+) -> Report:
+    """Checks ``gradients`` (dW1, db1, …) against central differences of the cost at
+    ``parameters`` (W1, b1, …) on the data X (n0 × m), Y (nL × m).
+
+    Without ``gradients`` the built-in backprop's are checked (the report says so).
+    ``model`` is the command line's JSON spec as a dict (layers, activations, loss, l2,
+    dropout); without it the notebook's choices are inferred from the weight shapes.
+    Bad input raises ValueError naming the tensor and the shapes.
+    """
+    params = _arrays(parameters, "parameters", lambda k: True)
+    data = [_wire("X", X, "data"), _wire("Y", Y, "data")]
+    grads = None
+    if gradients is not None:
+        grads = _arrays(gradients, "gradients", lambda k: bool(_GRAD.match(k)))
+    options = json.dumps(
+        {
+            "epsilon": epsilon,
+            "threshold": threshold,
+            "backend": backend,
+            "precision": precision,
+            "kinks": kinks,
+            "stencil": stencil,
+        }
+    )
+    spec = json.dumps(dict(model)) if model is not None else None
+    document, text = _gradcheck.check(params, data, grads, spec, options)
+    return Report(document, text)
+
+
+def gradient_check_n(parameters, gradients, X, Y, epsilon=1e-7, print_msg=False):
+    """The course notebook's ``gradient_check_n``, drop-in: returns the difference
+    ‖grad − gradapprox‖ / (‖grad‖ + ‖gradapprox‖) computed in the notebook's own
+    arithmetic (its digits), and prints the notebook's message when ``print_msg``."""
+    params = {k: v for k, v in parameters.items() if _PARAM.match(k)}
+    r = check(params, X, Y, gradients, epsilon=epsilon, precision="f64-plain")
+    difference = r.difference
+    if print_msg:
+        if difference > 2e-7:
+            print(
+                "\033[93m"
+                + "There is a mistake in the backward propagation! difference = "
+                + str(difference)
+                + "\033[0m"
+            )
+        else:
+            print(
+                "\033[92m"
+                + "Your backward propagation works perfectly fine! difference = "
+                + str(difference)
+                + "\033[0m"
+            )
+    return difference

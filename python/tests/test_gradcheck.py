@@ -1,0 +1,155 @@
+"""The Python package against independent oracles: the notebook's own numbers (its fixture
+files and arrays built here), the CLI's JSON for the same inputs, and planted bugs."""
+
+import json
+import os
+import pathlib
+import subprocess
+
+import numpy as np
+import pytest
+
+import gradcheck
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SEED = ROOT.parent / "shared" / "fixtures" / "seed"
+if not (SEED / "seed_params.npz").exists():
+    SEED = ROOT / "fixtures" / "seed"
+EXPECTED = json.loads((SEED / "seed_expected.json").read_text()) if (SEED / "seed_expected.json").exists() else None
+BUGGY = 0.2850931567761623
+FIXED = 1.1890913024229996e-07
+
+
+def load(name):
+    with np.load(SEED / name) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def seed():
+    data = load("seed_data.npz")
+    return load("seed_params.npz"), data["X"], data["Y"], load("seed_grads_buggy.npz"), load("seed_grads_fixed.npz")
+
+
+def rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def test_gradient_check_n_gives_the_notebooks_numbers(seed, capsys):
+    params, X, Y, buggy, fixed = seed
+    d = gradcheck.gradient_check_n(params, buggy, X, Y, print_msg=True)
+    assert rel(d, BUGGY) <= 1e-8
+    assert "There is a mistake in the backward propagation!" in capsys.readouterr().out
+    d = gradcheck.gradient_check_n(params, fixed, X, Y, epsilon=1e-7, print_msg=True)
+    assert rel(d, FIXED) <= 5e-3
+    assert "works perfectly fine" in capsys.readouterr().out
+
+
+def test_check_names_the_failing_tensors_and_their_diagnoses(seed):
+    params, X, Y, buggy, fixed = seed
+    r = gradcheck.check(params, X, Y, buggy, backend="cpu")
+    assert r.verdict == "fail" and not r.passed
+    failing = {t.name: t.diagnosis for t in r.tensors if not t.passed}
+    assert set(failing) == {"b1", "W2"}
+    assert "4.000" in failing["b1"] and "2.000" in failing["W2"]
+    r = gradcheck.check(params, X, Y, fixed, backend="cpu")
+    assert r.verdict == "pass"
+    # The default f64 Δ path: the notebook's fixed gradients agree to the last bits.
+    assert r.difference < 1e-14
+
+
+def test_the_notebooks_extra_gradient_keys_are_ignored(seed):
+    params, X, Y, buggy, fixed = seed
+    g = dict(fixed, dZ3=np.ones((1, 3)), dA2=np.ones((3, 3)))
+    assert gradcheck.check(params, X, Y, g, backend="cpu").passed
+
+
+def test_arrays_built_here_one_dimensional_notebook_net():
+    # The notebook's 4-5-3-1 net on arrays made in the test: the built-in backprop passes.
+    rng = np.random.default_rng(1)
+    params = {
+        "W1": rng.standard_normal((5, 4)), "b1": rng.standard_normal((5, 1)),
+        "W2": rng.standard_normal((3, 5)), "b2": rng.standard_normal((3, 1)),
+        "W3": rng.standard_normal((1, 3)), "b3": rng.standard_normal((1, 1)),
+    }
+    X = rng.standard_normal((4, 3))
+    Y = np.array([[1.0, 0.0, 1.0]])
+    r = gradcheck.check(params, X, Y, backend="cpu")
+    assert r.passed
+    assert "built-in backprop" in str(r)
+    assert r.to_dict()["builtin_gradients"] is True
+
+
+def test_float32_and_fortran_order_inputs(seed):
+    params, X, Y, buggy, fixed = seed
+    f_params = {k: np.asfortranarray(v) for k, v in params.items()}
+    r = gradcheck.check(f_params, np.asfortranarray(X), Y, fixed, backend="cpu")
+    assert r.passed
+    g32 = {k: v.astype(np.float32) for k, v in fixed.items()}
+    r = gradcheck.check(params, X, Y, g32, backend="cpu")
+    # f32 gradients carry f32 rounding: judged with it, they pass; bugs still fail.
+    assert r.passed, r.reasons
+    b32 = {k: v.astype(np.float32) for k, v in buggy.items()}
+    assert gradcheck.check(params, X, Y, b32, backend="cpu").verdict == "fail"
+
+
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda p, X, Y, g: (dict(p, W2=np.ones((4, 4))), X, Y, g), "W2"),
+        (lambda p, X, Y, g: ({k: v for k, v in p.items() if k != "b2"}, X, Y, g), "b2"),
+        (lambda p, X, Y, g: (p, X[:3], Y, g), "X"),
+        (lambda p, X, Y, g: (p, X, np.ones((2, 3)), g), "Y"),
+        (lambda p, X, Y, g: (dict(p, W1=np.full((5, 4), np.nan)), X, Y, g), "W1"),
+        (lambda p, X, Y, g: (p, X, Y, dict(g, dW3=np.ones((2, 2)))), "dW3"),
+        (lambda p, X, Y, g: (p, X, Y, {k: v for k, v in g.items() if k != "db1"}), "db1"),
+        (lambda p, X, Y, g: (dict(p, W1=np.array([["a"] * 4] * 5)), X, Y, g), "W1"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_tensor(seed, mutate, needle):
+    params, X, Y, buggy, fixed = seed
+    p, x, y, g = mutate(params, X, Y, fixed)
+    with pytest.raises(ValueError, match=needle):
+        gradcheck.check(p, x, y, g, backend="cpu")
+
+
+def test_bad_options_raise_value_error(seed):
+    params, X, Y, buggy, fixed = seed
+    with pytest.raises(ValueError, match="backend"):
+        gradcheck.check(params, X, Y, fixed, backend="tpu")
+    with pytest.raises(ValueError, match="epsilon"):
+        gradcheck.check(params, X, Y, fixed, epsilon=1e300)
+
+
+def test_html_table_and_json_equal_to_the_cli(seed, tmp_path):
+    params, X, Y, buggy, fixed = seed
+    r = gradcheck.check(params, X, Y, buggy, backend="cpu", precision="f64-plain")
+    page = r._repr_html_()
+    assert "<table>" in page and "W2" in page and "background" in page
+    cli = os.environ.get("GRADCHECK_BIN", str(ROOT / "target" / "release" / "gradcheck"))
+    if not pathlib.Path(cli).exists():
+        pytest.skip(f"no CLI binary at {cli}")
+    out = subprocess.run(
+        [cli, "check", "--params", str(SEED / "seed_params.npz"), "--data", str(SEED / "seed_data.npz"),
+         "--grads", str(SEED / "seed_grads_buggy.npz"), "--backend", "cpu", "--precision", "f64-plain",
+         "--json", "-"],
+        capture_output=True, text=True,
+    )
+    assert out.returncode == 1, out.stderr
+    ours, theirs = r.to_dict(), json.loads(out.stdout)
+    # Same document but for wall-clock times and the notes naming where inputs came from.
+    for d in (ours, theirs):
+        d.pop("timings")
+        d.pop("notes")
+    assert ours == theirs
+
+
+def test_saturated_outputs_are_decided():
+    # A logistic unit at z = 40 with y = 0: σ(z) == 1.0 in f64, J = 40.
+    params = {"W1": np.array([[39.0]]), "b1": np.array([[1.0]])}
+    X, Y = np.array([[1.0]]), np.array([[0.0]])
+    model = {"layers": [1, 1], "activations": ["sigmoid"], "loss": "binary_cross_entropy"}
+    good = {"dW1": np.array([[1.0]]), "db1": np.array([[1.0]])}
+    assert gradcheck.check(params, X, Y, good, model=model, backend="cpu").passed
+    bad = {"dW1": np.array([[2.0]]), "db1": np.array([[1.0]])}
+    assert gradcheck.check(params, X, Y, bad, model=model, backend="cpu").verdict == "fail"
