@@ -47,8 +47,11 @@ fn value_error(e: impl std::fmt::Display) -> PyErr {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> PyResult<T> {
-    serde_json::from_value(serde_json::Value::String(text.into()))
-        .map_err(|_| PyValueError::new_err(format!("{what} = {text:?} is not one of the allowed values")))
+    serde_json::from_value(serde_json::Value::String(text.into())).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{what} = {text:?} is not one of the allowed values"
+        ))
+    })
 }
 
 /// Runs a check; returns the report as the CLI's JSON and as its text table.
@@ -85,17 +88,24 @@ fn check(
     gc.gradient_roundoff = problem.grad_roundoff;
     if let Some(e) = gc.epsilon {
         if !(e.is_finite() && e > 0.0 && e <= 1.0) {
-            return Err(value_error(format!("epsilon = {e}: must be a number in (0, 1]")));
+            return Err(value_error(format!(
+                "epsilon = {e}: must be a number in (0, 1]"
+            )));
         }
     }
     let report = py
         .detach(|| {
-            gc.run(&problem.model, &problem.params, &problem.data, &problem.grads)
-                .map(|mut r| {
-                    r.notes.splice(0..0, problem.notes.clone());
-                    r.builtin_gradients = problem.builtin_grads;
-                    r
-                })
+            gc.run(
+                &problem.model,
+                &problem.params,
+                &problem.data,
+                &problem.grads,
+            )
+            .map(|mut r| {
+                r.notes.splice(0..0, problem.notes.clone());
+                r.builtin_gradients = problem.builtin_grads;
+                r
+            })
         })
         .map_err(value_error)?;
     Ok((

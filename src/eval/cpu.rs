@@ -726,7 +726,7 @@ pub fn perturbed_deltas(
 }
 
 /// [`perturbed_deltas`] layer by layer everywhere, without the piecewise-linear
-/// [`Shortcut`]: the reference the shortcut is tested against.
+/// shortcut: the reference the shortcut is tested against.
 pub fn perturbed_deltas_layerwise(
     model: &Model,
     params: &Params,
