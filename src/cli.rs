@@ -442,6 +442,11 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
             eprintln!("{n} dropout mask(s) written to {}", path.display());
         }
         if let Some(spec) = &a.shard {
+            if matches!(a.epsilon, Some(EpsilonArg::Auto)) {
+                bail!(
+                    "--shard with --epsilon auto: every shard must use the same ε; give it as a number"
+                );
+            }
             let (i, n) = gradcheck::shard::parse_shard(spec)?;
             let part = gradcheck::shard::evaluate_shard(&gc, &p, i, n)?;
             let path = a.json.as_ref().expect("clap requires --json with --shard");

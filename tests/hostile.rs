@@ -45,11 +45,15 @@ fn npz(path: &std::path::Path, entries: &[(&str, Vec<u8>)], deflate: bool) {
     z.finish().unwrap();
 }
 
-/// Runs the CLI, asserting it ends by itself within `limit` with no panic.
+/// Runs the CLI under an 8 GiB address-space limit (`ulimit -v`), asserting it ends by
+/// itself within `limit` with no panic (an allocation over the limit would abort).
 fn run(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (i32, String, String) {
     let t0 = Instant::now();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gradcheck"));
-    cmd.args(args);
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg("ulimit -v 8388608; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_gradcheck"))
+        .args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
