@@ -493,7 +493,10 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         let mut r = match fast {
             Some(f) if f.passed => f,
             _ => {
-                let mut r = gc.run(&p.model, &p.params, &p.data, &p.grads)?;
+                let bar = progress(&p, &gc);
+                let r = gc.run(&p.model, &p.params, &p.data, &p.grads);
+                bar.finish();
+                let mut r = r?;
                 if let Some(f) = fast.and_then(|f| f.fast) {
                     r.notes.push(format!(
                         "the fast check ({} directions, seed {}) did not pass (difference {:e}); the full check localises it",
@@ -610,4 +613,65 @@ fn preflight(paths: &[Option<&PathBuf>]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     Ok(())
+}
+
+/// A running check's progress on a terminal (nothing when stderr is not one): the header
+/// at once, then perturbations done, rate and ETA, polled from the CPU evaluator's counter
+/// (a GPU evaluation is one submission: its bar just shows the time).
+struct Progress {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn finish(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn progress(p: &Problem, gc: &GradCheck) -> Progress {
+    use std::io::IsTerminal as _;
+    use std::sync::atomic::Ordering;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if !std::io::stderr().is_terminal() {
+        return Progress { stop, thread: None };
+    }
+    let n = p.model.n_params() as u64;
+    eprintln!(
+        "gradcheck: {} parameters, m = {}, backend {}, precision {} …",
+        n,
+        p.data.m(),
+        match gc.backend {
+            Backend::Auto => "auto",
+            Backend::Cpu => "cpu",
+            Backend::Gpu => "gpu",
+        },
+        gc.precision.label()
+    );
+    // Two evaluations (ε and 2ε) of 2N perturbations each.
+    let bar = indicatif::ProgressBar::new(4 * n);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} perturbations {per_sec} ETA {eta} ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let start = gradcheck::eval::cpu::PERTURBATIONS_DONE.load(Ordering::Relaxed);
+    let flag = stop.clone();
+    let thread = std::thread::spawn(move || {
+        while !flag.load(Ordering::SeqCst) {
+            let done = gradcheck::eval::cpu::PERTURBATIONS_DONE.load(Ordering::Relaxed) - start;
+            bar.set_length(bar.length().unwrap_or(0).max(done as u64));
+            bar.set_position(done as u64);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        bar.finish_and_clear();
+    });
+    Progress {
+        stop,
+        thread: Some(thread),
+    }
 }

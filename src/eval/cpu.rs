@@ -303,6 +303,11 @@ pub struct Perturbed {
     pub magnitudes: Option<Vec<[f64; 2]>>,
 }
 
+/// Perturbations evaluated by the CPU evaluator in this process so far (a progress bar
+/// reads it; one relaxed add per parameter costs nothing next to its evaluation).
+pub static PERTURBATIONS_DONE: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
 /// Kink flag: the +ε step crossed a kink.
 pub const KINK_PLUS: u8 = 1;
 /// Kink flag: the −ε step crossed a kink.
@@ -350,6 +355,7 @@ pub fn perturbed_costs(
     let one = |s: &mut Scratch, i: usize| {
         let (p, kp) = ctx.eval(s, i, 1.0);
         let (q, kq) = ctx.eval(s, i, -1.0);
+        PERTURBATIONS_DONE.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         (p, q, kink_bits(kp, kq))
     };
     let results: Vec<(f64, f64, u8)> = match threads {
@@ -759,6 +765,7 @@ fn deltas(
     let one = |s: &mut Scratch, i: usize| {
         let (p, mp, kp) = ctx.eval(s, i, 1.0);
         let (q, mq, kq) = ctx.eval(s, i, -1.0);
+        PERTURBATIONS_DONE.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
         (p, q, kink_bits(kp, kq), [mp, mq])
     };
     let results: Vec<(f64, f64, u8, [f64; 2])> = match threads {
