@@ -1356,7 +1356,14 @@ mod tests {
                 },
                 ..spec
             };
-            let (model, params, data) = crate::examples::random_problem(spec, 9, 4).unwrap();
+            let model = Model::new(spec).unwrap();
+            let mut rng = crate::rng::Rng(4);
+            let theta = (0..model.n_params()).map(|_| rng.sym()).collect();
+            let params = Params::new(model.layout().clone(), theta).unwrap();
+            let (n0, ny) = (model.sizes()[0], *model.sizes().last().unwrap());
+            let x = Array2::from_shape_fn((n0, 9), |_| 1.5 * rng.sym());
+            let y = Array2::from_shape_fn((ny, 9), |(i, j)| f64::from(u8::from(i == j % ny)));
+            let data = Data::new(&model, x, y).unwrap();
             for eps in [1e-7, 3e-2] {
                 let n = model.n_params();
                 let fast =
