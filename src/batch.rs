@@ -4,9 +4,11 @@
 //! ```toml
 //! [defaults]            # optional; any job may override
 //! backend = "auto"      # auto | cpu | gpu
-//! precision = "auto"    # auto | f64 | f32 | f32-plain
+//! precision = "auto"    # auto | f64 | f64-plain | f32 | f32-plain
 //! epsilon = 1e-7
-//! threshold = 2e-7
+//! threshold = 2e-7             # the notebook's rule, reported beside the verdict
+//! stencil = 2                   # or 4
+//! # fast = 4                    # random directions first; the full check if they do not pass
 //!
 //! [[job]]
 //! name = "mlp"
@@ -48,6 +50,10 @@ pub struct Settings {
     pub threshold: Option<f64>,
     /// Kink policy.
     pub kinks: Option<KinkPolicy>,
+    /// 2 or 4 (see `check --stencil`).
+    pub stencil: Option<u8>,
+    /// Fast mode first with this many random directions (see `check --fast`).
+    pub fast: Option<usize>,
 }
 
 /// One job of the manifest.
@@ -203,6 +209,8 @@ fn run_job(n: usize, job: &JobSpec, defaults: &Settings, adapter: Option<&str>) 
         )
         .kinks(s.kinks.or(defaults.kinks).unwrap_or(KinkPolicy::Exclude));
     gc.epsilon = s.epsilon.or(defaults.epsilon);
+    gc.stencil = s.stencil.or(defaults.stencil).unwrap_or(2);
+    let fast = s.fast.or(defaults.fast);
     gc.threshold = s.threshold.or(defaults.threshold);
     gc.adapter = adapter.map(str::to_owned);
     let result = load_problem(job).and_then(|p| {
@@ -211,7 +219,24 @@ fn run_job(n: usize, job: &JobSpec, defaults: &Settings, adapter: Option<&str>) 
         if p.notebook && gc.precision == Precision::Auto {
             gc.precision = Precision::F64Plain;
         }
-        let mut r = gc.run(&p.model, &p.params, &p.data, &p.grads)?;
+        if let Some(e) = gc.epsilon {
+            if !(e.is_finite() && e > 0.0 && e <= 1.0) {
+                return Err(Error::Config(format!("epsilon = {e}: must be in (0, 1]")));
+            }
+        }
+        if !matches!(gc.stencil, 2 | 4) || fast.is_some_and(|k| k == 0 || k > 10_000) {
+            return Err(Error::Config(
+                "stencil must be 2 or 4, fast 1 … 10000 directions".into(),
+            ));
+        }
+        let quick = match fast {
+            Some(k) => Some(gc.fast(&p.model, &p.params, &p.data, &p.grads, k, 0)?),
+            None => None,
+        };
+        let mut r = match quick {
+            Some(q) if q.passed => q,
+            _ => gc.run(&p.model, &p.params, &p.data, &p.grads)?,
+        };
         r.notes.splice(0..0, p.notes);
         r.builtin_gradients = p.builtin_grads;
         Ok(r)

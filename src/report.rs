@@ -62,8 +62,11 @@ pub fn render_text(r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "backend {} ({}), ε = {}, {:.3} s",
+        "backend {}{} ({}), ε = {}, {:.3} s",
         r.backend,
+        r.adapter
+            .as_ref()
+            .map_or(String::new(), |a| format!(" ({a})")),
         r.precision,
         py_repr(r.epsilon),
         r.timings.total_s

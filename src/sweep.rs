@@ -90,8 +90,11 @@ pub fn sweep(
             // ones have no meaningful central difference): the V of rounding and truncation.
             let approx = eval.gradapprox(e);
             let grad = grads.as_slice();
-            let smooth =
-                |r: std::ops::Range<usize>| r.filter(|&i| eval.kinks[i] == 0).collect::<Vec<_>>();
+            let include = g.kinks == crate::check::KinkPolicy::Include;
+            let smooth = |r: std::ops::Range<usize>| {
+                r.filter(|&i| include || eval.kinks[i] == 0)
+                    .collect::<Vec<_>>()
+            };
             let (difference, _) = diff_and_rms(grad, &approx, &smooth(0..grad.len()));
             let tensors = model
                 .layout()

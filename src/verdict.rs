@@ -298,9 +298,17 @@ pub struct Timings {
     pub total_s: f64,
 }
 
+/// The version of the report's JSON layout (2: verdicts and error bounds; 1 had `passed`
+/// from the notebook's threshold and one noise floor).
+pub const SCHEMA_VERSION: u32 = 2;
+
 /// The full result of a check.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The gradcheck version that wrote it.
+    pub gradcheck_version: String,
     /// ‖grad − gradapprox‖ / (‖grad‖ + ‖gradapprox‖) over every element, central
     /// differences (the notebook's number).
     pub difference: f64,
@@ -316,8 +324,10 @@ pub struct Report {
     pub notebook_rule_passed: bool,
     /// ε of the central differences.
     pub epsilon: f64,
-    /// Which evaluator ran.
+    /// Which evaluator ran: "cpu" or "gpu" (or "cpu (fast mode)").
     pub backend: String,
+    /// The GPU adapter, when the GPU ran.
+    pub adapter: Option<String>,
     /// Its precision ("f64", "f64-plain", "f32", "f32-plain").
     pub precision: String,
     /// Whether the analytic gradients are the built-in backprop's (no user gradients given).
@@ -660,7 +670,16 @@ impl Rules {
 
         let kinks = eval.kinks.iter().filter(|&&k| k != 0).count();
         let difference = difference(grad, &approx);
+        // "gpu (adapter name)" from the evaluator: split.
+        let (backend, adapter) = match eval.backend.split_once(" (") {
+            Some((b, a)) if b == "gpu" => {
+                (b.to_string(), Some(a.trim_end_matches(')').to_string()))
+            }
+            _ => (eval.backend.clone(), None),
+        };
         Report {
+            schema_version: SCHEMA_VERSION,
+            gradcheck_version: env!("CARGO_PKG_VERSION").to_string(),
             difference,
             difference_counted: crate::metric::difference(&a, &n),
             verdict,
@@ -668,7 +687,8 @@ impl Rules {
             threshold: ev.threshold,
             notebook_rule_passed: difference <= ev.threshold,
             epsilon: ev.epsilon,
-            backend: eval.backend.clone(),
+            backend,
+            adapter,
             precision: eval.precision.clone(),
             builtin_gradients: false,
             n_params: grad.len(),

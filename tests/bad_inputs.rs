@@ -223,3 +223,19 @@ fn usage_errors_exit_2() {
     let (code, _, _) = gradcheck(&["frobnicate"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn help_texts_carry_no_rustdoc_syntax_and_honest_defaults() {
+    for sub in ["check", "compare", "batch", "sweep", "merge", "devices"] {
+        let (code, out, err) = gradcheck(&[sub, "--help"]);
+        assert_eq!(code, 0, "{sub}: {err}");
+        assert!(
+            !out.contains("[`"),
+            "{sub} --help shows rustdoc link syntax:\n{out}"
+        );
+        assert!(!out.contains("0.0000000001"), "{sub} --help: {out}");
+    }
+    let (code, _, err) = gradcheck(&["check", "--example", "seed-fixed", "--stencil", "3"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("2 or 4"), "{err}");
+}
