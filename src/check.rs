@@ -193,11 +193,29 @@ impl GradCheck {
         let evaluator = self.evaluator()?;
         let (epsilon, threshold) = self.defaults_for(evaluator.precision());
         validate_threshold(threshold)?;
-        let mut report =
-            self.run_at(&*evaluator, model, params, data, grads, epsilon, threshold)?;
+        let mut spent = 0.0;
+        let mut report = self.run_at(
+            &*evaluator,
+            model,
+            params,
+            data,
+            grads,
+            epsilon,
+            threshold,
+            &mut spent,
+        )?;
         if report.verdict == Verdict::Inconclusive && self.auto_epsilon {
             if let Some(e2) = report.suggested_epsilon {
-                let retry = self.run_at(&*evaluator, model, params, data, grads, e2, threshold)?;
+                let retry = self.run_at(
+                    &*evaluator,
+                    model,
+                    params,
+                    data,
+                    grads,
+                    e2,
+                    threshold,
+                    &mut spent,
+                )?;
                 let why = match report.reasons.as_slice() {
                     [] => String::new(),
                     [one] => one.clone(),
@@ -217,9 +235,12 @@ impl GradCheck {
                 }
             }
         }
+        let total_s = t0.elapsed().as_secs_f64();
         report.timings = Timings {
-            evaluate_s: t0.elapsed().as_secs_f64(),
-            total_s: t0.elapsed().as_secs_f64(),
+            load_s: 0.0,
+            evaluate_s: spent,
+            judge_s: total_s - spent,
+            total_s,
         };
         Ok(report)
     }
@@ -235,9 +256,12 @@ impl GradCheck {
         grads: &Grads,
         epsilon: f64,
         threshold: f64,
+        spent: &mut f64,
     ) -> Result<Report> {
+        let t0 = Instant::now();
         let eval = self.evaluate_with(evaluator, model, params, data, epsilon)?;
         let wide = self.evaluate_with(evaluator, model, params, data, 2.0 * epsilon)?;
+        *spent += t0.elapsed().as_secs_f64();
         let grad = grads.as_slice();
         let mut report = self.judge(&Evidence {
             layout: model.layout(),
@@ -359,9 +383,11 @@ impl GradCheck {
         r.notes.push(format!(
             "fast mode: {k} random ±1 directions (seed {seed}) agree; the full per-element check was not run"
         ));
+        let total_s = t0.elapsed().as_secs_f64();
         r.timings = Timings {
-            evaluate_s: t0.elapsed().as_secs_f64(),
-            total_s: t0.elapsed().as_secs_f64(),
+            evaluate_s: total_s,
+            total_s,
+            ..Timings::default()
         };
         Ok(r)
     }

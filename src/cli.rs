@@ -444,7 +444,9 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
     let report = if a.inputs.example == Some(Example::Seed1d) {
         one_d_report(&gc)?
     } else {
+        let t_load = std::time::Instant::now();
         let p = load(&a.inputs)?;
+        let load_s = t_load.elapsed().as_secs_f64();
         let mut gc = gc;
         gc.gradient_roundoff = p.grad_roundoff;
         if p.notebook && a.precision == Precision::Auto {
@@ -528,6 +530,7 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         r.notes.splice(0..0, p.notes);
         r.notes.extend(auto_note);
         r.builtin_gradients = p.builtin_grads;
+        r.timings.load_s = load_s;
         r
     };
     emit_report(&report, a.json.as_ref())?;

@@ -292,9 +292,13 @@ pub struct TensorReport {
 /// Timings of the phases, seconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Timings {
-    /// Computing every J±.
+    /// Reading and validating the inputs (front ends fill it in).
+    pub load_s: f64,
+    /// Computing every J± (at ε and 2ε, re-checks included).
     pub evaluate_s: f64,
-    /// The whole check.
+    /// Judging and diagnosing them.
+    pub judge_s: f64,
+    /// The whole check (load excluded).
     pub total_s: f64,
 }
 
