@@ -150,6 +150,8 @@ pub struct JobResult {
 /// The whole batch.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchReport {
+    /// True in the final report; the interim file written after each job says false.
+    pub complete: bool,
     /// Jobs that passed.
     pub passed: usize,
     /// Jobs that failed.
@@ -279,6 +281,7 @@ pub fn run(
     }
     let count = |o: Outcome| jobs.iter().filter(|j| j.outcome == o).count();
     BatchReport {
+        complete: true,
         passed: count(Outcome::Pass),
         failed: count(Outcome::Fail),
         inconclusive: count(Outcome::Inconclusive),

@@ -321,11 +321,22 @@ fn run_batch(a: BatchArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (mut perturbations, t0) = (0usize, std::time::Instant::now());
+    // Each finished job is in the JSON file at once (rewritten whole), so an interrupted
+    // batch still leaves a report of what ran.
+    let mut done: Vec<batch::JobResult> = Vec::new();
+    let interim = a.json.as_ref().filter(|p| p.as_os_str() != "-");
     let report = batch::run(&manifest, a.adapter.as_deref(), |_, job| {
         perturbations += job.report.as_ref().map_or(0, |r| 2 * r.n_params);
         let rate = perturbations as f64 / t0.elapsed().as_secs_f64().max(1e-9);
         bar.set_message(format!("{perturbations} perturbations, {rate:.3e}/s"));
         bar.inc(1);
+        if let Some(path) = interim {
+            done.push(job.clone());
+            let partial = serde_json::json!({"complete": false, "jobs": done});
+            if let Ok(text) = serde_json::to_string_pretty(&partial) {
+                let _ = write_file(path, text.as_bytes());
+            }
+        }
     });
     bar.finish_and_clear();
     let json = serde_json::to_string_pretty(&report)?;
