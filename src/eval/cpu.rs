@@ -303,8 +303,8 @@ pub struct Perturbed {
     pub magnitudes: Option<Vec<[f64; 2]>>,
 }
 
-/// Perturbations evaluated by the CPU evaluator in this process so far (a progress bar
-/// reads it; one relaxed add per parameter costs nothing next to its evaluation).
+/// Perturbations evaluated by the CPU evaluator in this process so far, to within 512 per
+/// thread (a progress bar reads it).
 pub static PERTURBATIONS_DONE: std::sync::atomic::AtomicUsize =
     std::sync::atomic::AtomicUsize::new(0);
 
@@ -355,7 +355,7 @@ pub fn perturbed_costs(
     let one = |s: &mut Scratch, i: usize| {
         let (p, kp) = ctx.eval(s, i, 1.0);
         let (q, kq) = ctx.eval(s, i, -1.0);
-        PERTURBATIONS_DONE.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        s.count_done();
         (p, q, kink_bits(kp, kq))
     };
     let results: Vec<(f64, f64, u8)> = match threads {
@@ -407,6 +407,20 @@ struct Scratch {
     /// Δ path: samples taking the shortcut, (j, t); and a sample order being merged.
     fast: Vec<(usize, f64)>,
     order: Vec<usize>,
+    /// Perturbations done since this thread last added to [`PERTURBATIONS_DONE`].
+    pending: usize,
+}
+
+impl Scratch {
+    /// Counts one ± pair; adds to the shared counter every 512 (a shared atomic per
+    /// parameter would bounce its cache line between the cores).
+    fn count_done(&mut self) {
+        self.pending += 2;
+        if self.pending >= 512 {
+            PERTURBATIONS_DONE.fetch_add(self.pending, std::sync::atomic::Ordering::Relaxed);
+            self.pending = 0;
+        }
+    }
 }
 
 fn crosses(g: Activation, z0: f64, z1: f64) -> bool {
@@ -765,7 +779,7 @@ fn deltas(
     let one = |s: &mut Scratch, i: usize| {
         let (p, mp, kp) = ctx.eval(s, i, 1.0);
         let (q, mq, kq) = ctx.eval(s, i, -1.0);
-        PERTURBATIONS_DONE.fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        s.count_done();
         (p, q, kink_bits(kp, kq), [mp, mq])
     };
     let results: Vec<(f64, f64, u8, [f64; 2])> = match threads {
