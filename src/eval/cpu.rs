@@ -37,19 +37,74 @@ pub struct Forward {
 /// makes the notebook's rounding noise, and so its 1.19e-7, reproduce to the last digits.
 /// The GPU kernels accumulate the same way (WGSL `fma`).
 fn affine(w: ArrayView2<'_, f64>, b: &[f64], input: ArrayView2<'_, f64>) -> Array2<f64> {
-    let (rows, m) = (w.nrows(), input.ncols());
-    let mut z = Array2::zeros((rows, m));
-    for i in 0..rows {
-        let wr = w.row(i);
-        for j in 0..m {
-            let mut s = 0.0;
-            for (t, &wt) in wr.iter().enumerate() {
-                s = wt.mul_add(input[[t, j]], s);
-            }
-            z[[i, j]] = s + b[i];
+    let (rows, n, m) = (w.nrows(), w.ncols(), input.ncols());
+    // Contiguous copies: W's rows and the input's columns (one per sample).
+    let wv: Vec<f64> = w.iter().copied().collect();
+    let xt: Vec<f64> = input.t().iter().copied().collect();
+    let mut z = vec![0.0; rows * m];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has FMA (checked just above).
+            unsafe { affine_fma(&wv, &xt, n, m, &mut z) };
+        } else {
+            affine_kernel(&wv, &xt, n, m, &mut z);
         }
     }
-    z
+    #[cfg(not(target_arch = "x86_64"))]
+    affine_kernel(&wv, &xt, n, m, &mut z);
+    for (i, row) in z.chunks_exact_mut(m.max(1)).enumerate() {
+        row.iter_mut().for_each(|v| *v += b[i]);
+    }
+    Array2::from_shape_vec((rows, m), z).expect("rows × m")
+}
+
+/// [`affine_kernel`] compiled with hardware FMA: `mul_add` becomes one instruction
+/// instead of a library call (an FMA is correctly rounded either way: the same bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn affine_fma(w: &[f64], xt: &[f64], n: usize, m: usize, z: &mut [f64]) {
+    affine_kernel(w, xt, n, m, z);
+}
+
+/// z[i·m + j] = Σ_t W[i, t]·x_j[t], each sum an FMA chain in index order; four samples at
+/// a time so that four independent chains hide the FMA latency.
+#[inline(always)]
+fn affine_kernel(w: &[f64], xt: &[f64], n: usize, m: usize, z: &mut [f64]) {
+    for (i, wr) in w
+        .chunks_exact(n.max(1))
+        .enumerate()
+        .take(z.len() / m.max(1))
+    {
+        let zr = &mut z[i * m..(i + 1) * m];
+        let mut j = 0;
+        while j + 4 <= m {
+            let (x0, x1, x2, x3) = (
+                &xt[j * n..(j + 1) * n],
+                &xt[(j + 1) * n..(j + 2) * n],
+                &xt[(j + 2) * n..(j + 3) * n],
+                &xt[(j + 3) * n..(j + 4) * n],
+            );
+            let mut s = [0.0f64; 4];
+            for t in 0..n {
+                let wt = wr[t];
+                s[0] = wt.mul_add(x0[t], s[0]);
+                s[1] = wt.mul_add(x1[t], s[1]);
+                s[2] = wt.mul_add(x2[t], s[2]);
+                s[3] = wt.mul_add(x3[t], s[3]);
+            }
+            zr[j..j + 4].copy_from_slice(&s);
+            j += 4;
+        }
+        for (jj, out) in zr.iter_mut().enumerate().skip(j) {
+            let x = &xt[jj * n..(jj + 1) * n];
+            let mut s = 0.0;
+            for t in 0..n {
+                s = wr[t].mul_add(x[t], s);
+            }
+            *out = s;
+        }
+    }
 }
 
 /// The loss of one sample from its output pre-activations `z` (nL values) and targets `y`.
@@ -404,9 +459,6 @@ struct Scratch {
     losses: Vec<f64>,
     zcol: Vec<f64>,
     ycol: Vec<f64>,
-    /// Δ path: samples taking the shortcut, (j, t); and a sample order being merged.
-    fast: Vec<(usize, f64)>,
-    order: Vec<usize>,
     /// Perturbations done since this thread last added to [`PERTURBATIONS_DONE`].
     pending: usize,
 }
@@ -423,6 +475,7 @@ impl Scratch {
     }
 }
 
+#[inline]
 fn crosses(g: Activation, z0: f64, z1: f64) -> bool {
     g.has_kink() && ((z0 > 0.0) != (z1 > 0.0))
 }
@@ -581,6 +634,7 @@ fn tanh_complement(z: f64) -> f64 {
 }
 
 /// g(z0 + dz) − g(z0) without subtracting two nearly equal rounded values.
+#[inline(always)]
 pub fn act_delta(g: Activation, z0: f64, dz: f64) -> f64 {
     let z1 = z0 + dz;
     match g {
@@ -1021,6 +1075,38 @@ impl<'a> DeltaCtx<'a> {
         self.mt[l].as_ref().map_or(1.0, |m| m[at])
     }
 
+    /// Δloss of sample j from its output pre-activation change `dz` (nL values).
+    #[inline(always)]
+    fn sample_delta(&self, j: usize, dz: &[f64]) -> f64 {
+        let ny = dz.len();
+        let y = &self.yt[j * ny..(j + 1) * ny];
+        if self.model.loss() == Loss::BinaryCrossEntropy {
+            // softplus(u + d) − softplus(u) = log1p(σ(u)·expm1(d)), σ(±z0) precomputed;
+            // a label of exactly 0 or 1 leaves one term.
+            let sig = &self.sig[j * ny..(j + 1) * ny];
+            let mut t = 0.0;
+            for ((&d, &y), &[s_neg, s_pos]) in dz.iter().zip(y).zip(sig) {
+                if y != 0.0 {
+                    t += y * log1p(s_neg * expm1(-d));
+                }
+                if y != 1.0 {
+                    t += (1.0 - y) * log1p(s_pos * expm1(d));
+                }
+            }
+            t
+        } else {
+            let depth = self.model.depth();
+            let z0 = &self.zt[depth - 1][j * ny..(j + 1) * ny];
+            loss_delta(
+                self.model.loss(),
+                self.model.activation(depth - 1),
+                z0,
+                dz,
+                y,
+            )
+        }
+    }
+
     /// ΔJ of the step sign·ε·e_i, the magnitude Σ|Δloss_j|/m + |ΔL2| summed into it, and
     /// whether the step crossed a kink.
     fn eval(&self, s: &mut Scratch, i: usize, sign: f64) -> (f64, f64, bool) {
@@ -1036,6 +1122,9 @@ impl<'a> DeltaCtx<'a> {
         let mut kink = false;
         let g = model.activation(l);
         let ny = sizes[depth];
+        // Σ_j Δloss_j (compensated) and Σ_j |Δloss_j|.
+        let mut sum = Compensated::default();
+        let mut mag = 0.0;
         // ΔZ_l[r, j] for the samples it moves.
         s.cols.clear();
         s.vals.clear();
@@ -1056,7 +1145,6 @@ impl<'a> DeltaCtx<'a> {
         }
         // s.cur: per moved sample, the current layer's ΔZ column.
         s.cur.clear();
-        s.fast.clear();
         if l + 1 == depth {
             for &dz in &s.vals {
                 let at = s.cur.len();
@@ -1078,18 +1166,21 @@ impl<'a> DeltaCtx<'a> {
             s.cols.truncate(keep);
             s.vals.truncate(keep);
             // Samples whose t stays inside the shortcut's interval go straight to the
-            // output (well inside: a relative margin keeps rounding off the edge).
-            s.fast.clear();
+            // output (well inside: a relative margin keeps rounding off the edge) and into
+            // the sum; the others take the exact path below.
             if let Some(sc) = &self.shortcut[l] {
-                let inside = |t: f64, at: usize| {
-                    t > sc.lo[at] + 1e-9 * sc.lo[at].abs() && t < sc.hi[at] - 1e-9 * sc.hi[at].abs()
-                };
                 let mut keep = 0;
                 for k in 0..s.cols.len() {
                     let (j, t) = (s.cols[k], s.vals[k]);
                     let at = r * m + j;
-                    if inside(t, at) {
-                        s.fast.push((j, t));
+                    let (lo, hi) = (sc.lo[at], sc.hi[at]);
+                    if t > lo + 1e-9 * lo.abs() && t < hi - 1e-9 * hi.abs() {
+                        s.zcol.clear();
+                        s.zcol
+                            .extend(sc.v[at * ny..(at + 1) * ny].iter().map(|v| v * t));
+                        let dl = self.sample_delta(j, &s.zcol);
+                        sum.add(dl);
+                        mag += dl.abs();
                     } else {
                         s.cols[keep] = j;
                         s.vals[keep] = t;
@@ -1147,57 +1238,9 @@ impl<'a> DeltaCtx<'a> {
                 width = nq;
             }
         }
-        // The shortcut's samples join the exact ones' output columns, in sample order.
-        if !s.fast.is_empty() {
-            let sc = self.shortcut[l]
-                .as_ref()
-                .expect("fast samples come from a shortcut");
-            s.next.clear();
-            s.order.clear();
-            let (mut a, mut b) = (0, 0);
-            while a < s.cols.len() || b < s.fast.len() {
-                let take_exact = b == s.fast.len() || (a < s.cols.len() && s.cols[a] < s.fast[b].0);
-                if take_exact {
-                    s.next.extend_from_slice(&s.cur[a * ny..(a + 1) * ny]);
-                    s.order.push(s.cols[a]);
-                    a += 1;
-                } else {
-                    let (j, t) = s.fast[b];
-                    let at = r * m + j;
-                    s.next
-                        .extend(sc.v[at * ny..(at + 1) * ny].iter().map(|v| v * t));
-                    s.order.push(j);
-                    b += 1;
-                }
-            }
-            std::mem::swap(&mut s.cur, &mut s.next);
-            std::mem::swap(&mut s.cols, &mut s.order);
-        }
-        // Per-sample loss changes, summed with compensation in sample order.
-        let gout = model.activation(depth - 1);
-        let mut sum = Compensated::default();
-        let mut mag = 0.0;
+        // The exact path's samples' loss changes (the shortcut's were added as they came).
         for (k, &j) in s.cols.iter().enumerate() {
-            let dz = &s.cur[k * ny..(k + 1) * ny];
-            let y = &self.yt[j * ny..(j + 1) * ny];
-            let dl = if model.loss() == Loss::BinaryCrossEntropy {
-                // softplus(u + d) − softplus(u) = log1p(σ(u)·expm1(d)), σ(±z0) precomputed;
-                // a label of exactly 0 or 1 leaves one term.
-                let sig = &self.sig[j * ny..(j + 1) * ny];
-                let mut t = 0.0;
-                for ((&d, &y), &[s_neg, s_pos]) in dz.iter().zip(y).zip(sig) {
-                    if y != 0.0 {
-                        t += y * log1p(s_neg * expm1(-d));
-                    }
-                    if y != 1.0 {
-                        t += (1.0 - y) * log1p(s_pos * expm1(d));
-                    }
-                }
-                t
-            } else {
-                let z0 = &self.zt[depth - 1][j * ny..(j + 1) * ny];
-                loss_delta(model.loss(), gout, z0, dz, y)
-            };
+            let dl = self.sample_delta(j, &s.cur[k * ny..(k + 1) * ny]);
             sum.add(dl);
             mag += dl.abs();
         }
