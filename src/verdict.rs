@@ -1027,8 +1027,14 @@ impl Rules {
         } else {
             (Verdict::Pass, None)
         };
+        // The top k by excess (ties by index): a selection, then a sort of those k only.
         let mut order: Vec<usize> = range.clone().collect();
-        order.sort_by(|&x, &y| excess(y).total_cmp(&excess(x)).then(x.cmp(&y)));
+        let by_excess = |x: &usize, y: &usize| excess(*y).total_cmp(&excess(*x)).then(x.cmp(y));
+        if self.top_k > 0 && self.top_k < order.len() {
+            order.select_nth_unstable_by(self.top_k - 1, by_excess);
+            order.truncate(self.top_k);
+        }
+        order.sort_by(by_excess);
         let worst = order
             .into_iter()
             .take(self.top_k)
