@@ -573,8 +573,6 @@ impl Rules {
             central: w.gradapprox(2.0 * ev.epsilon),
         });
         let kg = ku * self.gradient_roundoff;
-        // First pass: every element's own truncation estimate; then per tensor a shared
-        // allowance and whether its ε is in the asymptotic range.
         // Rounding in either side's dot products is relative to the magnitudes flowing
         // through them, which are alike across a tensor, not to each element's own value
         // (a small element can be a large cancellation): every element's rounding bound is
@@ -591,6 +589,8 @@ impl Rules {
             let rms = (sq / r.len().max(1) as f64).sqrt();
             term_rms[r].iter_mut().for_each(|v| *v = rms);
         }
+        // First pass: every element's own truncation estimate; then per tensor a shared
+        // allowance and whether its ε is in the asymptotic range; then the verdicts.
         let first: Vec<Judged> = (0..grad.len())
             .map(|i| {
                 let t = term_rms[i];
