@@ -131,7 +131,11 @@ impl GpuContext {
             .ok_or_else(|| {
                 Error::Gpu(match &filter {
                     Some(f) => format!("no GPU adapter matching {f:?} (see `gradcheck devices`)"),
-                    None => "no GPU adapter found (on Debian/Ubuntu, `apt-get install mesa-vulkan-drivers` provides the software adapter llvmpipe)".into(),
+                    None => match std::env::var("WGPU_BACKEND") {
+                        // A backend named in the environment is the likelier cause.
+                        Ok(b) => format!("no GPU adapter found with WGPU_BACKEND={b:?} (vulkan, metal, dx12 or gl; unset it to try every backend)"),
+                        Err(_) => "no GPU adapter found (on Debian/Ubuntu, `apt-get install mesa-vulkan-drivers` provides the software adapter llvmpipe)".into(),
+                    },
                 })
             })?;
         let has_f64 = adapter.features().contains(wgpu::Features::SHADER_F64);
