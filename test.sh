@@ -5,6 +5,12 @@
 # CI=true, where it must run.
 set -euo pipefail
 cd "$(dirname "$0")"
+# Mesa's Vulkan WSI complains on every adapter enumeration when this is unset (headless
+# machines); the CLI sets it itself, test processes get it here.
+if [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+    XDG_RUNTIME_DIR=$(mktemp -d)
+    export XDG_RUNTIME_DIR
+fi
 cargo test --locked
 
 skip() {
