@@ -541,3 +541,58 @@ fn gpu_f32_small_gradient_tensors_are_judged_by_their_own_bounds() {
         }
     }
 }
+
+#[cfg(feature = "gpu")]
+#[test]
+fn property_on_the_gpu_f64_and_f32_delta_paths() {
+    // The same property on the GPU's Δ paths (f32 is what GPUs without f64 get).
+    let Some(ctx) = common::gpu() else { return };
+    let mut precisions = vec![Precision::F32];
+    if ctx.has_f64() {
+        precisions.push(Precision::F64);
+    }
+    let mut rng = Rng(77);
+    let (mut checks, mut inconclusive) = (0usize, 0usize);
+    for net in 0..24 {
+        let spec = random_net(&mut rng);
+        let what = format!("net {net} {:?} {:?}", spec.layers, spec.activations);
+        let m = 1 + (rng.next_f64() * 9.0) as usize;
+        let (model, params, data) = random_problem(spec, m, 500 + net).unwrap();
+        let good = cpu::backprop(&model, &params, &data);
+        let planted: Vec<_> = bugs(&good, &model, &mut rng)
+            .into_iter()
+            .filter(|(_, g)| diff(g, &good) > 0.0)
+            .collect();
+        for &precision in &precisions {
+            for eps in [1e-6, 1e-3] {
+                let gc = GradCheck::new()
+                    .backend(Backend::Gpu)
+                    .precision(precision)
+                    .epsilon(eps);
+                let r = gc.run(&model, &params, &data, &good).unwrap();
+                checks += 1;
+                inconclusive += usize::from(r.verdict == Verdict::Inconclusive);
+                assert_ne!(
+                    r.verdict,
+                    Verdict::Fail,
+                    "{what} m={m} ε {eps:e} {precision:?}: correct gradients failed: {:?}",
+                    r.reasons
+                );
+                for (bug, g) in &planted {
+                    let r = gc.run(&model, &params, &data, g).unwrap();
+                    checks += 1;
+                    inconclusive += usize::from(r.verdict == Verdict::Inconclusive);
+                    assert_ne!(
+                        r.verdict,
+                        Verdict::Pass,
+                        "{what} m={m} ε {eps:e} {precision:?}: {bug} passed"
+                    );
+                }
+            }
+        }
+    }
+    eprintln!(
+        "GPU property test: {checks} checks, {inconclusive} inconclusive ({:.1} %)",
+        100.0 * inconclusive as f64 / checks as f64
+    );
+}
