@@ -20,8 +20,17 @@ pub struct SweepPoint {
     pub difference: f64,
     /// Elements whose step crossed a kink at this ε.
     pub kinks: usize,
-    /// (tensor, difference) in flat order.
-    pub tensors: Vec<(String, f64)>,
+    /// Per tensor, in flat order.
+    pub tensors: Vec<TensorPoint>,
+}
+
+/// One tensor's difference at one ε.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorPoint {
+    /// "W1", "b1", …
+    pub name: String,
+    /// The difference over its counted elements.
+    pub difference: f64,
 }
 
 /// One precision's curve.
@@ -33,12 +42,16 @@ pub struct SweepCurve {
     pub points: Vec<SweepPoint>,
     /// The ε with the smallest difference.
     pub best_epsilon: f64,
+    /// The notebook's threshold for this precision (drawn on the plot).
+    pub threshold: f64,
 }
 
 /// The whole sweep.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sweep {
-    /// The verdict threshold of the first curve's precision (drawn on the plot).
+    /// What was swept: the net, m, backend (the plot's title).
+    pub title: String,
+    /// The first curve's threshold (every curve has its own).
     pub threshold: f64,
     /// One curve per precision.
     pub curves: Vec<SweepCurve>,
@@ -82,10 +95,12 @@ pub fn sweep(
         let g = gc.clone().precision(p);
         let mut points = Vec::with_capacity(eps.len());
         let mut label = String::new();
+        let mut curve_threshold = crate::check::DEFAULT_THRESHOLD;
         for &e in eps {
             let eval = g.evaluate(model, params, data, e)?;
             let (_, thr) = g.defaults_for(&eval.precision);
             threshold.get_or_insert(thr);
+            curve_threshold = thr;
             // The notebook's difference over the elements whose steps cross no kink (kinked
             // ones have no meaningful central difference): the V of rounding and truncation.
             let approx = eval.gradapprox(e);
@@ -100,11 +115,9 @@ pub fn sweep(
                 .layout()
                 .tensors()
                 .iter()
-                .map(|t| {
-                    (
-                        t.name.clone(),
-                        diff_and_rms(grad, &approx, &smooth(t.range())).0,
-                    )
+                .map(|t| TensorPoint {
+                    name: t.name.clone(),
+                    difference: diff_and_rms(grad, &approx, &smooth(t.range())).0,
                 })
                 .collect();
             label = format!(
@@ -129,9 +142,17 @@ pub fn sweep(
             label,
             points,
             best_epsilon,
+            threshold: curve_threshold,
         });
     }
+    let sizes: Vec<String> = model.sizes().iter().map(|n| n.to_string()).collect();
     Ok(Sweep {
+        title: format!(
+            "{} net, m = {}, {} — difference against ε",
+            sizes.join("-"),
+            data.m(),
+            model.loss()
+        ),
         threshold: threshold.unwrap_or(crate::check::DEFAULT_THRESHOLD),
         curves,
     })
@@ -139,7 +160,7 @@ pub fn sweep(
 
 /// The sweep as a table: one row per ε, one column per curve.
 pub fn render_text(s: &Sweep) -> String {
-    let mut out = format!("{:>10}", "epsilon");
+    let mut out = format!("{}\n{:>10}", s.title, "epsilon");
     for c in &s.curves {
         out += &format!(" {:>14}", c.label);
     }
@@ -160,7 +181,7 @@ pub fn render_text(s: &Sweep) -> String {
         }
     }
     for c in &s.curves {
-        out += &format!("best ε for {}: {:e}\n", c.label, c.best_epsilon);
+        out += &format!("best ε for {}: {:.2e}\n", c.label, c.best_epsilon);
     }
     out
 }
@@ -175,6 +196,10 @@ pub fn render_svg(s: &Sweep) -> String {
     let ly = |d: f64| d.max(floor).log10();
     let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
     let (mut y0, mut y1) = (ly(s.threshold), ly(s.threshold));
+    for c in &s.curves {
+        y0 = y0.min(ly(c.threshold));
+        y1 = y1.max(ly(c.threshold));
+    }
     for p in &all {
         x0 = x0.min(lx(p.epsilon));
         x1 = x1.max(lx(p.epsilon));
@@ -183,13 +208,18 @@ pub fn render_svg(s: &Sweep) -> String {
     }
     let (x0, x1) = (x0.floor(), x1.ceil().max(x0.floor() + 1.0));
     let (y0, y1) = (y0.floor(), y1.ceil().max(y0.floor() + 1.0));
-    // ε decreases to the right, as the sweep runs.
-    let px = |e: f64| ml + (x1 - lx(e)) / (x1 - x0) * (w - ml - mr);
+    // ε increases to the right, as axes do.
+    let px = |e: f64| ml + (lx(e) - x0) / (x1 - x0) * (w - ml - mr);
     let py = |d: f64| mt + (y1 - ly(d)) / (y1 - y0) * (h - mt - mb);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
     let (left, right, top, bottom) = (ml, w - mr, mt, h - mb);
+    svg += &format!(
+        "<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\n",
+        (left + right) / 2.0,
+        xml_text(&s.title)
+    );
     svg += &format!(
         "<rect x=\"{left}\" y=\"{top}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n",
         right - left,
@@ -225,14 +255,24 @@ pub fn render_svg(s: &Sweep) -> String {
         (top + bottom) / 2.0,
         (top + bottom) / 2.0
     );
-    let ty = py(s.threshold);
-    svg += &format!(
-        "<line x1=\"{left}\" y1=\"{ty:.1}\" x2=\"{right}\" y2=\"{ty:.1}\" stroke=\"#c00\" stroke-dasharray=\"6 4\"/><text x=\"{}\" y=\"{:.1}\" fill=\"#c00\">threshold {:e}</text>\n",
-        right + 6.0,
-        ty + 4.0,
-        s.threshold
-    );
     let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"];
+    // Each precision's notebook threshold, dashed in its curve's colour.
+    for (n, c) in s.curves.iter().enumerate() {
+        let col = colors[n % colors.len()];
+        let ty = py(c.threshold);
+        // Labels of equal thresholds stack upwards instead of overprinting.
+        let same = s.curves[..n]
+            .iter()
+            .filter(|o| o.threshold == c.threshold)
+            .count() as f64;
+        svg += &format!(
+            "<line class=\"threshold\" x1=\"{left}\" y1=\"{ty:.1}\" x2=\"{right}\" y2=\"{ty:.1}\" stroke=\"{col}\" stroke-dasharray=\"6 4\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{col}\" text-anchor=\"end\">threshold {:e} ({})</text>\n",
+            right - 4.0,
+            ty - 4.0 - 14.0 * same,
+            c.threshold,
+            xml_text(&c.label)
+        );
+    }
     for (n, c) in s.curves.iter().enumerate() {
         let col = colors[n % colors.len()];
         let pts: Vec<String> = c
@@ -252,19 +292,26 @@ pub fn render_svg(s: &Sweep) -> String {
             );
         }
         svg += &format!(
-            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{col}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{} (best ε {:.0e})</text>\n",
+            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{col}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{} (best ε {:.2e})</text>\n",
             right + 6.0,
             top + 20.0 + 18.0 * n as f64,
             right + 26.0,
             top + 20.0 + 18.0 * n as f64,
             right + 30.0,
             top + 24.0 + 18.0 * n as f64,
-            c.label,
+            xml_text(&c.label),
             c.best_epsilon
         );
     }
     svg += "</svg>\n";
     svg
+}
+
+/// Text for an SVG element.
+fn xml_text(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

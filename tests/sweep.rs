@@ -54,6 +54,13 @@ fn seed_fixed_sweep_is_a_v_on_the_cpu() {
         1
     );
     assert!(svg.contains("threshold 2e-7"));
+    // One threshold line per curve (each precision has its own), and a title.
+    let thresholds = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("threshold"))
+        .count();
+    assert_eq!(thresholds, s.curves.len());
+    assert!(svg.contains("4-5-3-1 net, m = 3"), "{svg}");
 }
 
 #[test]
