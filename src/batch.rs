@@ -147,6 +147,33 @@ pub struct JobResult {
     pub seconds: f64,
 }
 
+impl BatchReport {
+    /// A batch of one finished check (for `check --junit`).
+    pub fn single(name: &str, report: Report) -> BatchReport {
+        let outcome = match report.verdict {
+            Verdict::Pass => Outcome::Pass,
+            Verdict::Fail => Outcome::Fail,
+            Verdict::Inconclusive => Outcome::Inconclusive,
+        };
+        let seconds = report.timings.total_s;
+        BatchReport {
+            complete: true,
+            passed: usize::from(outcome == Outcome::Pass),
+            failed: usize::from(outcome == Outcome::Fail),
+            inconclusive: usize::from(outcome == Outcome::Inconclusive),
+            errors: 0,
+            seconds,
+            jobs: vec![JobResult {
+                name: name.to_string(),
+                outcome,
+                error: None,
+                report: Some(report),
+                seconds,
+            }],
+        }
+    }
+}
+
 /// The whole batch.
 #[derive(Debug, Clone, Serialize)]
 pub struct BatchReport {

@@ -113,6 +113,9 @@ struct CheckArgs {
     /// same masks to your own backprop.
     #[arg(long, value_name = "PATH.npz")]
     save_masks: Option<PathBuf>,
+    /// Also write the verdict as JUnit XML (one testcase) to PATH, for CI systems.
+    #[arg(long, value_name = "PATH")]
+    junit: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -447,7 +450,7 @@ fn configure(a: &CheckArgs) -> GradCheck {
 }
 
 fn run_check(a: CheckArgs) -> Result<ExitCode> {
-    preflight(&[a.json.as_ref(), a.save_masks.as_ref()])?;
+    preflight(&[a.json.as_ref(), a.save_masks.as_ref(), a.junit.as_ref()])?;
     if let Some(EpsilonArg::Value(e)) = a.epsilon {
         check_epsilon(e)?;
     }
@@ -544,6 +547,10 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         r.timings.load_s = load_s;
         r
     };
+    if let Some(path) = &a.junit {
+        let one = gradcheck::batch::BatchReport::single("gradcheck check", report.clone());
+        write_file(path, gradcheck::batch::render_junit(&one).as_bytes())?;
+    }
     emit_report(&report, a.json.as_ref())?;
     Ok(ExitCode::from(report.verdict.exit_code()))
 }

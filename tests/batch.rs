@@ -163,3 +163,30 @@ fn batch_shards_split_the_jobs() {
         .collect();
     assert_eq!(names, ["job-2", "job-3"]);
 }
+
+#[test]
+fn a_single_check_writes_junit_too() {
+    let dir = tempdir("check-junit");
+    let junit = dir.join("one.xml");
+    let (code, _, err) = gradcheck(&[
+        "check",
+        "--example",
+        "seed-buggy",
+        "--backend",
+        "cpu",
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    let doc = roxmltree::Document::parse(&xml).unwrap();
+    let failures: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("failure"))
+        .collect();
+    assert_eq!(failures.len(), 1, "{xml}");
+    assert!(
+        failures[0].text().unwrap().contains("db1 is 4.000"),
+        "{xml}"
+    );
+}
