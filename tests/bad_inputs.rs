@@ -51,7 +51,7 @@ fn expect_error(args: &[&str], needles: &[&str]) {
 }
 
 struct Files {
-    dir: std::path::PathBuf,
+    dir: common::TempDir,
     params: String,
     data: String,
     grads: String,

@@ -15,12 +15,34 @@ use gradcheck::eval::gpu::GpuContext;
 use ndarray::Array2;
 use ndarray_npy::NpzWriter;
 
-/// A fresh directory under the system temp dir, unique per test.
-pub fn tempdir(tag: &str) -> PathBuf {
+/// A fresh directory under the system temp dir, unique per test, removed when dropped.
+pub fn tempdir(tag: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("gradcheck-test-{}-{tag}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
+}
+
+/// A test's scratch directory (a path; deleted with everything in it on drop).
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Writes (key, matrix) pairs as an .npz.
