@@ -675,11 +675,13 @@ impl Rules {
         let kinks = eval.kinks.iter().filter(|&&k| k != 0).count();
         let difference = difference(grad, &approx);
         // "gpu (adapter name)" from the evaluator: split.
-        let (backend, adapter) = match eval.backend.split_once(" (") {
-            Some((b, a)) if b == "gpu" => {
-                (b.to_string(), Some(a.trim_end_matches(')').to_string()))
-            }
-            _ => (eval.backend.clone(), None),
+        let (backend, adapter) = match eval
+            .backend
+            .strip_prefix("gpu (")
+            .and_then(|a| a.strip_suffix(')'))
+        {
+            Some(a) => ("gpu".to_string(), Some(a.to_string())),
+            None => (eval.backend.clone(), None),
         };
         Report {
             schema_version: SCHEMA_VERSION,
