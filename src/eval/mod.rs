@@ -62,7 +62,8 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// The label reports use: "f64", "f32", "f32-plain" ("auto" until resolved).
+    /// The label reports use: "f64", "f64-plain", "f32", "f32-plain" ("auto" until
+    /// resolved).
     pub fn label(self) -> &'static str {
         match self {
             Precision::Auto => "auto",
@@ -83,11 +84,12 @@ pub struct Evaluation {
     pub plus: Vec<f64>,
     /// J(θ − ε·e_i), or J(θ − ε·e_i) − J(θ) when `deltas`.
     pub minus: Vec<f64>,
-    /// Whether `plus`/`minus` hold the changes ΔJ± from J(θ) (the f32 Δ path: adding them
-    /// back to J(θ) would round away the digits it gained) rather than J± themselves.
+    /// Whether `plus`/`minus` hold the changes ΔJ± from J(θ) (the Δ paths: adding them
+    /// back to J(θ) would round away the digits they gained) rather than J± themselves.
     pub deltas: bool,
-    /// The size of the numbers whose rounding makes the noise in J±: per-sample loss
-    /// magnitude Σ|loss_j|/m + L2 term; on the Δ path the RMS over i of Σ_j|Δloss_j|/m.
+    /// The size of the numbers whose rounding makes the noise in plain J±: per-sample loss
+    /// magnitude with the cost's conditioning, Σ/m, + L2 term (the Δ paths' errors are
+    /// per element, in `magnitudes`; the GPU's then holds their RMS).
     pub cost_scale: f64,
     /// Whether the +ε step ([`KINK_PLUS`]) or the −ε step ([`KINK_MINUS`]) of parameter i
     /// moved some ReLU/leaky-ReLU pre-activation across 0 (bit flags).
