@@ -434,3 +434,48 @@ fn mutated_npz_files_never_panic_and_stay_in_budget() {
         let _ = serde_json::from_str::<gradcheck::ModelSpec>(&text).map(gradcheck::Model::new);
     }
 }
+
+#[test]
+fn a_full_filesystem_keeps_the_earlier_report_whole() {
+    // A 64 KiB tmpfs, nearly filled: the new report cannot be written, the old one stays.
+    let dir = tempdir("hostile-full");
+    let mnt = dir.join("fs");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let report = mnt.join("report.json");
+    let earlier = "{\"verdict\": \"pass\", \"earlier\": true}\n";
+    std::fs::write(&report, earlier).unwrap();
+    // Fill every page that is left.
+    for k in 0..64 {
+        if std::fs::write(mnt.join(format!("filler{k}")), vec![0u8; 4096]).is_err() {
+            break;
+        }
+    }
+    let (code, _, err) = run(
+        &[
+            "check",
+            "--example",
+            "seed-buggy",
+            "--backend",
+            "cpu",
+            "--json",
+            report.to_str().unwrap(),
+        ],
+        &[],
+        Duration::from_secs(20),
+    );
+    let after = std::fs::read_to_string(&report).unwrap_or_default();
+    let _ = Command::new("umount").arg(&mnt).status();
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("report.json"), "{err}");
+    assert_eq!(after, earlier, "the earlier report survives whole");
+}
