@@ -40,11 +40,47 @@ enum Command {
     Devices,
 }
 
+/// The built-in examples that are networks (the 1-D one is `check`'s only).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NetExample {
+    /// The notebook's N-D case with its buggy backprop (dW2 × 2, db1 × 4).
+    SeedBuggy,
+    /// The notebook's N-D case with the bugs fixed.
+    SeedFixed,
+}
+
+impl From<NetExample> for Example {
+    fn from(e: NetExample) -> Example {
+        match e {
+            NetExample::SeedBuggy => Example::SeedBuggy,
+            NetExample::SeedFixed => Example::SeedFixed,
+        }
+    }
+}
+
+/// A network's inputs for compare, sweep and merge.
 #[derive(Args)]
 struct Inputs {
     /// A built-in example instead of files.
     #[arg(long, value_enum, conflicts_with_all = ["params", "data", "grads", "model"])]
+    example: Option<NetExample>,
+    #[command(flatten)]
+    files: Files,
+}
+
+/// `check`'s inputs: a network, or the notebook's 1-D example.
+#[derive(Args)]
+struct CheckInputs {
+    /// A built-in example instead of files.
+    #[arg(long, value_enum, conflicts_with_all = ["params", "data", "grads", "model"])]
     example: Option<Example>,
+    #[command(flatten)]
+    files: Files,
+}
+
+/// The .npz/.json files of a problem.
+#[derive(Args)]
+struct Files {
     /// Parameters W1, b1, … (.npz).
     #[arg(long, requires = "data")]
     params: Option<PathBuf>,
@@ -62,7 +98,7 @@ struct Inputs {
 #[derive(Args)]
 struct CheckArgs {
     #[command(flatten)]
-    inputs: Inputs,
+    inputs: CheckInputs,
     /// ε of the central differences, or `auto` (a short sweep picks the best)
     /// [default: 1e-7 in f64, 1e-4 in f32, 1e-3 in f32-plain].
     #[arg(long, allow_hyphen_values = true, value_parser = parse_epsilon)]
@@ -419,15 +455,19 @@ pub fn run() -> Result<ExitCode> {
 }
 
 fn load(inputs: &Inputs) -> Result<Problem> {
-    match (&inputs.example, &inputs.params, &inputs.data) {
+    load_files(inputs.example.map(Example::from), &inputs.files)
+}
+
+fn load_files(example: Option<Example>, files: &Files) -> Result<Problem> {
+    match (example, &files.params, &files.data) {
         (Some(Example::SeedBuggy), ..) => Ok(examples::seed_problem(true)?),
         (Some(Example::SeedFixed), ..) => Ok(examples::seed_problem(false)?),
         (Some(Example::Seed1d), ..) => bail!("seed-1d is not a network"),
         (None, Some(p), Some(d)) => Ok(Problem::load(
             p,
             d,
-            inputs.grads.as_deref(),
-            inputs.model.as_deref(),
+            files.grads.as_deref(),
+            files.model.as_deref(),
         )?),
         _ => bail!("give --example NAME, or --params P.npz --data D.npz"),
     }
@@ -459,7 +499,7 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         one_d_report(&gc)?
     } else {
         let t_load = std::time::Instant::now();
-        let p = load(&a.inputs)?;
+        let p = load_files(a.inputs.example, &a.inputs.files)?;
         let load_s = t_load.elapsed().as_secs_f64();
         let mut gc = gc;
         gc.gradient_roundoff = p.grad_roundoff;

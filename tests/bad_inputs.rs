@@ -235,6 +235,14 @@ fn help_texts_carry_no_rustdoc_syntax_and_honest_defaults() {
         );
         assert!(!out.contains("0.0000000001"), "{sub} --help: {out}");
     }
+    // The 1-D example is offered only where it runs.
+    for sub in ["compare", "sweep", "merge"] {
+        let (code, out, _) = gradcheck(&[sub, "--help"]);
+        assert_eq!(code, 0);
+        assert!(!out.contains("seed-1d"), "{sub} offers seed-1d:\n{out}");
+    }
+    let (code, out, _) = gradcheck(&["check", "--help"]);
+    assert!(code == 0 && out.contains("seed-1d"), "{out}");
     let (code, _, err) = gradcheck(&["check", "--example", "seed-fixed", "--stencil", "3"]);
     assert_eq!(code, 2);
     assert!(err.contains("2 or 4"), "{err}");
