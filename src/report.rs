@@ -160,6 +160,21 @@ pub fn render_text(r: &Report) -> String {
         if let Some(d) = &t.diagnosis {
             let _ = writeln!(s, "{:<8} ↳ {}", "", d.message);
         }
+        // A tensor that did not pass lists its other worst elements too (`--top K`).
+        if !t.passed {
+            for w in t.worst.iter().skip(1) {
+                let _ = writeln!(
+                    s,
+                    "{:<8} ↳ also {}{} {} vs {} ± {}",
+                    "",
+                    w.element,
+                    if w.kink { "*" } else { "" },
+                    sci(w.analytic, 6),
+                    sci(w.numeric, 6),
+                    sci(w.bound, 1)
+                );
+            }
+        }
         if t.unresolved > 0 {
             let _ = writeln!(
                 s,
