@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use gradcheck::check::{self, Backend, GradCheck, KinkPolicy, Precision, Report};
 use gradcheck::examples::{self, Example};
@@ -38,6 +38,13 @@ enum Command {
     Merge(MergeArgs),
     /// List GPU adapters, their f64 support and limits.
     Devices,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `gradcheck manpage > gradcheck.1`.
+    Manpage,
 }
 
 /// The built-in examples that are networks (the 1-D one is `check`'s only).
@@ -445,6 +452,18 @@ pub fn run() -> Result<ExitCode> {
             emit(&json, a.json.as_ref(), || {
                 gradcheck::compare::render_text(&c)
             })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "gradcheck", &mut out);
+            stdout(&String::from_utf8_lossy(&out))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
+            stdout(&String::from_utf8_lossy(&out))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices => {

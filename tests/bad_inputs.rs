@@ -247,3 +247,18 @@ fn help_texts_carry_no_rustdoc_syntax_and_honest_defaults() {
     assert_eq!(code, 2);
     assert!(err.contains("2 or 4"), "{err}");
 }
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    let (code, out, err) = gradcheck(&["completions", "bash"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("gradcheck") && out.contains("--epsilon"),
+        "{out}"
+    );
+    let (code, out, err) = gradcheck(&["manpage"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with(".ie") || out.contains(".TH"), "{out}");
+    let (code, _, _) = gradcheck(&["completions", "nosh"]);
+    assert_eq!(code, 2);
+}
