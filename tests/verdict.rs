@@ -397,46 +397,57 @@ fn bugs(good: &Grads, model: &Model, rng: &mut Rng) -> Vec<(String, Grads)> {
     out
 }
 
-#[test]
-fn property_random_nets_planted_bugs_and_epsilons_never_get_a_false_verdict() {
-    let mut rng = Rng(2026);
+/// The property over 24 random nets × their planted bugs × `configs` (backend, precision,
+/// ε): correct gradients never FAIL, planted bugs never PASS. Returns (checks, inconclusive).
+fn property(seed: u64, configs: &[(Backend, Precision, f64)]) -> (usize, usize) {
+    let mut rng = Rng(seed);
     let (mut checks, mut inconclusive) = (0usize, 0usize);
     for net in 0..24 {
         let spec = random_net(&mut rng);
         let what = format!("net {net} {:?} {:?}", spec.layers, spec.activations);
         let m = 1 + (rng.next_f64() * 9.0) as usize;
-        let (model, params, data) = random_problem(spec, m, 1000 + net).unwrap();
+        let (model, params, data) = random_problem(spec, m, seed + net).unwrap();
         let good = cpu::backprop(&model, &params, &data);
         // A bug that vanishes (a zero gradient scaled) is no bug: skip those.
         let planted: Vec<_> = bugs(&good, &model, &mut rng)
             .into_iter()
             .filter(|(_, g)| diff(g, &good) > 0.0)
             .collect();
-        for eps in [1e-8, 1e-6, 1e-4, 1e-2] {
-            for precision in [Precision::F64, Precision::F64Plain] {
-                let r = cpu_check(precision, Some(eps), &model, &params, &data, &good);
+        for &(backend, precision, eps) in configs {
+            let gc = GradCheck::new()
+                .backend(backend)
+                .precision(precision)
+                .epsilon(eps);
+            let setting = format!("{what} m={m} ε {eps:e} {backend:?} {precision:?}");
+            let r = gc.run(&model, &params, &data, &good).unwrap();
+            checks += 1;
+            inconclusive += usize::from(r.verdict == Verdict::Inconclusive);
+            assert_ne!(
+                r.verdict,
+                Verdict::Fail,
+                "{setting}: correct gradients failed: {:?}",
+                r.reasons
+            );
+            for (bug, g) in &planted {
+                let r = gc.run(&model, &params, &data, g).unwrap();
                 checks += 1;
                 inconclusive += usize::from(r.verdict == Verdict::Inconclusive);
-                assert_ne!(
-                    r.verdict,
-                    Verdict::Fail,
-                    "{what} m={m} ε {eps:e} {precision:?}: correct gradients failed: {:?}",
-                    r.reasons
-                );
-                for (bug, g) in &planted {
-                    // A bug in a tensor whose true gradient is 0 everywhere changes nothing.
-                    let r = cpu_check(precision, Some(eps), &model, &params, &data, g);
-                    checks += 1;
-                    inconclusive += usize::from(r.verdict == Verdict::Inconclusive);
-                    assert_ne!(
-                        r.verdict,
-                        Verdict::Pass,
-                        "{what} m={m} ε {eps:e} {precision:?}: {bug} passed"
-                    );
-                }
+                assert_ne!(r.verdict, Verdict::Pass, "{setting}: {bug} passed");
             }
         }
     }
+    (checks, inconclusive)
+}
+
+#[test]
+fn property_random_nets_planted_bugs_and_epsilons_never_get_a_false_verdict() {
+    let mut configs = Vec::new();
+    for eps in [1e-8, 1e-6, 1e-4, 1e-2] {
+        for precision in [Precision::F64, Precision::F64Plain] {
+            configs.push((Backend::Cpu, precision, eps));
+        }
+    }
+    let (checks, inconclusive) = property(1000, &configs);
     eprintln!(
         "property test: {checks} checks, {inconclusive} inconclusive ({:.1} %)",
         100.0 * inconclusive as f64 / checks as f64
@@ -547,50 +558,14 @@ fn gpu_f32_small_gradient_tensors_are_judged_by_their_own_bounds() {
 fn property_on_the_gpu_f64_and_f32_delta_paths() {
     // The same property on the GPU's Δ paths (f32 is what GPUs without f64 get).
     let Some(ctx) = common::gpu() else { return };
-    let mut precisions = vec![Precision::F32];
-    if ctx.has_f64() {
-        precisions.push(Precision::F64);
-    }
-    let mut rng = Rng(77);
-    let (mut checks, mut inconclusive) = (0usize, 0usize);
-    for net in 0..24 {
-        let spec = random_net(&mut rng);
-        let what = format!("net {net} {:?} {:?}", spec.layers, spec.activations);
-        let m = 1 + (rng.next_f64() * 9.0) as usize;
-        let (model, params, data) = random_problem(spec, m, 500 + net).unwrap();
-        let good = cpu::backprop(&model, &params, &data);
-        let planted: Vec<_> = bugs(&good, &model, &mut rng)
-            .into_iter()
-            .filter(|(_, g)| diff(g, &good) > 0.0)
-            .collect();
-        for &precision in &precisions {
-            for eps in [1e-6, 1e-3] {
-                let gc = GradCheck::new()
-                    .backend(Backend::Gpu)
-                    .precision(precision)
-                    .epsilon(eps);
-                let r = gc.run(&model, &params, &data, &good).unwrap();
-                checks += 1;
-                inconclusive += usize::from(r.verdict == Verdict::Inconclusive);
-                assert_ne!(
-                    r.verdict,
-                    Verdict::Fail,
-                    "{what} m={m} ε {eps:e} {precision:?}: correct gradients failed: {:?}",
-                    r.reasons
-                );
-                for (bug, g) in &planted {
-                    let r = gc.run(&model, &params, &data, g).unwrap();
-                    checks += 1;
-                    inconclusive += usize::from(r.verdict == Verdict::Inconclusive);
-                    assert_ne!(
-                        r.verdict,
-                        Verdict::Pass,
-                        "{what} m={m} ε {eps:e} {precision:?}: {bug} passed"
-                    );
-                }
-            }
+    let mut configs = Vec::new();
+    for eps in [1e-6, 1e-3] {
+        configs.push((Backend::Gpu, Precision::F32, eps));
+        if ctx.has_f64() {
+            configs.push((Backend::Gpu, Precision::F64, eps));
         }
     }
+    let (checks, inconclusive) = property(500, &configs);
     eprintln!(
         "GPU property test: {checks} checks, {inconclusive} inconclusive ({:.1} %)",
         100.0 * inconclusive as f64 / checks as f64

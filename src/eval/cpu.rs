@@ -356,6 +356,8 @@ pub struct Perturbed {
     /// Δ path only: Σ_j |Δloss_j|/m + |ΔL2| of the +ε and −ε steps, the size of what was
     /// summed into ΔJ± (their rounding error is a few u of it).
     pub magnitudes: Option<Vec<[f64; 2]>>,
+    /// [`noise_scale`] of the base pass: what the plain paths' J± are rounded against.
+    pub cost_scale: f64,
 }
 
 /// Perturbations evaluated by the CPU evaluator in this process so far, to within 512 per
@@ -393,12 +395,7 @@ pub fn perturbed_costs(
     range: Range<usize>,
     threads: Threads,
 ) -> Result<Perturbed> {
-    if range.end > model.n_params() || range.start > range.end {
-        return Err(Error::Config(format!(
-            "parameter range {range:?} is outside 0..{}",
-            model.n_params()
-        )));
-    }
+    check_range(model, &range)?;
     let fwd = forward(model, params, data);
     let ctx = Ctx {
         model,
@@ -407,36 +404,76 @@ pub fn perturbed_costs(
         fwd: &fwd,
         epsilon,
     };
-    let one = |s: &mut Scratch, i: usize| {
+    let rows = each_parameter(range, threads, |s, i| {
         let (p, kp) = ctx.eval(s, i, 1.0);
         let (q, kq) = ctx.eval(s, i, -1.0);
+        (p, q, kink_bits(kp, kq), [0.0; 2])
+    });
+    let scale = noise_scale(model, &fwd, data);
+    Ok(assemble(fwd.cost, scale, rows, false))
+}
+
+/// A parameter range must lie inside 0..N.
+fn check_range(model: &Model, range: &Range<usize>) -> Result<()> {
+    if range.end > model.n_params() || range.start > range.end {
+        return Err(Error::Config(format!(
+            "parameter range {range:?} is outside 0..{}",
+            model.n_params()
+        )));
+    }
+    Ok(())
+}
+
+/// `one(scratch, i)` for every i of the range, serially or on rayon's pool (one scratch
+/// per work split; the order of the results is the range's either way), counting progress.
+fn each_parameter<T: Send>(
+    range: Range<usize>,
+    threads: Threads,
+    one: impl Fn(&mut Scratch, usize) -> T + Sync + Send,
+) -> Vec<T> {
+    let counted = |s: &mut Scratch, i: usize| {
+        let row = one(s, i);
         s.count_done();
-        (p, q, kink_bits(kp, kq))
+        row
     };
-    let results: Vec<(f64, f64, u8)> = match threads {
+    match threads {
         Threads::Serial => {
             let mut s = Scratch::default();
-            range.map(|i| one(&mut s, i)).collect()
+            range.map(|i| counted(&mut s, i)).collect()
         }
         Threads::Parallel => range
             .into_par_iter()
             .with_min_len(64)
-            .map_init(Scratch::default, one)
+            .map_init(Scratch::default, counted)
             .collect(),
-    };
+    }
+}
+
+/// The per-parameter rows (ΔJ⁺ or J⁺, ΔJ⁻ or J⁻, kink flags, magnitudes) as a
+/// [`Perturbed`]; the magnitudes kept only for the Δ path.
+fn assemble(
+    cost: f64,
+    cost_scale: f64,
+    rows: Vec<(f64, f64, u8, [f64; 2])>,
+    magnitudes: bool,
+) -> Perturbed {
     let mut out = Perturbed {
-        cost: fwd.cost,
-        plus: Vec::with_capacity(results.len()),
-        minus: Vec::with_capacity(results.len()),
-        kinks: Vec::with_capacity(results.len()),
-        magnitudes: None,
+        cost,
+        cost_scale,
+        plus: Vec::with_capacity(rows.len()),
+        minus: Vec::with_capacity(rows.len()),
+        kinks: Vec::with_capacity(rows.len()),
+        magnitudes: magnitudes.then(|| Vec::with_capacity(rows.len())),
     };
-    for (p, q, k) in results {
+    for (p, q, k, mag) in rows {
         out.plus.push(p);
         out.minus.push(q);
         out.kinks.push(k);
+        if let Some(m) = &mut out.magnitudes {
+            m.push(mag);
+        }
     }
-    Ok(out)
+    out
 }
 
 struct Ctx<'a> {
@@ -822,47 +859,16 @@ fn deltas(
     threads: Threads,
     shortcuts: bool,
 ) -> Result<Perturbed> {
-    if range.end > model.n_params() || range.start > range.end {
-        return Err(Error::Config(format!(
-            "parameter range {range:?} is outside 0..{}",
-            model.n_params()
-        )));
-    }
+    check_range(model, &range)?;
     let fwd = forward(model, params, data);
     let ctx = DeltaCtx::new(model, params, data, &fwd, epsilon, shortcuts);
-    let one = |s: &mut Scratch, i: usize| {
+    let rows = each_parameter(range, threads, |s, i| {
         let (p, mp, kp) = ctx.eval(s, i, 1.0);
         let (q, mq, kq) = ctx.eval(s, i, -1.0);
-        s.count_done();
         (p, q, kink_bits(kp, kq), [mp, mq])
-    };
-    let results: Vec<(f64, f64, u8, [f64; 2])> = match threads {
-        Threads::Serial => {
-            let mut s = Scratch::default();
-            range.map(|i| one(&mut s, i)).collect()
-        }
-        Threads::Parallel => range
-            .into_par_iter()
-            .with_min_len(64)
-            .map_init(Scratch::default, one)
-            .collect(),
-    };
-    let mut mags = Vec::with_capacity(results.len());
-    let mut out = Perturbed {
-        cost: stable_cost(model, &fwd, data),
-        plus: Vec::with_capacity(results.len()),
-        minus: Vec::with_capacity(results.len()),
-        kinks: Vec::with_capacity(results.len()),
-        magnitudes: None,
-    };
-    for (p, q, k, mag) in results {
-        out.plus.push(p);
-        out.minus.push(q);
-        out.kinks.push(k);
-        mags.push(mag);
-    }
-    out.magnitudes = Some(mags);
-    Ok(out)
+    });
+    let scale = noise_scale(model, &fwd, data);
+    Ok(assemble(stable_cost(model, &fwd, data), scale, rows, true))
 }
 
 /// e^x − 1: a four-term series where it is exact in f64 (|x| < 1e-4: the next term is

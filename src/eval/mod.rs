@@ -217,7 +217,7 @@ impl Evaluator for CpuEvaluator {
             plus,
             minus,
             deltas: !plain,
-            cost_scale: cost_scale(model, params, data),
+            cost_scale: p.cost_scale,
             kinks,
             magnitudes,
             step_errors: plain.then(|| nominal_step_errors(params.as_slice(), epsilon)),
