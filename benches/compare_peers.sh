@@ -26,7 +26,9 @@ best3() {
     echo "$best"
 }
 soft=$("$bin" devices | grep -c ', Cpu\]' || true)
-printf '%-20s %-4s %8s %12s %12s %12s %10s\n' layers m N numpy-prefix cpu-f64 cpu-f64-plain speedup
+# GPU columns whenever an adapter answers (llvmpipe included: it is what CI has).
+gpu_ok=$("$bin" devices >/dev/null 2>&1 && echo 1 || echo 0)
+printf '%-20s %-4s %8s %12s %12s %12s %10s %10s %10s\n' layers m N numpy-prefix cpu-f64 cpu-f64-plain speedup gpu-f64 gpu-f32
 for ((k = 0; k < ${#cases[@]}; k += 2)); do
     layers=${cases[k]} m=${cases[k+1]}
     dir=$work/case-${layers//,/-}-$m
@@ -36,9 +38,16 @@ for ((k = 0; k < ${#cases[@]}; k += 2)); do
     args=(check --params "$dir/params.npz" --data "$dir/data.npz" --grads "$dir/grads.npz" --backend cpu)
     f64=$(best3 "$bin" "${args[@]}" --precision f64)
     plain=$(best3 "$bin" "${args[@]}" --precision f64-plain)
-    printf '%-20s %-4s %8s %12s %12s %12s %9.1fx\n' "$layers" "$m" "$n" "$np_t" "$f64" "$plain" \
-        "$("$py" -c "print($np_t / max($f64, 1e-9))")"
+    g64=n/a g32=n/a
+    if [ "$gpu_ok" = 1 ]; then
+        gargs=(check --params "$dir/params.npz" --data "$dir/data.npz" --grads "$dir/grads.npz" --backend gpu)
+        g64=$(best3 "$bin" "${gargs[@]}" --precision f64)
+        g32=$(best3 "$bin" "${gargs[@]}" --precision f32)
+    fi
+    printf '%-20s %-4s %8s %12s %12s %12s %9.1fx %10s %10s\n' "$layers" "$m" "$n" "$np_t" "$f64" "$plain" \
+        "$("$py" -c "print($np_t / max($f64, 1e-9))")" "$g64" "$g32"
 done
+[ "$gpu_ok" = 1 ] && echo "gpu columns: $("$bin" devices | head -n 1)"
 echo "(seconds, whole process, best of 3; cpu-f64 evaluates at ε and 2ε for the error bounds)"
 if [ "$soft" != 0 ] || ! "$bin" devices | grep -q 'f64: '; then
     echo "no hardware GPU adapter: the GPU f32 accuracy table needs one (llvmpipe is a CPU emulator)"

@@ -29,10 +29,20 @@ struct Job {
     n_params: u32,   // N (the Δ path writes Σ|Δloss|/m at results[2N + …])
     delta: u32,      // 1 on the Δ path (see act_delta): stages carry changes, not values
     mask_off: u32,   // model-buffer offset of this stage's dropout factors D/keep_prob (0: none)
+    sig_off: u32,    // Δ path, BCE: base-buffer offset of σ(−z0) (nL × m), σ(z0) follows
+    sc_v: u32,       // fused: base-buffer offset of the shortcut's v table ((r·m + j)·nL + o)
+    sc_lo: u32,      // fused: base-buffer offset of the shortcut's interval lows (r·m + j)
+    sc_hi: u32,      // fused: … and highs
+    n_out: u32,      // nL, the output layer's width
+    out_z: u32,      // base-buffer offset of the output layer's base Z (the losses read it)
+    out_a: u32,      // … and of its base A
+    out_act: u32,    // the output layer's activation code
+    out_slope: u32,  // model-buffer index of its leaky-ReLU slope
 }
 
-// Model buffer: header [0] ε, [1] λ/(2m), [2] Σ‖W‖², [3..] leaky slopes per layer; then θ,
-// X, Y, and the dropout factors of the layers that have dropout.
+// Model buffer: header [0] ε, [1] λ/(2m), [2] Σ‖W‖², [3] the shortcut's margin, [4..]
+// leaky slopes per layer; then θ, X, Y, and the dropout factors of the layers that have
+// dropout. The staged kernels' perturbation k is parameter plist[first + k/2].
 @group(0) @binding(0) var<uniform> job: Job;
 @group(0) @binding(1) var<storage, read> model: array<real>;
 @group(0) @binding(2) var<storage, read_write> base: array<real>;
@@ -40,13 +50,19 @@ struct Job {
 @group(0) @binding(4) var<storage, read_write> dst: array<real>;
 @group(0) @binding(5) var<storage, read_write> results: array<real>;
 @group(0) @binding(6) var<storage, read_write> kinks: array<atomic<u32>>;
+@group(0) @binding(7) var<storage, read> plist: array<u32>;
 
+// Activation `code` of this stage's layer (leaky slope from the header).
 fn act(code: u32, z: real) -> real {
+    return act_with(code, model[job.slope_idx], z);
+}
+
+fn act_with(code: u32, slope: real, z: real) -> real {
     switch code {
         case 1u: { return select(0.0, z, z > 0.0); }
         case 2u: { return 1.0 / (1.0 + exp_r(-z)); }
         case 3u: { return tanh_r(z); }
-        case 4u: { return select(model[job.slope_idx] * z, z, z > 0.0); }
+        case 4u: { return select(slope * z, z, z > 0.0); }
         default: { return z; }
     }
 }
@@ -81,8 +97,13 @@ fn exp_tail(x: real) -> real {
     return exp_series_tail(x);
 }
 
-// e^x − 1 without cancellation (the builtin exp near 0 has no such accuracy).
+// e^x − 1 without cancellation (the builtin exp near 0 has no such accuracy). For
+// |x| < 1e-4 four terms are exact (the next is below 1e-18 relative) — the CPU's series,
+// and the Δ path's usual argument.
 fn expm1_r(x: real) -> real {
+    if (abs(x) < 1e-4) {
+        return x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0))));
+    }
     if (abs(x) >= 0.5) {
         return exp_r(x) - 1.0;
     }
@@ -124,8 +145,11 @@ fn log1p_tail(x: real) -> real {
     return 2.0 * s * s2 * atanh_tail(s2) - x * x / (2.0 + x);
 }
 
-// log(1 + x) without cancellation.
+// log(1 + x) without cancellation (|x| < 1e-4: the CPU's four terms, next below 2e-17).
 fn log1p_r(x: real) -> real {
+    if (abs(x) < 1e-4) {
+        return x * (1.0 + x * (-0.5 + x * (1.0 / 3.0 + x * (-0.25))));
+    }
     if (x <= -0.5 || x >= 0.5) {
         return log_r(1.0 + x);
     }
@@ -155,6 +179,10 @@ fn tanh_small(d: real) -> real {
 // subtracting two nearly equal rounded values, so the change keeps a relative accuracy of
 // a few units of the precision however small dz is.
 fn act_delta(code: u32, z0: real, dz: real) -> real {
+    return act_delta_with(code, model[job.slope_idx], z0, dz);
+}
+
+fn act_delta_with(code: u32, slope: real, z0: real, dz: real) -> real {
     let z1 = z0 + dz;
     switch code {
         case 1u, 4u: {
@@ -164,9 +192,9 @@ fn act_delta(code: u32, z0: real, dz: real) -> real {
                 return dz;
             }
             if (z0 <= 0.0 && z1 <= 0.0) {
-                return select(0.0, model[job.slope_idx], code == 4u) * dz;
+                return select(0.0, slope, code == 4u) * dz;
             }
-            return act(code, z1) - act(code, z0);
+            return act_with(code, slope, z1) - act_with(code, slope, z0);
         }
         case 2u: {
             // σ(z + d) − σ(z) = σ(z + d)·σ(−z)·(1 − e^−d).
@@ -216,8 +244,12 @@ fn mask_at(i: u32, j: u32) -> real {
 // does not matter: its output is 0 either side): bit 0 for the +ε step, bit 1 for −ε, so
 // that the host can fall back to the one-sided difference on the side that did not cross.
 fn flag_kink(k: u32, z0: real, z1: real, i: u32, j: u32) {
+    flag_kink_of(param_of(k), k % 2u == 0u, z0, z1, i, j);
+}
+
+fn flag_kink_of(p: u32, plus: bool, z0: real, z1: real, i: u32, j: u32) {
     if (crosses(job.act, z0, z1) && mask_at(i, j) != 0.0) {
-        atomicOr(&kinks[param_of(k)], select(2u, 1u, k % 2u == 0u));
+        atomicOr(&kinks[p], select(2u, 1u, plus));
     }
 }
 
@@ -227,9 +259,16 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * 64u + lid.x;
 }
 
-// The parameter perturbed by batch column block k, and its sign.
+// The parameter perturbed by batch column block k (through the chunk's parameter list:
+// no index arithmetic beyond k/2), and its sign.
 fn param_of(k: u32) -> u32 {
-    return job.first + k / 2u;
+    return plist[job.first + k / 2u];
+}
+
+// Where perturbation k's results go: J± (or ΔJ±) at 2p, 2p + 1; the Δ path's magnitudes
+// Σ|Δloss|/m at 2N + the same.
+fn result_slot(p: u32, k: u32) -> u32 {
+    return 2u * p + k % 2u;
 }
 
 fn sign_of(k: u32) -> real {

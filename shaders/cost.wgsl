@@ -11,7 +11,7 @@ fn sample_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     if (job.delta == 1u) {
-        dst[col] = sample_loss_delta(col);
+        dst[col] = sample_loss_delta(col % job.m, col);
         return;
     }
     let j = col % job.m;
@@ -79,80 +79,7 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         }
         cost += model[1] * sumsq;
     }
-    results[2u * job.first + k] = cost;
-}
-
-// The Δ path: loss(z0 + Δz) − loss(z0) of sample j under perturbation column `col`, from
-// the output's base pre-activations z0 (base buffer) and their changes Δz (src), through
-// closed forms that never subtract two nearly equal rounded numbers.
-fn sample_loss_delta(col: u32) -> real {
-    let m = job.m;
-    let j = col % m;
-    let n = job.out_dim;
-    var s: real = 0.0;
-    switch job.loss {
-        case 0u: {
-            // BCE on σ: −log σ(z) = softplus(−z), −log(1 − σ(z)) = softplus(z), and
-            // softplus(u + d) − softplus(u) = log1p(σ(u)·expm1(d)).
-            for (var i = 0u; i < n; i++) {
-                let z0 = base[job.z_off + i * m + j];
-                let dz = src[i * job.cols + col];
-                let y = model[job.y_off + i * m + j];
-                s += y * log1p_r(sigmoid_r(-z0) * expm1_r(-dz)) + (1.0 - y) * log1p_r(sigmoid_r(z0) * expm1_r(dz));
-            }
-        }
-        case 1u: {
-            // Softmax CE, loss = Y·lse(z) − Σ y_c·z_c with Y = Σ y_c. With p = softmax(z0)
-            // and S = Σ p_c·expm1(Δz_c): Δlse = log1p(S) = Σ p_c·Δz_c + Q + (log1p(S) − S),
-            // Q = Σ p_c·(e^Δz_c − 1 − Δz_c), so Δloss = Σ (Y·p_c − y_c)·Δz_c + Y·(Q + log1p_tail(S)).
-            // Y·p_c − y_c = ((Y − y_c)·e_c − y_c·(se − e_c))/se, where the "others" sums
-            // are summed afresh when one term dominates (exact zeros for one-hot y).
-            var mx = base[job.z_off + j];
-            for (var i = 1u; i < n; i++) {
-                mx = max(mx, base[job.z_off + i * m + j]);
-            }
-            var se: real = 0.0;
-            var yy: real = 0.0;
-            for (var i = 0u; i < n; i++) {
-                se += exp_r(base[job.z_off + i * m + j] - mx);
-                yy += model[job.y_off + i * m + j];
-            }
-            var lin: real = 0.0;
-            var sm: real = 0.0;
-            var q: real = 0.0;
-            for (var c = 0u; c < n; c++) {
-                let ec = exp_r(base[job.z_off + c * m + j] - mx);
-                let yc = model[job.y_off + c * m + j];
-                var other_e = se - ec;
-                var other_y = yy - yc;
-                if (2.0 * ec > se || 2.0 * yc > yy) {
-                    other_e = 0.0;
-                    other_y = 0.0;
-                    for (var d = 0u; d < n; d++) {
-                        if (d != c) {
-                            other_e += exp_r(base[job.z_off + d * m + j] - mx);
-                            other_y += model[job.y_off + d * m + j];
-                        }
-                    }
-                }
-                let dz = src[c * job.cols + col];
-                lin += (other_y * ec - yc * other_e) / se * dz;
-                let pc = ec / se;
-                sm += pc * expm1_r(dz);
-                q += pc * exp_tail(dz);
-            }
-            s = lin + yy * (q + log1p_tail(sm));
-        }
-        default: {
-            // MSE with ½: ½(a + Δa − y)² − ½(a − y)² = Δa·((a − y) + Δa/2).
-            for (var i = 0u; i < n; i++) {
-                let da = act_delta(job.act, base[job.z_off + i * m + j], src[i * job.cols + col]);
-                let r = base[job.a_off + i * m + j] - model[job.y_off + i * m + j];
-                s += da * (r + 0.5 * da);
-            }
-        }
-    }
-    return s;
+    results[result_slot(param_of(k), k)] = cost;
 }
 
 // The Δ path, one thread per perturbation k: ΔJ = (1/m)·Σ_j Δloss_j (Neumaier-compensated,
@@ -185,6 +112,7 @@ fn reduce_delta(k: u32) {
             mag += abs(dl2);
         }
     }
-    results[2u * job.first + k] = dj;
-    results[2u * job.n_params + 2u * job.first + k] = mag;
+    let slot = result_slot(param_of(k), k);
+    results[slot] = dj;
+    results[2u * job.n_params + slot] = mag;
 }

@@ -50,6 +50,8 @@ pub struct GradCheck {
     pub gradient_roundoff: f64,
     /// Re-check once at a better ε when the verdict is inconclusive for a reason ε cures.
     pub auto_epsilon: bool,
+    /// Measure every GPU kernel's device time (timestamp queries) into the report.
+    pub kernel_timings: bool,
 }
 
 impl Default for GradCheck {
@@ -67,6 +69,7 @@ impl Default for GradCheck {
             range: None,
             gradient_roundoff: f64::EPSILON / 2.0,
             auto_epsilon: true,
+            kernel_timings: false,
         }
     }
 }
@@ -104,12 +107,14 @@ impl GradCheck {
 
     /// The evaluator the configured backend stands for.
     pub fn evaluator(&self) -> Result<Box<dyn Evaluator>> {
-        crate::eval::evaluator(
+        let mut e = crate::eval::evaluator(
             self.backend,
             self.precision,
             self.adapter.as_deref(),
             self.threads,
-        )
+        )?;
+        e.set_kernel_timings(self.kernel_timings);
+        Ok(e)
     }
 
     /// Computes every J± (those of `range` when set) with the configured backend.
@@ -194,6 +199,7 @@ impl GradCheck {
         let (epsilon, threshold) = self.defaults_for(evaluator.precision());
         validate_threshold(threshold)?;
         let mut spent = 0.0;
+        let mut kernels = Vec::new();
         let mut report = self.run_at(
             &*evaluator,
             model,
@@ -203,6 +209,7 @@ impl GradCheck {
             epsilon,
             threshold,
             &mut spent,
+            &mut kernels,
         )?;
         if report.verdict == Verdict::Inconclusive && self.auto_epsilon {
             if let Some(e2) = report.suggested_epsilon {
@@ -215,6 +222,7 @@ impl GradCheck {
                     e2,
                     threshold,
                     &mut spent,
+                    &mut kernels,
                 )?;
                 let why = match report.reasons.as_slice() {
                     [] => String::new(),
@@ -241,6 +249,7 @@ impl GradCheck {
             evaluate_s: spent,
             judge_s: total_s - spent,
             total_s,
+            kernels,
         };
         Ok(report)
     }
@@ -257,11 +266,14 @@ impl GradCheck {
         epsilon: f64,
         threshold: f64,
         spent: &mut f64,
+        kernels: &mut Vec<crate::eval::KernelTime>,
     ) -> Result<Report> {
         let t0 = Instant::now();
         let eval = self.evaluate_with(evaluator, model, params, data, epsilon)?;
         let wide = self.evaluate_with(evaluator, model, params, data, 2.0 * epsilon)?;
         *spent += t0.elapsed().as_secs_f64();
+        crate::eval::add_kernel_times(kernels, &eval.kernel_times);
+        crate::eval::add_kernel_times(kernels, &wide.kernel_times);
         let grad = grads.as_slice();
         let mut report = self.judge(&Evidence {
             layout: model.layout(),
@@ -348,6 +360,7 @@ impl GradCheck {
             unit_roundoff: f64::EPSILON / 2.0,
             steps: None,
             notes: Vec::new(),
+            kernel_times: Vec::new(),
         };
         let (e_at, e_wide) = (pseudo(&at), pseudo(&wide));
         let layout = ParamLayout::single("directions", 1, k);

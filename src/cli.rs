@@ -159,6 +159,10 @@ struct CheckArgs {
     /// Also write the verdict as JUnit XML (one testcase) to PATH, for CI systems.
     #[arg(long, value_name = "PATH")]
     junit: Option<PathBuf>,
+    /// Measure each GPU kernel's device time (timestamp queries, where the adapter has
+    /// them): a table after the report, and `timings.kernels` in the JSON.
+    #[arg(long)]
+    timings: bool,
 }
 
 #[derive(Args)]
@@ -503,6 +507,7 @@ fn configure(a: &CheckArgs) -> GradCheck {
     };
     gc.threshold = a.threshold;
     gc.top_k = a.top;
+    gc.kernel_timings = a.timings;
     gc.stencil = a.stencil;
     gc.adapter = a.adapter.clone();
     gc
@@ -604,6 +609,11 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         r.notes.extend(auto_note);
         r.builtin_gradients = p.builtin_grads;
         r.timings.load_s = load_s;
+        if a.timings && r.timings.kernels.is_empty() {
+            r.notes.push(
+                "--timings: no kernel times (evaluated on the CPU, or the adapter has no timestamp queries)".into(),
+            );
+        }
         r
     };
     if let Some(path) = &a.junit {

@@ -185,7 +185,37 @@ pub fn render_text(r: &Report) -> String {
             );
         }
     }
+    if !r.timings.kernels.is_empty() {
+        let device: f64 = r.timings.kernels.iter().map(|k| k.seconds).sum();
+        let _ = writeln!(
+            s,
+            "\nGPU kernels (device time, every evaluation of the check): {} in all",
+            seconds(device)
+        );
+        for k in &r.timings.kernels {
+            let _ = writeln!(
+                s,
+                "  {:<14} {:>6} dispatch{} {:>10} {:>5.1} %",
+                k.kernel,
+                k.dispatches,
+                if k.dispatches == 1 { " " } else { "es" },
+                seconds(k.seconds),
+                100.0 * k.seconds / device.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
     s
+}
+
+/// A duration as people read it: 12.3 µs, 4.56 ms, 1.23 s.
+fn seconds(t: f64) -> String {
+    if t < 1e-3 {
+        format!("{:.1} µs", t * 1e6)
+    } else if t < 1.0 {
+        format!("{:.2} ms", t * 1e3)
+    } else {
+        format!("{t:.2} s")
+    }
 }
 
 /// The report as pretty JSON.

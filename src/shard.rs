@@ -278,6 +278,7 @@ pub fn merge(
             steps: all(&|s| s.steps.is_some())
                 .then(|| cat(&|s| s.steps.clone().unwrap_or_default())),
             notes: vec![format!("merged from {} shards", parts.len())],
+            kernel_times: Vec::new(),
         }
     };
     Ok((join(&|q| &q.at), join(&|q| &q.wide), first.epsilon))

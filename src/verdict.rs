@@ -300,6 +300,9 @@ pub struct Timings {
     pub judge_s: f64,
     /// The whole check (load excluded).
     pub total_s: f64,
+    /// Device time per GPU kernel over every evaluation of the check, when asked for
+    /// (`--timings`) and the adapter has timestamp queries; empty otherwise.
+    pub kernels: Vec<crate::eval::KernelTime>,
 }
 
 /// The version of the report's JSON layout (2: verdicts and error bounds; 1 had `passed`

@@ -656,7 +656,7 @@ pub fn softplus(z: f64) -> f64 {
 }
 
 /// σ(z) without overflow for large |z|.
-fn sigmoid(z: f64) -> f64 {
+pub fn sigmoid(z: f64) -> f64 {
     if z >= 0.0 {
         1.0 / (1.0 + (-z).exp())
     } else {
@@ -945,12 +945,40 @@ struct DeltaCtx<'a> {
 /// perturbation costs O(nL) per sample instead of the dense layers; outside, the exact
 /// path runs. The rounding differs from the layer-by-layer path by the same dot products
 /// regrouped, which the error bound's growth factor covers.
-struct Shortcut {
-    /// [(r·m + j)·nL + o].
-    v: Vec<f64>,
-    /// [r·m + j]: the open interval of t crossing no kink.
-    lo: Vec<f64>,
-    hi: Vec<f64>,
+///
+/// The GPU's fused kernel reads the same tables ([`shortcuts`]).
+pub struct Shortcut {
+    /// [(r·m + j)·nL + o]: the output's change per unit of t.
+    pub v: Vec<f64>,
+    /// [r·m + j]: the open interval (lo, hi) of t crossing no kink; ±[`UNBOUNDED`] where
+    /// no kink bounds that side (finite, so that the margin arithmetic stays finite).
+    pub lo: Vec<f64>,
+    /// See `lo`.
+    pub hi: Vec<f64>,
+}
+
+/// The "no bound" of a [`Shortcut`] interval (an infinite one would make
+/// `lo + margin·|lo|` NaN and silently turn the shortcut off).
+pub const UNBOUNDED: f64 = 1e300;
+
+/// How far inside its interval t must lie for the shortcut (relative to the bound): keeps
+/// the rounding of t and of the bounds (≤ a few ulps in f64) off the kink.
+pub const SHORTCUT_MARGIN: f64 = 1e-9;
+
+/// Whether t lies inside the open interval (lo, hi) by the relative `margin`.
+pub fn inside(t: f64, lo: f64, hi: f64, margin: f64) -> bool {
+    t > lo + margin * lo.abs() && t < hi - margin * hi.abs()
+}
+
+/// The piecewise-linear shortcut of every layer that has one (see [`Shortcut`]), from
+/// the base pass `fwd` at θ.
+pub fn shortcuts(
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    fwd: &Forward,
+) -> Vec<Option<Shortcut>> {
+    DeltaCtx::new(model, params, data, fwd, 0.0, true).shortcut
 }
 
 impl<'a> DeltaCtx<'a> {
@@ -1023,8 +1051,8 @@ impl<'a> DeltaCtx<'a> {
         let (nl, ny) = (sizes[l + 1], sizes[depth]);
         let mut sc = Shortcut {
             v: vec![0.0; nl * m * ny],
-            lo: vec![f64::NEG_INFINITY; nl * m],
-            hi: vec![f64::INFINITY; nl * m],
+            lo: vec![-UNBOUNDED; nl * m],
+            hi: vec![UNBOUNDED; nl * m],
         };
         let (mut u, mut next) = (Vec::new(), Vec::new());
         for r in 0..nl {
@@ -1179,8 +1207,7 @@ impl<'a> DeltaCtx<'a> {
                 for k in 0..s.cols.len() {
                     let (j, t) = (s.cols[k], s.vals[k]);
                     let at = r * m + j;
-                    let (lo, hi) = (sc.lo[at], sc.hi[at]);
-                    if t > lo + 1e-9 * lo.abs() && t < hi - 1e-9 * hi.abs() {
+                    if inside(t, sc.lo[at], sc.hi[at], SHORTCUT_MARGIN) {
                         s.zcol.clear();
                         s.zcol
                             .extend(sc.v[at * ny..(at + 1) * ny].iter().map(|v| v * t));

@@ -115,6 +115,34 @@ pub struct Evaluation {
     pub steps: Option<Vec<f64>>,
     /// Anything the user should know about how this was computed (fallbacks, …).
     pub notes: Vec<String>,
+    /// Device time per GPU kernel, when asked for and the adapter has timestamp queries
+    /// (empty otherwise).
+    pub kernel_times: Vec<KernelTime>,
+}
+
+/// The device time one GPU kernel took over an evaluation (timestamp queries around each
+/// of its dispatches).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KernelTime {
+    /// Entry point, e.g. "fused_delta".
+    pub kernel: String,
+    /// Dispatches summed.
+    pub dispatches: usize,
+    /// Seconds on the device.
+    pub seconds: f64,
+}
+
+/// Adds `more` into `into`, kernel by kernel (first-seen order).
+pub fn add_kernel_times(into: &mut Vec<KernelTime>, more: &[KernelTime]) {
+    for k in more {
+        match into.iter_mut().find(|t| t.kernel == k.kernel) {
+            Some(t) => {
+                t.dispatches += k.dispatches;
+                t.seconds += k.seconds;
+            }
+            None => into.push(k.clone()),
+        }
+    }
 }
 
 impl Evaluation {
@@ -164,6 +192,10 @@ pub trait Evaluator {
     /// The precision its J± will be in ("f64", "f64-plain", "f32" or "f32-plain"), known
     /// before evaluating so that the matching defaults can be chosen.
     fn precision(&self) -> &'static str;
+
+    /// Asks for per-kernel device times in the evaluations (GPU with timestamp queries;
+    /// nothing elsewhere).
+    fn set_kernel_timings(&mut self, _on: bool) {}
 }
 
 /// The CPU f64 reference as an [`Evaluator`]: the Δ path (`f64`, the default) or the
@@ -226,6 +258,7 @@ impl Evaluator for CpuEvaluator {
             unit_roundoff: f64::EPSILON / 2.0,
             steps: None,
             notes,
+            kernel_times: Vec::new(),
         })
     }
 
@@ -284,6 +317,10 @@ impl Evaluator for GpuOrCpu {
     fn precision(&self) -> &'static str {
         self.gpu.precision()
     }
+
+    fn set_kernel_timings(&mut self, on: bool) {
+        self.gpu.set_kernel_timings(on);
+    }
 }
 
 /// An evaluator with a note for the report (why it was chosen).
@@ -308,6 +345,10 @@ impl<E: Evaluator> Evaluator for Noted<E> {
 
     fn precision(&self) -> &'static str {
         self.inner.precision()
+    }
+
+    fn set_kernel_timings(&mut self, on: bool) {
+        self.inner.set_kernel_timings(on);
     }
 }
 
@@ -416,6 +457,7 @@ pub fn check_fn<F: FnMut(&[f64]) -> f64>(
         unit_roundoff: f64::EPSILON / 2.0,
         steps: None,
         notes: Vec::new(),
+        kernel_times: Vec::new(),
     })
 }
 

@@ -15,6 +15,8 @@ pub struct GpuContext {
     pub(super) info: wgpu::AdapterInfo,
     pub(super) limits: wgpu::Limits,
     pub(super) has_f64: bool,
+    /// Whether the device has TIMESTAMP_QUERY (per-kernel times).
+    pub(super) has_timestamps: bool,
     pub(super) lost: Arc<AtomicBool>,
     pub(super) pipelines: Mutex<HashMap<bool, Arc<Pipelines>>>,
 }
@@ -139,14 +141,16 @@ impl GpuContext {
                 })
             })?;
         let has_f64 = adapter.features().contains(wgpu::Features::SHADER_F64);
+        let has_timestamps = adapter
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY);
+        let mut features = wgpu::Features::empty();
+        features.set(wgpu::Features::SHADER_F64, has_f64);
+        features.set(wgpu::Features::TIMESTAMP_QUERY, has_timestamps);
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("gradcheck"),
-            required_features: if has_f64 {
-                wgpu::Features::SHADER_F64
-            } else {
-                wgpu::Features::empty()
-            },
+            required_features: features,
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -160,6 +164,7 @@ impl GpuContext {
             info: adapter.get_info(),
             limits,
             has_f64,
+            has_timestamps,
             lost,
             pipelines: Mutex::new(HashMap::new()),
         })

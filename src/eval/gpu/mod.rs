@@ -22,6 +22,7 @@ mod plan;
 mod probe;
 mod run;
 pub mod source;
+mod timing;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -42,6 +43,8 @@ pub struct GpuEvaluator {
     pub precision: Precision,
     /// Caps the parameters per chunk (tests force tiny chunks with it).
     pub max_chunk: Option<usize>,
+    /// Per-kernel device times in the evaluations.
+    pub timings: bool,
 }
 
 impl GpuEvaluator {
@@ -51,6 +54,7 @@ impl GpuEvaluator {
             context: GpuContext::shared(adapter)?,
             precision,
             max_chunk: None,
+            timings: false,
         })
     }
 }
@@ -67,6 +71,8 @@ impl Evaluator for GpuEvaluator {
         let opts = EvalOptions {
             max_chunk: self.max_chunk,
             range: (range != (0..model.n_params())).then_some(range),
+            timings: self.timings,
+            ..EvalOptions::default()
         };
         self.context
             .evaluate(model, params, data, epsilon, self.precision, opts)
@@ -79,6 +85,10 @@ impl Evaluator for GpuEvaluator {
             p => p.label(),
         }
     }
+
+    fn set_kernel_timings(&mut self, on: bool) {
+        self.timings = on;
+    }
 }
 
 /// Options of [`GpuContext::evaluate`].
@@ -88,6 +98,10 @@ pub struct EvalOptions {
     pub max_chunk: Option<usize>,
     /// Evaluate only these parameters (a shard); the others' J± come back as NaN.
     pub range: Option<std::ops::Range<usize>>,
+    /// Run every layer on the staged kernels, none fused (tests compare the two).
+    pub staged_only: bool,
+    /// Measure every kernel's device time (timestamp queries, where the adapter has them).
+    pub timings: bool,
 }
 
 /// f32 or f64 on the device.

@@ -41,6 +41,15 @@ pub(super) struct Job {
     pub(super) n_params: u32,
     pub(super) delta: u32,
     pub(super) mask_off: u32,
+    pub(super) sig_off: u32,
+    pub(super) sc_v: u32,
+    pub(super) sc_lo: u32,
+    pub(super) sc_hi: u32,
+    pub(super) n_out: u32,
+    pub(super) out_z: u32,
+    pub(super) out_a: u32,
+    pub(super) out_act: u32,
+    pub(super) out_slope: u32,
 }
 
 /// Workgroup width of the 1-D kernels, and the tile of `dense` (shaders agree).
@@ -92,6 +101,7 @@ impl GpuContext {
                     storage(4, false),
                     storage(5, false),
                     storage(6, false),
+                    storage(7, true),
                 ],
             });
         let pl = self
@@ -102,12 +112,12 @@ impl GpuContext {
                 immediate_size: 0,
             });
         let mut by_entry = HashMap::new();
-        for (name, src, entries) in source::families() {
+        for (name, parts, entries) in source::families() {
             let module = self
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(source::module(src, f64).into()),
+                    source: wgpu::ShaderSource::Wgsl(source::module(parts, f64).into()),
                 });
             for &entry in entries {
                 let p = self
@@ -164,12 +174,12 @@ impl GpuContext {
     }
 
     /// The bind group of the shared layout: the jobs uniform (bound one Job wide, moved
-    /// by dynamic offsets), then model, base, src, dst, results, kinks.
+    /// by dynamic offsets), then model, base, src, dst, results, kinks, the parameter list.
     pub(super) fn bind_group(
         &self,
         pipes: &Pipelines,
         jobs: &wgpu::Buffer,
-        buffers: [&wgpu::Buffer; 6],
+        buffers: [&wgpu::Buffer; 7],
     ) -> wgpu::BindGroup {
         let mut entries = vec![wgpu::BindGroupEntry {
             binding: 0,

@@ -1,13 +1,13 @@
-//! The chunk plan: consecutive parameters of one layer per chunk, as many as the batch
-//! buffers and the workgroup grid allow (chunks exist only where the adapter's limits
-//! demand them).
+//! The chunk plan of the staged kernels: runs of listed parameters of one layer per
+//! chunk, as many as the batch buffers and the workgroup grid allow (chunks exist only
+//! where the adapter's limits demand them).
 
-use super::EvalOptions;
 use super::pipelines::TILE;
 use crate::error::{Error, Result};
 use crate::model::{Data, Model};
 
-/// A chunk: `count` consecutive parameters of layer `layer` starting at flat index `first`.
+/// A chunk: the `count` parameters `items[first..first + count]` of the plan's list, all
+/// in layer `layer`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Chunk {
     pub(super) layer: usize,
@@ -15,7 +15,7 @@ pub(super) struct Chunk {
     pub(super) count: usize,
 }
 
-/// How the 2N perturbations are split to respect the batch buffer capacity.
+/// How the staged kernels' perturbations are split to respect the batch buffer capacity.
 #[derive(Debug)]
 pub(super) struct Plan {
     pub(super) chunks: Vec<Chunk>,
@@ -24,19 +24,29 @@ pub(super) struct Plan {
 }
 
 impl Plan {
+    /// The plan over `items`, flat parameter indices in increasing order (so that each
+    /// layer's are consecutive in the list).
     pub(super) fn new(
         model: &Model,
         data: &Data,
         capacity: u64,
-        opts: &EvalOptions,
+        max_chunk: Option<usize>,
+        items: &[usize],
     ) -> Result<Plan> {
-        let wanted = opts.range.clone().unwrap_or(0..model.n_params());
         let m = data.m();
         let sizes = model.sizes();
         let depth = model.depth();
         let mut chunks = Vec::new();
         let mut batch_reals = 1;
+        let mut at = 0;
         for l in 0..depth {
+            let end_of_layer = model.layout().bias(l).range().end;
+            let n_layer = items[at..].partition_point(|&p| p < end_of_layer);
+            let (mut first, end) = (at, at + n_layer);
+            at = end;
+            if first == end {
+                continue;
+            }
             // Widest batch column block any stage of a layer-l perturbation writes.
             let widest = if l + 1 == depth {
                 sizes[depth]
@@ -49,7 +59,7 @@ impl Plan {
             let by_grid = (65_535 * TILE as usize) / (2 * m);
             let fit = (capacity as usize / per_param)
                 .min(by_grid)
-                .min(opts.max_chunk.unwrap_or(usize::MAX));
+                .min(max_chunk.unwrap_or(usize::MAX));
             if fit == 0 {
                 return Err(Error::Gpu(format!(
                     "one perturbation of layer {} needs {} values of batch memory, more than the adapter's buffer limit allows",
@@ -57,11 +67,8 @@ impl Plan {
                     per_param / 2
                 )));
             }
-            let layer = model.layout().weight(l).offset..model.layout().bias(l).range().end;
-            let range = layer.start.max(wanted.start)..layer.end.min(wanted.end);
-            let mut first = range.start;
-            while first < range.end {
-                let count = fit.min(range.end - first);
+            while first < end {
+                let count = fit.min(end - first);
                 chunks.push(Chunk {
                     layer: l,
                     first,

@@ -68,7 +68,10 @@ impl GpuContext {
         let input = storage("probe in", bytemuck::cast_slice(&R::convert(&padded)));
         let output = storage("probe out", &vec![0u8; n * R::SIZE]);
         let header = storage("probe model", bytemuck::cast_slice(&R::convert(&[0.0; 4])));
+        // Distinct stand-ins for the unused bindings (one buffer may not be bound both
+        // read-write and read-only in a dispatch).
         let small = storage("probe scratch", &[0u8; 16]);
+        let list = storage("probe list", &[0u8; 16]);
         let job = Job {
             act: f as u32,
             total: n as u32,
@@ -78,7 +81,7 @@ impl GpuContext {
         let group = self.bind_group(
             &pipes,
             &ubuf,
-            [&header, &small, &input, &output, &small, &small],
+            [&header, &small, &input, &output, &small, &small, &list],
         );
         let bytes = (n * R::SIZE) as u64;
         let staging = dev.create_buffer(&wgpu::BufferDescriptor {

@@ -1,12 +1,16 @@
-//! One evaluation: upload θ, X, Y and the masks once, record the base pass and every
-//! chunk's stages (perturb_row → rank1 → dense… → sample_loss → reduce) into one encoder,
-//! submit once, read J± (or ΔJ±) and the kink flags back.
+//! One evaluation: upload θ, X, Y and the masks once; on the Δ path first the fused
+//! kernel for every layer whose change reaches the output in closed form (one thread per
+//! perturbation, nothing per sample written); then, in a second submission, the staged
+//! kernels (base pass, perturb_row → rank1 → dense… → sample_loss → reduce) for the other
+//! layers and for the perturbations the fused kernel handed back; read J± (or ΔJ±) and the
+//! kink flags.
 
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
-use super::pipelines::{Job, TILE, WG};
+use super::pipelines::{Job, Pipelines, TILE, WG};
 use super::plan::Plan;
+use super::timing::Profiler;
 use super::{EvalOptions, Real};
 use crate::error::{Error, Result};
 use crate::eval::{Evaluation, Precision, cpu, validate_epsilon};
@@ -49,12 +53,6 @@ impl GpuContext {
         };
         let use_f64 = matches!(precision, Precision::F64 | Precision::F64Plain);
         let delta = matches!(precision, Precision::F64 | Precision::F32);
-        let plan = Plan::new(
-            model,
-            data,
-            self.batch_capacity(if use_f64 { 8 } else { 4 }),
-            &opts,
-        )?;
         if let Some(r) = &opts.range {
             if r.start > r.end || r.end > model.n_params() {
                 return Err(Error::Config(format!(
@@ -66,10 +64,10 @@ impl GpuContext {
         let fwd = cpu::forward(model, params, data);
         let (mut out, steps) = if use_f64 {
             // f64 Δ: the step is exactly ±ε·x; plain: divided by 2ε as the notebook does.
-            let out = self.run::<f64>(model, params, data, epsilon, &plan, &fwd, delta)?;
+            let out = self.run::<f64>(model, params, data, epsilon, &opts, &fwd, delta)?;
             (out, None)
         } else {
-            let out = self.run::<f32>(model, params, data, epsilon, &plan, &fwd, delta)?;
+            let out = self.run::<f32>(model, params, data, epsilon, &opts, &fwd, delta)?;
             let e32 = epsilon as f32;
             let steps = if delta {
                 // The Δ path moves each pre-activation by exactly ±fl32(ε)·x: 2·fl32(ε).
@@ -139,6 +137,7 @@ impl GpuContext {
             },
             steps,
             notes: Vec::new(),
+            kernel_times: out.kernel_times,
         })
     }
 
@@ -149,7 +148,7 @@ impl GpuContext {
         params: &Params,
         data: &Data,
         epsilon: f64,
-        plan: &Plan,
+        opts: &EvalOptions,
         fwd: &cpu::Forward,
         delta: bool,
     ) -> Result<RunOutput> {
@@ -159,9 +158,29 @@ impl GpuContext {
         let m = data.m();
         let depth = model.depth();
         let sizes = model.sizes();
-        // Model buffer: header | θ | X | Y | dropout factors.
-        let header = 3 + depth;
-        let mut host: Vec<f64> = vec![epsilon, model.l2() / (2.0 * m as f64), fwd.weight_sumsq];
+        let layout = model.layout();
+        let wanted = opts.range.clone().unwrap_or(0..n);
+        let to_u32 = |v: usize, what: &str| {
+            u32::try_from(v).map_err(|_| {
+                Error::Gpu(format!(
+                    "{what} = {v} exceeds the 32-bit indices of the kernels"
+                ))
+            })
+        };
+        // Model buffer: header | θ | X | Y | dropout factors. The shortcut's margin: the
+        // CPU's in f64; in f32, t and the bounds carry f32 rounding (≤ a few 6e-8).
+        let margin = if R::IS_F64 {
+            cpu::SHORTCUT_MARGIN
+        } else {
+            1e-5
+        };
+        let mut host: Vec<f64> = vec![
+            epsilon,
+            model.l2() / (2.0 * m as f64),
+            fwd.weight_sumsq,
+            margin,
+        ];
+        let slope_at = host.len();
         host.extend((0..depth).map(|l| model.activation(l).slope()));
         let theta_off = host.len();
         host.extend_from_slice(params.as_slice());
@@ -177,16 +196,10 @@ impl GpuContext {
                 host.extend(f.iter());
             }
         }
-        debug_assert_eq!(theta_off, header);
-        let to_u32 = |v: usize, what: &str| {
-            u32::try_from(v).map_err(|_| {
-                Error::Gpu(format!(
-                    "{what} = {v} exceeds the 32-bit indices of the kernels"
-                ))
-            })
-        };
         to_u32(host.len(), "model buffer length")?;
-        // Base buffer: Z_l and A_l of every layer.
+        // Base buffer: Z_l and A_l of every layer; on the Δ path (taken from the CPU's
+        // f64 pass) followed by BCE's σ(∓z) of the output and the fused layers' shortcut
+        // tables.
         let mut z_off = Vec::new();
         let mut a_off = Vec::new();
         let mut base_len = 0usize;
@@ -196,16 +209,68 @@ impl GpuContext {
             a_off.push(base_len);
             base_len += nl * m;
         }
-        to_u32(base_len, "activation count")?;
+        let mut host_base = Vec::new();
+        let mut sig_off = 0;
+        // Per layer: None = staged; Some(None) = fused output layer; Some(Some(v, lo, hi)).
+        let mut fused: Vec<Option<Option<[usize; 3]>>> = vec![None; depth];
+        if delta {
+            host_base.reserve(base_len);
+            for (z, a) in fwd.z.iter().zip(&fwd.a) {
+                host_base.extend(z.iter());
+                host_base.extend(a.iter());
+            }
+            sig_off = host_base.len();
+            if model.loss() == crate::model::Loss::BinaryCrossEntropy {
+                let zl = &fwd.z[depth - 1];
+                host_base.extend(zl.iter().map(|&z| cpu::sigmoid(-z)));
+                host_base.extend(zl.iter().map(|&z| cpu::sigmoid(z)));
+            }
+            // Fusion only within the binding limit; a layer whose tables do not fit
+            // stays staged.
+            let cap = self.batch_capacity(R::SIZE as u64) as usize;
+            if !opts.staged_only {
+                fused[depth - 1] = Some(None);
+                for (l, sc) in cpu::shortcuts(model, params, data, fwd)
+                    .into_iter()
+                    .enumerate()
+                {
+                    let Some(sc) = sc else { continue };
+                    if host_base.len() + sc.v.len() + 2 * sc.lo.len() > cap {
+                        continue;
+                    }
+                    let v = host_base.len();
+                    host_base.extend_from_slice(&sc.v);
+                    let lo = host_base.len();
+                    host_base.extend_from_slice(&sc.lo);
+                    let hi = host_base.len();
+                    host_base.extend_from_slice(&sc.hi);
+                    fused[l] = Some(Some([v, lo, hi]));
+                }
+            }
+            if !R::IS_F64 {
+                // ±UNBOUNDED would be f32 infinities.
+                for b in &mut host_base[sig_off..] {
+                    *b = b.clamp(-1e30, 1e30);
+                }
+            }
+        }
+        to_u32(base_len.max(host_base.len()), "activation count")?;
 
         let scope_oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let scope_val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
         let usage_rw = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let model_buf = dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("model"),
-            contents: bytemuck::cast_slice(&R::convert(&host)),
-            usage: wgpu::BufferUsages::STORAGE,
-        });
+        let init = |label: &str, contents: &[u8], usage| {
+            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            })
+        };
+        let model_buf = init(
+            "model",
+            bytemuck::cast_slice(&R::convert(&host)),
+            wgpu::BufferUsages::STORAGE,
+        );
         let mk = |label: &str, reals: usize| {
             dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -218,21 +283,14 @@ impl GpuContext {
         // computed for J(θ)), at the user's θ and rounded once, rather than an f32 pass
         // whose accumulated rounding would move that point. Plain paths run their own.
         let base_buf = if delta {
-            let mut host_base = Vec::with_capacity(base_len);
-            for (z, a) in fwd.z.iter().zip(&fwd.a) {
-                host_base.extend(z.iter());
-                host_base.extend(a.iter());
-            }
-            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("base"),
-                contents: bytemuck::cast_slice(&R::convert(&host_base)),
-                usage: usage_rw,
-            })
+            init(
+                "base",
+                bytemuck::cast_slice(&R::convert(&host_base)),
+                usage_rw,
+            )
         } else {
             mk("base", base_len)
         };
-        let batch_a = mk("batch a", plan.batch_reals);
-        let batch_b = mk("batch b", plan.batch_reals);
         // J± (plain) or ΔJ± then Σ|Δloss|/m (Δ path), plus even and minus odd.
         let results_reals = if delta { 4 * n } else { 2 * n };
         let results = mk("results", results_reals);
@@ -244,16 +302,24 @@ impl GpuContext {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let kinks_len = (n.max(1) * 4) as u64;
+        let readback = |label: &str, size: u64| {
+            dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let kinks_rb = readback("kinks readback", kinks_len);
 
-        // Every dispatch: (entry, job, which batch buffer is src, workgroups x, y).
-        let mut jobs: Vec<(&'static str, Job, bool, u32, u32)> = Vec::new();
-        let layout = model.layout();
         let grid = |total: u32| -> (u32, u32) {
             let groups = total.div_ceil(WG).max(1);
             let x = groups.min(self.limits.max_compute_workgroups_per_dimension);
             (x, groups.div_ceil(x))
         };
         // Fields every dispatch shares.
+        let out = depth - 1;
         let common = Job {
             m: m as u32,
             y_off: y_off as u32,
@@ -262,6 +328,12 @@ impl GpuContext {
             l2: u32::from(model.l2() != 0.0),
             n_params: n as u32,
             delta: u32::from(delta),
+            sig_off: sig_off as u32,
+            n_out: sizes[depth] as u32,
+            out_z: z_off[out] as u32,
+            out_a: a_off[out] as u32,
+            out_act: model.activation(out).code(),
+            out_slope: (slope_at + out) as u32,
             ..Job::default()
         };
         let param_off = |i: usize| (theta_off + i) as u32;
@@ -269,7 +341,7 @@ impl GpuContext {
         // dropout factors (each kernel reads the ones it needs).
         let at_layer = |mut s: Job, q: usize| {
             s.act = model.activation(q).code();
-            s.slope_idx = (3 + q) as u32;
+            s.slope_idx = (slope_at + q) as u32;
             s.is_output = u32::from(q + 1 == depth);
             s.in_dim = sizes[q] as u32;
             s.out_dim = sizes[q + 1] as u32;
@@ -280,133 +352,283 @@ impl GpuContext {
             s.z_off = z_off[q] as u32;
             s.a_off = a_off[q] as u32;
             s.mask_off = mask_off[q];
+            s.w_param = layout.weight(q).offset as u32;
+            s.rows_l = sizes[q + 1] as u32;
+            s.cols_l = sizes[q] as u32;
             s
         };
-        // Base forward (the Δ path has it from the CPU).
+        let mut kernel_times = Vec::new();
+
+        // Phase 1, the fused layers: one thread per perturbation; a perturbation that
+        // leaves its shortcut's interval is redone by the staged kernels (kink bit 2).
+        let layer_of = |l: usize| layout.weight(l).offset..layout.bias(l).range().end;
+        let mut staged: Vec<usize> = Vec::new();
+        let mut jobs = Vec::new();
+        for (l, f) in fused.iter().enumerate() {
+            let range = layer_of(l);
+            let range = range.start.max(wanted.start)..range.end.min(wanted.end);
+            match f {
+                None => staged.extend(range),
+                Some(_) if range.is_empty() => {}
+                Some(tables) => {
+                    let mut j = at_layer(common, l);
+                    j.first = range.start as u32;
+                    j.total = to_u32(2 * range.len(), "perturbations of a layer")?;
+                    if let Some([v, lo, hi]) = tables {
+                        j.sc_v = to_u32(*v, "shortcut table offset")?;
+                        j.sc_lo = to_u32(*lo, "shortcut table offset")?;
+                        j.sc_hi = to_u32(*hi, "shortcut table offset")?;
+                    }
+                    let (gx, gy) = grid(j.total);
+                    jobs.push(Dispatch {
+                        entry: "fused_delta",
+                        job: j,
+                        src_is_b: false,
+                        gx,
+                        gy,
+                    });
+                }
+            }
+        }
+        // The fused kernel binds no batch buffers and no list: distinct stand-ins (a
+        // buffer may not be bound read-write and read-only in one dispatch).
+        let stubs = [mk("unused a", 1), mk("unused b", 1), mk("unused list", 1)];
+        let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("gradcheck"),
+        });
+        enc.clear_buffer(&kinks, 0, None);
+        if !jobs.is_empty() {
+            let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|d| &d.job));
+            let group = self.bind_group(
+                &pipes,
+                &ubuf,
+                [&model_buf, &base_buf, &stubs[0], &stubs[1], &results, &kinks, &stubs[2]],
+            );
+            let mut profiler = (opts.timings && self.has_timestamps).then(Profiler::new);
+            self.record(&mut enc, &pipes, &jobs, stride, [&group, &group], profiler.as_mut());
+            enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, kinks_len);
+            if let Some(p) = profiler.as_mut() {
+                p.resolve(self, &mut enc);
+            }
+            self.queue.submit([std::mem::replace(
+                &mut enc,
+                dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("gradcheck staged"),
+                }),
+            )
+            .finish()]);
+            let flags: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&kinks_rb)?);
+            staged.extend((0..n).filter(|&i| flags[i] & 4 != 0));
+            staged.sort_unstable();
+            if let Some(p) = profiler {
+                kernel_times = p.collect(self)?;
+            }
+        }
+
+        // Phase 2, the staged kernels: the base forward pass (plain paths), then every
+        // chunk of the listed parameters: perturb_row → rank1 → dense… → sample_loss →
+        // reduce.
+        let plan = Plan::new(
+            model,
+            data,
+            self.batch_capacity(R::SIZE as u64),
+            opts.max_chunk,
+            &staged,
+        )?;
+        let mut jobs: Vec<Dispatch> = Vec::new();
         for l in (0..depth).filter(|_| !delta) {
             let mut j = at_layer(common, l);
             j.total = to_u32(sizes[l + 1] * m, "layer size × m")?;
             let (gx, gy) = grid(j.total);
-            jobs.push(("base_layer", j, false, gx, gy));
+            jobs.push(Dispatch {
+                entry: "base_layer",
+                job: j,
+                src_is_b: false,
+                gx,
+                gy,
+            });
         }
-        // Perturbation chunks.
         for chunk in &plan.chunks {
             let l = chunk.layer;
             let k = 2 * chunk.count;
             let cols = to_u32(k * m, "chunk columns")?;
-            let mut j = common;
+            let mut j = at_layer(common, l);
             j.first = chunk.first as u32;
             j.cols = cols;
-            j.w_param = layout.weight(l).offset as u32;
-            j.rows_l = sizes[l + 1] as u32;
-            j.cols_l = sizes[l] as u32;
+            let mut push = |entry, job, src_is_b, (gx, gy): (u32, u32)| {
+                jobs.push(Dispatch {
+                    entry,
+                    job,
+                    src_is_b,
+                    gx,
+                    gy,
+                })
+            };
             // perturb_row: → batch a.
-            let mut s = at_layer(j, l);
+            let mut s = j;
             s.total = cols;
-            let (gx, gy) = grid(s.total);
-            jobs.push(("perturb_row", s, true, gx, gy));
+            push("perturb_row", s, true, grid(s.total));
             let mut in_a = true; // the latest output is in batch a
             if l + 1 < depth {
-                let q = l + 1;
-                let mut s = at_layer(j, q);
-                s.total = to_u32(sizes[q + 1] * k * m, "rank-1 stage size")?;
-                let (gx, gy) = grid(s.total);
-                jobs.push(("rank1", s, !in_a, gx, gy));
+                let mut s = at_layer(j, l + 1);
+                (s.w_param, s.rows_l, s.cols_l) = (j.w_param, j.rows_l, j.cols_l);
+                s.total = to_u32(sizes[l + 2] * k * m, "rank-1 stage size")?;
+                push("rank1", s, !in_a, grid(s.total));
                 in_a = !in_a;
                 for q in l + 2..depth {
                     let mut s = at_layer(j, q);
                     let out = sizes[q + 1] as u32;
                     if out < TILE {
                         s.total = to_u32(sizes[q + 1] * k * m, "dense stage size")?;
-                        let (gx, gy) = grid(s.total);
-                        jobs.push(("dense_narrow", s, !in_a, gx, gy));
+                        push("dense_narrow", s, !in_a, grid(s.total));
                         in_a = !in_a;
                         continue;
                     }
                     let gx = cols.div_ceil(TILE);
-                    let gy = out.div_ceil(TILE);
                     if gx > self.limits.max_compute_workgroups_per_dimension {
                         return Err(Error::Gpu(format!(
                             "internal: chunk of {cols} columns exceeds the workgroup limit"
                         )));
                     }
-                    jobs.push(("dense", s, !in_a, gx, gy));
+                    push("dense", s, !in_a, (gx, out.div_ceil(TILE)));
                     in_a = !in_a;
                 }
             }
             // The losses read the output layer's base Z (and A for MSE).
             let mut s = at_layer(j, depth - 1);
+            (s.w_param, s.rows_l, s.cols_l) = (j.w_param, j.rows_l, j.cols_l);
             s.total = cols;
-            let (gx, gy) = grid(s.total);
-            jobs.push(("sample_loss", s, !in_a, gx, gy));
+            push("sample_loss", s, !in_a, grid(s.total));
             in_a = !in_a;
             let mut s = j;
             s.total = k as u32;
-            let (gx, gy) = grid(s.total);
-            jobs.push(("reduce", s, !in_a, gx, gy));
+            push("reduce", s, !in_a, grid(s.total));
         }
-
-        let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|(_, job, ..)| job));
-        // Two bind groups: (src, dst) = (a, b) and (b, a).
-        let g_ab = self.bind_group(
-            &pipes,
-            &ubuf,
-            [&model_buf, &base_buf, &batch_a, &batch_b, &results, &kinks],
-        );
-        let g_ba = self.bind_group(
-            &pipes,
-            &ubuf,
-            [&model_buf, &base_buf, &batch_b, &batch_a, &results, &kinks],
-        );
-
-        let results_len = (results_reals * R::SIZE) as u64;
-        let kinks_len = (n.max(1) * 4) as u64;
-        let readback = |label: &str, size: u64| {
-            dev.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        };
-        let results_rb = readback("results readback", results_len);
-        let kinks_rb = readback("kinks readback", kinks_len);
-        let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("gradcheck"),
-        });
-        enc.clear_buffer(&kinks, 0, None);
-        {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("every J±"),
-                timestamp_writes: None,
-            });
-            for (n, (entry, _, src_is_b, gx, gy)) in jobs.iter().enumerate() {
-                // src_is_b: the stage reads batch b (and writes a).
-                let g = if *src_is_b { &g_ba } else { &g_ab };
-                pass.set_pipeline(&pipes.by_entry[entry]);
-                pass.set_bind_group(0, g, &[(n * stride) as u32]);
-                pass.dispatch_workgroups(*gx, *gy, 1);
+        if !jobs.is_empty() {
+            let batch_a = mk("batch a", plan.batch_reals);
+            let batch_b = mk("batch b", plan.batch_reals);
+            let items: Vec<u32> = staged.iter().map(|&p| p as u32).collect();
+            let plist = init(
+                "parameter list",
+                bytemuck::cast_slice(if items.is_empty() { &[0u32] } else { &items }),
+                wgpu::BufferUsages::STORAGE,
+            );
+            let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|d| &d.job));
+            // Two bind groups: (src, dst) = (a, b) and (b, a).
+            let g_ab = self.bind_group(
+                &pipes,
+                &ubuf,
+                [&model_buf, &base_buf, &batch_a, &batch_b, &results, &kinks, &plist],
+            );
+            let g_ba = self.bind_group(
+                &pipes,
+                &ubuf,
+                [&model_buf, &base_buf, &batch_b, &batch_a, &results, &kinks, &plist],
+            );
+            let mut profiler = (opts.timings && self.has_timestamps).then(Profiler::new);
+            self.record(&mut enc, &pipes, &jobs, stride, [&g_ab, &g_ba], profiler.as_mut());
+            if let Some(p) = profiler.as_mut() {
+                p.resolve(self, &mut enc);
             }
+            let results_len = (results_reals * R::SIZE) as u64;
+            let results_rb = readback("results readback", results_len);
+            enc.copy_buffer_to_buffer(&results, 0, &results_rb, 0, results_len);
+            enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, kinks_len);
+            self.queue.submit([enc.finish()]);
+            let out = self.read_results::<R>(&results_rb, &kinks_rb, n, delta);
+            if let Some(p) = profiler {
+                crate::eval::add_kernel_times(&mut kernel_times, &p.collect(self)?);
+            }
+            Self::pop_scopes(scope_val, scope_oom)?;
+            return out.map(|o| RunOutput { kernel_times, ..o });
         }
+        let results_len = (results_reals * R::SIZE) as u64;
+        let results_rb = readback("results readback", results_len);
         enc.copy_buffer_to_buffer(&results, 0, &results_rb, 0, results_len);
         enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, kinks_len);
         self.queue.submit([enc.finish()]);
-        if let Some(e) = pollster::block_on(scope_val.pop()) {
+        let out = self.read_results::<R>(&results_rb, &kinks_rb, n, delta);
+        Self::pop_scopes(scope_val, scope_oom)?;
+        out.map(|o| RunOutput { kernel_times, ..o })
+    }
+
+    /// Records `jobs` into `enc`: one compute pass, or one pass per dispatch with a
+    /// timestamp pair around it when profiling. `groups` = (src a, src b) bind groups.
+    fn record(
+        &self,
+        enc: &mut wgpu::CommandEncoder,
+        pipes: &Pipelines,
+        jobs: &[Dispatch],
+        stride: usize,
+        groups: [&wgpu::BindGroup; 2],
+        mut profiler: Option<&mut Profiler>,
+    ) {
+        let put = |pass: &mut wgpu::ComputePass<'_>, n: usize, d: &Dispatch| {
+            pass.set_pipeline(&pipes.by_entry[d.entry]);
+            pass.set_bind_group(0, groups[usize::from(d.src_is_b)], &[(n * stride) as u32]);
+            pass.dispatch_workgroups(d.gx, d.gy, 1);
+        };
+        match profiler.as_deref_mut() {
+            Some(p) => {
+                for (n, d) in jobs.iter().enumerate() {
+                    let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(d.entry),
+                        timestamp_writes: Some(p.next(self, d.entry)),
+                    });
+                    put(&mut pass, n, d);
+                }
+            }
+            None => {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("every J±"),
+                    timestamp_writes: None,
+                });
+                for (n, d) in jobs.iter().enumerate() {
+                    put(&mut pass, n, d);
+                }
+            }
+        }
+    }
+
+    fn pop_scopes(val: wgpu::ErrorScopeGuard, oom: wgpu::ErrorScopeGuard) -> Result<()> {
+        if let Some(e) = pollster::block_on(val.pop()) {
             return Err(Error::Gpu(format!("validation: {e}")));
         }
-        if let Some(e) = pollster::block_on(scope_oom.pop()) {
+        if let Some(e) = pollster::block_on(oom.pop()) {
             return Err(Error::Gpu(format!("out of GPU memory: {e}")));
         }
-        let vals: Vec<R> = bytemuck::pod_collect_to_vec(&self.read_back(&results_rb)?);
-        let flags: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&kinks_rb)?);
+        Ok(())
+    }
+
+    /// Reads J± (ΔJ± and magnitudes) and the kink flags after the last submission.
+    fn read_results<R: Real>(
+        &self,
+        results_rb: &wgpu::Buffer,
+        kinks_rb: &wgpu::Buffer,
+        n: usize,
+        delta: bool,
+    ) -> Result<RunOutput> {
+        let vals: Vec<R> = bytemuck::pod_collect_to_vec(&self.read_back(results_rb)?);
+        let flags: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(kinks_rb)?);
         Ok(RunOutput {
             plus: (0..n).map(|i| vals[2 * i].to_f64()).collect(),
             minus: (0..n).map(|i| vals[2 * i + 1].to_f64()).collect(),
-            // Bit 0: the +ε step crossed a kink, bit 1: the −ε step (shaders' flag_kink).
-            kinks: flags.iter().take(n).map(|&f| f as u8).collect(),
+            // Bit 0: the +ε step crossed a kink, bit 1: the −ε step (shaders'
+            // flag_kink); bit 2 (redone on the staged kernels) is internal.
+            kinks: flags.iter().take(n).map(|&f| (f & 3) as u8).collect(),
             magnitudes: delta.then(|| vals[2 * n..4 * n].iter().map(|v| v.to_f64()).collect()),
+            kernel_times: Vec::new(),
         })
     }
+}
+
+/// One recorded dispatch: kernel, its Job, which batch buffer is its source, grid.
+struct Dispatch {
+    entry: &'static str,
+    job: Job,
+    src_is_b: bool,
+    gx: u32,
+    gy: u32,
 }
 
 /// What one evaluation brings back from the device.
@@ -416,4 +638,6 @@ struct RunOutput {
     kinks: Vec<u8>,
     /// Δ path: Σ_j|Δloss_j|/m of every perturbation (2i plus, 2i + 1 minus).
     magnitudes: Option<Vec<f64>>,
+    /// Device time per kernel (when profiled).
+    kernel_times: Vec<crate::eval::KernelTime>,
 }

@@ -11,31 +11,40 @@ pub const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 pub const FORWARD: &str = include_str!("../../../shaders/forward.wgsl");
 /// The perturbed passes: perturb_row, rank1, dense.
 pub const PERTURB: &str = include_str!("../../../shaders/perturb.wgsl");
+/// The Δ path's per-sample loss change (shared by `cost` and `fused`).
+pub const LOSS: &str = include_str!("../../../shaders/loss.wgsl");
 /// Per-sample losses and the per-perturbation reduction.
 pub const COST: &str = include_str!("../../../shaders/cost.wgsl");
+/// The fused Δ path: a perturbation's ΔJ in one thread, nothing written per sample.
+pub const FUSED: &str = include_str!("../../../shaders/fused.wgsl");
 /// One elementary function over a buffer (accuracy measurements).
 pub const PROBE: &str = include_str!("../../../shaders/probe.wgsl");
 
-/// The full source of one kernel family at a precision (`f64` or not).
-pub fn module(family: &str, f64: bool) -> String {
+/// The full source of one kernel family (its files in order, after the common part) at a
+/// precision (`f64` or not).
+pub fn module(parts: &[&str], f64: bool) -> String {
     let (alias, math) = if f64 {
         ("alias real = f64;\n", MATH_F64)
     } else {
         ("alias real = f32;\n", MATH_F32)
     };
-    format!("{alias}{math}\n{COMMON}\n{family}")
+    format!("{alias}{math}\n{COMMON}\n{}", parts.join("\n"))
 }
 
-/// Every (family name, source, entry points) the evaluator uses.
-pub fn families() -> [(&'static str, &'static str, &'static [&'static str]); 4] {
+/// A kernel family: its name, its files (after the common part), its entry points.
+pub type Family = (&'static str, &'static [&'static str], &'static [&'static str]);
+
+/// Every kernel family the evaluator uses.
+pub fn families() -> [Family; 5] {
     [
-        ("forward", FORWARD, &["base_layer"]),
+        ("forward", &[FORWARD], &["base_layer"]),
         (
             "perturb",
-            PERTURB,
+            &[PERTURB],
             &["perturb_row", "rank1", "dense", "dense_narrow"],
         ),
-        ("cost", COST, &["sample_loss", "reduce"]),
-        ("probe", PROBE, &["math_probe"]),
+        ("cost", &[LOSS, COST], &["sample_loss", "reduce"]),
+        ("fused", &[LOSS, FUSED], &["fused_delta"]),
+        ("probe", &[PROBE], &["math_probe"]),
     ]
 }

@@ -1,0 +1,94 @@
+// The fused Δ path: one thread per perturbation of a layer whose change reaches the output
+// in closed form, from the changed row to ΔJ with nothing written per sample.
+//
+// Perturbation k moves parameter p = first + k/2 (a contiguous range, no table) by
+// ±ε. Sample by sample, in order: ΔZ_l[r, j] (= ±ε·input[c, j] for a weight, ±ε for a
+// bias), then
+//   * output layer: Δz_out = e_r·ΔZ_l[r, j];
+//   * otherwise t = ΔA_l[r, j] and Δz_out = v_{r,j}·t — the piecewise-linear shortcut
+//     (the CPU's `Shortcut` tables, in the base buffer), valid while t stays inside the
+//     interval that crosses no kink after layer l; a sample outside it sets bit 2 of the
+//     parameter's kink word and the thread stops: the host redoes that parameter on the
+//     staged kernels;
+// then the loss change, summed with Neumaier's compensation in sample order (as the
+// CPU's shortcut does), and the L2 change — exactly what `reduce_delta` writes.
+@compute @workgroup_size(64)
+fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let k = linear_id(wid, nwg, lid);
+    if (k >= job.total) {
+        return;
+    }
+    let m = job.m;
+    let p = job.first + k / 2u;
+    let plus = k % 2u == 0u;
+    // The changed row r and, for a weight, the input row c: decoded once per thread.
+    let local = p - job.w_param;
+    let nw = job.rows_l * job.cols_l;
+    let is_w = local < nw;
+    var r = local - nw;
+    var c = 0u;
+    if (is_w) {
+        r = local / job.cols_l;
+        c = local % job.cols_l;
+    }
+    let d = sign_of(k) * model[0];
+    let margin = model[3];
+    let row_z = job.z_off + r * m;
+    let row_in = job.in_off + c * m;
+    fz_mode = select(2u, 1u, job.is_output == 1u);
+    var s: real = 0.0;
+    var comp: real = 0.0;
+    var mag: real = 0.0;
+    for (var j = 0u; j < m; j++) {
+        var dz = d;
+        if (is_w) {
+            if (job.in_is_x == 1u) {
+                dz = d * model[row_in + j];
+            } else {
+                dz = d * base[row_in + j];
+            }
+        }
+        if (dz == 0.0) {
+            continue;
+        }
+        let z0 = base[row_z + j];
+        flag_kink_of(p, plus, z0, z0 + dz, r, j);
+        if (job.is_output == 1u) {
+            fz_at = r;
+            fz_t = dz;
+        } else {
+            let t = act_delta(job.act, z0, dz) * mask_at(r, j);
+            if (t == 0.0) {
+                continue;
+            }
+            let at = r * m + j;
+            let lo = base[job.sc_lo + at];
+            let hi = base[job.sc_hi + at];
+            if (!(t > lo + margin * abs(lo) && t < hi - margin * abs(hi))) {
+                atomicOr(&kinks[p], 4u);
+                return;
+            }
+            fz_at = job.sc_v + at * job.n_out;
+            fz_t = t;
+        }
+        let v = sample_loss_delta(j, 0u);
+        let sum = s + v;
+        if (abs(s) >= abs(v)) {
+            comp += (s - sum) + v;
+        } else {
+            comp += (v - sum) + s;
+        }
+        s = sum;
+        mag += abs(v);
+    }
+    var dj = (s + comp) / real(m);
+    mag = mag / real(m);
+    if (job.l2 == 1u && is_w) {
+        let dl2 = model[1] * d * (2.0 * model[job.theta_off + p] + d);
+        dj += dl2;
+        mag += abs(dl2);
+    }
+    let slot = 2u * p + k % 2u;
+    results[slot] = dj;
+    results[2u * job.n_params + slot] = mag;
+}

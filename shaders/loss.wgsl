@@ -1,0 +1,92 @@
+// The Δ path's per-sample loss change, shared by the staged `sample_loss` and the fused
+// kernel. The output's Δz come from `out_dz`: the staged path's batch column, or the fused
+// kernel's closed form for its one perturbation (set in these private variables).
+var<private> fz_mode: u32; // 0: src column `col`; 1: e_r·t (output-layer parameter); 2: v·t
+var<private> fz_t: real;   // t: Δz of row r (mode 1), the activation change ΔA_l[r, j] (mode 2)
+var<private> fz_at: u32;   // mode 1: r; mode 2: base offset of v_{r,j}
+
+fn out_dz(c: u32, col: u32) -> real {
+    switch fz_mode {
+        case 1u: { return select(0.0, fz_t, c == fz_at); }
+        case 2u: { return base[fz_at + c] * fz_t; }
+        default: { return src[c * job.cols + col]; }
+    }
+}
+
+// loss(z0 + Δz) − loss(z0) of sample j, from the output's base pre-activations z0 (base
+// buffer) and their changes Δz (`out_dz`), through closed forms that never subtract two
+// nearly equal rounded numbers (the CPU's `loss_delta`, term for term).
+fn sample_loss_delta(j: u32, col: u32) -> real {
+    let m = job.m;
+    let n = job.n_out;
+    var s: real = 0.0;
+    switch job.loss {
+        case 0u: {
+            // BCE on σ: −log σ(z) = softplus(−z), −log(1 − σ(z)) = softplus(z), and
+            // softplus(u + d) − softplus(u) = log1p(σ(u)·expm1(d)); σ(∓z0) from the host's
+            // table; a label of exactly 0 or 1 leaves one term.
+            for (var i = 0u; i < n; i++) {
+                let dz = out_dz(i, col);
+                let y = model[job.y_off + i * m + j];
+                if (y != 0.0) {
+                    s += y * log1p_r(base[job.sig_off + i * m + j] * expm1_r(-dz));
+                }
+                if (y != 1.0) {
+                    s += (1.0 - y) * log1p_r(base[job.sig_off + (n + i) * m + j] * expm1_r(dz));
+                }
+            }
+        }
+        case 1u: {
+            // Softmax CE, loss = Y·lse(z) − Σ y_c·z_c with Y = Σ y_c. With p = softmax(z0)
+            // and S = Σ p_c·expm1(Δz_c): Δlse = log1p(S) = Σ p_c·Δz_c + Q + (log1p(S) − S),
+            // Q = Σ p_c·(e^Δz_c − 1 − Δz_c), so Δloss = Σ (Y·p_c − y_c)·Δz_c + Y·(Q + log1p_tail(S)).
+            // Y·p_c − y_c = ((Y − y_c)·e_c − y_c·(se − e_c))/se, where the "others" sums
+            // are summed afresh when one term dominates (exact zeros for one-hot y).
+            var mx = base[job.out_z + j];
+            for (var i = 1u; i < n; i++) {
+                mx = max(mx, base[job.out_z + i * m + j]);
+            }
+            var se: real = 0.0;
+            var yy: real = 0.0;
+            for (var i = 0u; i < n; i++) {
+                se += exp_r(base[job.out_z + i * m + j] - mx);
+                yy += model[job.y_off + i * m + j];
+            }
+            var lin: real = 0.0;
+            var sm: real = 0.0;
+            var q: real = 0.0;
+            for (var c = 0u; c < n; c++) {
+                let ec = exp_r(base[job.out_z + c * m + j] - mx);
+                let yc = model[job.y_off + c * m + j];
+                var other_e = se - ec;
+                var other_y = yy - yc;
+                if (2.0 * ec > se || 2.0 * yc > yy) {
+                    other_e = 0.0;
+                    other_y = 0.0;
+                    for (var d = 0u; d < n; d++) {
+                        if (d != c) {
+                            other_e += exp_r(base[job.out_z + d * m + j] - mx);
+                            other_y += model[job.y_off + d * m + j];
+                        }
+                    }
+                }
+                let dz = out_dz(c, col);
+                lin += (other_y * ec - yc * other_e) / se * dz;
+                let pc = ec / se;
+                sm += pc * expm1_r(dz);
+                q += pc * exp_tail(dz);
+            }
+            s = lin + yy * (q + log1p_tail(sm));
+        }
+        default: {
+            // MSE with ½: ½(a + Δa − y)² − ½(a − y)² = Δa·((a − y) + Δa/2).
+            for (var i = 0u; i < n; i++) {
+                let da = act_delta_with(job.out_act, model[job.out_slope], base[job.out_z + i * m + j], out_dz(i, col));
+                let r = base[job.out_a + i * m + j] - model[job.y_off + i * m + j];
+                s += da * (r + 0.5 * da);
+            }
+        }
+    }
+    return s;
+}
+
