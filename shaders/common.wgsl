@@ -38,6 +38,10 @@ struct Job {
     out_a: u32,      // … and of its base A
     out_act: u32,    // the output layer's activation code
     out_slope: u32,  // model-buffer index of its leaky-ReLU slope
+    layer: u32,      // fused: the perturbed layer l
+    list_off: u32,   // fused: kinks-buffer offset of the layer's work list (count, then k's)
+    scratch_w: u32,  // fused_exact: widest layer after l (each thread's two scratch vectors)
+    threads: u32,    // fused_exact: threads of the grid-stride loop
 }
 
 // Model buffer: header [0] ε, [1] λ/(2m), [2] Σ‖W‖², [3] the shortcut's margin, [4..]
@@ -234,10 +238,15 @@ fn crosses(code: u32, z0: real, z1: real) -> bool {
 
 // The dropout factor D/keep_prob of element (i, j) of this stage's layer (1 without).
 fn mask_at(i: u32, j: u32) -> real {
-    if (job.mask_off == 0u) {
+    return mask_of(job.mask_off, i, j);
+}
+
+// … of a layer whose factors start at model-buffer offset `off` (0: no dropout).
+fn mask_of(off: u32, i: u32, j: u32) -> real {
+    if (off == 0u) {
         return 1.0;
     }
-    return model[job.mask_off + i * job.m + j];
+    return model[off + i * job.m + j];
 }
 
 // Flags perturbation k when element (i, j) moved across a kink (a dropped unit's kink

@@ -101,18 +101,12 @@ fn reduce_delta(k: u32) {
         s = t;
         mag += abs(v);
     }
-    var dj = (s + c) / real(m);
-    mag = mag / real(m);
-    if (job.l2 == 1u) {
-        let p = param_of(k);
-        if (p - job.w_param < job.rows_l * job.cols_l) {
-            let d = sign_of(k) * model[0];
-            let dl2 = model[1] * d * (2.0 * model[job.theta_off + p] + d);
-            dj += dl2;
-            mag += abs(dl2);
-        }
-    }
-    let slot = result_slot(param_of(k), k);
-    results[slot] = dj;
-    results[2u * job.n_params + slot] = mag;
+    let p = param_of(k);
+    let is_w = p - job.w_param < job.rows_l * job.cols_l;
+    finish_delta(result_slot(p, k), p, is_w, sign_of(k) * model[0], s + c, mag);
+}
+
+// The staged kernels never set the fused modes (see fused.wgsl's `fused_dz`).
+fn fused_dz(c: u32) -> real {
+    return 0.0;
 }

@@ -7,9 +7,10 @@
 //   * output layer: Δz_out = e_r·ΔZ_l[r, j];
 //   * otherwise t = ΔA_l[r, j] and Δz_out = v_{r,j}·t — the piecewise-linear shortcut
 //     (the CPU's `Shortcut` tables, in the base buffer), valid while t stays inside the
-//     interval that crosses no kink after layer l; a sample outside it sets bit 2 of the
-//     parameter's kink word and the thread stops: the host redoes that parameter on the
-//     staged kernels;
+//     interval that crosses no kink after layer l;
+//   * a sample outside it is skipped here; the thread leaves its partial sums in the
+//     results and puts k on the layer's work list: `fused_exact` (fused_exact.wgsl)
+//     adds those samples layer by layer;
 // then the loss change, summed with Neumaier's compensation in sample order (as the
 // CPU's shortcut does), and the L2 change — exactly what `reduce_delta` writes.
 @compute @workgroup_size(64)
@@ -39,6 +40,7 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var s: real = 0.0;
     var comp: real = 0.0;
     var mag: real = 0.0;
+    var needs_exact = false;
     for (var j = 0u; j < m; j++) {
         var dz = d;
         if (is_w) {
@@ -62,12 +64,18 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                 continue;
             }
             let at = r * m + j;
-            let lo = base[job.sc_lo + at];
-            let hi = base[job.sc_hi + at];
-            if (!(t > lo + margin * abs(lo) && t < hi - margin * abs(hi))) {
-                atomicOr(&kinks[p], 4u);
-                return;
+            var inside = false;
+            if (job.sc_v != 0u) {
+                let lo = base[job.sc_lo + at];
+                let hi = base[job.sc_hi + at];
+                inside = t > lo + margin * abs(lo) && t < hi - margin * abs(hi);
             }
+            if (!inside) {
+                // Left to `fused_exact` (or to the staged kernels): skip it here.
+                needs_exact = true;
+                continue;
+            }
+            fz_mode = 2u;
             fz_at = job.sc_v + at * job.n_out;
             fz_t = t;
         }
@@ -81,14 +89,21 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         s = sum;
         mag += abs(v);
     }
-    var dj = (s + comp) / real(m);
-    mag = mag / real(m);
-    if (job.l2 == 1u && is_w) {
-        let dl2 = model[1] * d * (2.0 * model[job.theta_off + p] + d);
-        dj += dl2;
-        mag += abs(dl2);
-    }
     let slot = 2u * p + k % 2u;
-    results[slot] = dj;
-    results[2u * job.n_params + slot] = mag;
+    if (needs_exact) {
+        // The partial sums, unnormalised, for `fused_exact` to go on from; k joins the
+        // layer's work list.
+        let at = atomicAdd(&kinks[job.list_off], 1u);
+        atomicStore(&kinks[job.list_off + 1u + at], k);
+        results[slot] = s + comp;
+        results[2u * job.n_params + slot] = mag;
+        return;
+    }
+    finish_delta(slot, p, is_w, d, s + comp, mag);
 }
+
+// The shortcut's v·t (mode 2 of `out_dz`).
+fn fused_dz(c: u32) -> real {
+    return base[fz_at + c] * fz_t;
+}
+

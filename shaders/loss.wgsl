@@ -1,14 +1,15 @@
 // The Δ path's per-sample loss change, shared by the staged `sample_loss` and the fused
 // kernel. The output's Δz come from `out_dz`: the staged path's batch column, or the fused
 // kernel's closed form for its one perturbation (set in these private variables).
-var<private> fz_mode: u32; // 0: src column `col`; 1: e_r·t (output-layer parameter); 2: v·t
+var<private> fz_mode: u32; // 0: src column `col`; 1: e_r·t (output-layer parameter); 2: v·t;
+                           // 3: fz_buf[fz_at + c] (the fused kernel's layer-by-layer path)
 var<private> fz_t: real;   // t: Δz of row r (mode 1), the activation change ΔA_l[r, j] (mode 2)
-var<private> fz_at: u32;   // mode 1: r; mode 2: base offset of v_{r,j}
+var<private> fz_at: u32;   // mode 1: r; mode 2: base offset of v_{r,j}; mode 3: fz_buf offset
 
 fn out_dz(c: u32, col: u32) -> real {
     switch fz_mode {
         case 1u: { return select(0.0, fz_t, c == fz_at); }
-        case 2u: { return base[fz_at + c] * fz_t; }
+        case 2u, 3u: { return fused_dz(c); }
         default: { return src[c * job.cols + col]; }
     }
 }
@@ -90,3 +91,16 @@ fn sample_loss_delta(j: u32, col: u32) -> real {
     return s;
 }
 
+
+// The Δ path's result of one perturbation (step d of parameter p): ΔJ = Σ/m + ΔL2 of a weight, and the magnitude Σ|Δloss|/m + |ΔL2|, to the results.
+fn finish_delta(slot: u32, p: u32, is_w: bool, d: real, sum: real, abs_sum: real) {
+    var dj = sum / real(job.m);
+    var mag = abs_sum / real(job.m);
+    if (job.l2 == 1u && is_w) {
+        let dl2 = model[1] * d * (2.0 * model[job.theta_off + p] + d);
+        dj += dl2;
+        mag += abs(dl2);
+    }
+    results[slot] = dj;
+    results[2u * job.n_params + slot] = mag;
+}

@@ -141,9 +141,7 @@ impl GpuContext {
                 })
             })?;
         let has_f64 = adapter.features().contains(wgpu::Features::SHADER_F64);
-        let has_timestamps = adapter
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY);
+        let has_timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
         let mut features = wgpu::Features::empty();
         features.set(wgpu::Features::SHADER_F64, has_f64);
         features.set(wgpu::Features::TIMESTAMP_QUERY, has_timestamps);

@@ -50,6 +50,10 @@ pub(super) struct Job {
     pub(super) out_a: u32,
     pub(super) out_act: u32,
     pub(super) out_slope: u32,
+    pub(super) layer: u32,
+    pub(super) list_off: u32,
+    pub(super) scratch_w: u32,
+    pub(super) threads: u32,
 }
 
 /// Workgroup width of the 1-D kernels, and the tile of `dense` (shaders agree).

@@ -211,7 +211,10 @@ impl GpuContext {
         }
         let mut host_base = Vec::new();
         let mut sig_off = 0;
-        // Per layer: None = staged; Some(None) = fused output layer; Some(Some(v, lo, hi)).
+        // Per layer: None = staged; Some(tables) = fused, with the shortcut's (v, lo, hi)
+        // offsets when it has one (the output layer goes direct, layers without one layer
+        // by layer in `fused_exact`). Every layer of the Δ path is fused unless a test
+        // asks for the staged kernels.
         let mut fused: Vec<Option<Option<[usize; 3]>>> = vec![None; depth];
         if delta {
             host_base.reserve(base_len);
@@ -229,22 +232,22 @@ impl GpuContext {
             // stays staged.
             let cap = self.batch_capacity(R::SIZE as u64) as usize;
             if !opts.staged_only {
-                fused[depth - 1] = Some(None);
-                for (l, sc) in cpu::shortcuts(model, params, data, fwd)
-                    .into_iter()
-                    .enumerate()
-                {
-                    let Some(sc) = sc else { continue };
-                    if host_base.len() + sc.v.len() + 2 * sc.lo.len() > cap {
-                        continue;
-                    }
-                    let v = host_base.len();
-                    host_base.extend_from_slice(&sc.v);
-                    let lo = host_base.len();
-                    host_base.extend_from_slice(&sc.lo);
-                    let hi = host_base.len();
-                    host_base.extend_from_slice(&sc.hi);
-                    fused[l] = Some(Some([v, lo, hi]));
+                let shortcuts = cpu::shortcuts(model, params, data, fwd);
+                for (l, sc) in shortcuts.into_iter().enumerate() {
+                    let tables =
+                        sc.filter(|sc| host_base.len() + sc.v.len() + 2 * sc.lo.len() <= cap);
+                    fused[l] = match tables {
+                        Some(sc) => {
+                            let v = host_base.len();
+                            host_base.extend_from_slice(&sc.v);
+                            let lo = host_base.len();
+                            host_base.extend_from_slice(&sc.lo);
+                            let hi = host_base.len();
+                            host_base.extend_from_slice(&sc.hi);
+                            Some(Some([v, lo, hi]))
+                        }
+                        None => Some(None),
+                    };
                 }
             }
             if !R::IS_F64 {
@@ -294,15 +297,6 @@ impl GpuContext {
         // J± (plain) or ΔJ± then Σ|Δloss|/m (Δ path), plus even and minus odd.
         let results_reals = if delta { 4 * n } else { 2 * n };
         let results = mk("results", results_reals);
-        let kinks = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kinks"),
-            size: (n.max(1) * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let kinks_len = (n.max(1) * 4) as u64;
         let readback = |label: &str, size: u64| {
             dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -311,7 +305,6 @@ impl GpuContext {
                 mapped_at_creation: false,
             })
         };
-        let kinks_rb = readback("kinks readback", kinks_len);
 
         let grid = |total: u32| -> (u32, u32) {
             let groups = total.div_ceil(WG).max(1);
@@ -357,72 +350,118 @@ impl GpuContext {
             s.cols_l = sizes[q] as u32;
             s
         };
-        let mut kernel_times = Vec::new();
 
-        // Phase 1, the fused layers: one thread per perturbation; a perturbation that
-        // leaves its shortcut's interval is redone by the staged kernels (kink bit 2).
+        // Phase 1, the fused layers, one thread per perturbation: `fused_delta` (output
+        // layer; shortcut layers, putting the perturbations with samples outside their
+        // interval on a work list in the kinks buffer) and `fused_exact` (those samples, or
+        // every sample of a layer without a shortcut, layer by layer in per-thread
+        // scratch vectors). One submission with the staged phase, no readback between.
         let layer_of = |l: usize| layout.weight(l).offset..layout.bias(l).range().end;
         let mut staged: Vec<usize> = Vec::new();
         let mut jobs = Vec::new();
+        let mut kinks_len = n.max(1);
+        let mut scratch_len = 1;
+        // Scratch threads: enough to fill a large GPU, within the scratch binding.
+        let scratch_cap = self.batch_capacity(R::SIZE as u64) as usize;
         for (l, f) in fused.iter().enumerate() {
             let range = layer_of(l);
             let range = range.start.max(wanted.start)..range.end.min(wanted.end);
-            match f {
-                None => staged.extend(range),
-                Some(_) if range.is_empty() => {}
-                Some(tables) => {
-                    let mut j = at_layer(common, l);
-                    j.first = range.start as u32;
-                    j.total = to_u32(2 * range.len(), "perturbations of a layer")?;
-                    if let Some([v, lo, hi]) = tables {
-                        j.sc_v = to_u32(*v, "shortcut table offset")?;
-                        j.sc_lo = to_u32(*lo, "shortcut table offset")?;
-                        j.sc_hi = to_u32(*hi, "shortcut table offset")?;
-                    }
-                    let (gx, gy) = grid(j.total);
-                    jobs.push(Dispatch {
-                        entry: "fused_delta",
-                        job: j,
-                        src_is_b: false,
-                        gx,
-                        gy,
-                    });
-                }
+            let Some(tables) = f else {
+                staged.extend(range);
+                continue;
+            };
+            if range.is_empty() {
+                continue;
             }
+            let mut j = at_layer(common, l);
+            j.layer = l as u32;
+            j.first = range.start as u32;
+            j.total = to_u32(2 * range.len(), "perturbations of a layer")?;
+            if l + 1 == depth {
+                let (gx, gy) = grid(j.total);
+                jobs.push(Dispatch::new("fused_delta", j, gx, gy));
+                continue;
+            }
+            let width = sizes[l + 2..].iter().copied().max().expect("a later layer");
+            j.scratch_w = to_u32(width, "layer width")?;
+            j.threads = (2 * range.len())
+                .min(scratch_cap / (2 * width))
+                .min(1 << 18) as u32;
+            if j.threads == 0 {
+                return Err(Error::Gpu(format!(
+                    "a layer of width {width} does not fit the adapter's storage binding"
+                )));
+            }
+            scratch_len = scratch_len.max(j.threads as usize * 2 * width);
+            let (ex, ey) = grid(j.threads);
+            if let Some([v, lo, hi]) = tables {
+                j.sc_v = to_u32(*v, "shortcut table offset")?;
+                j.sc_lo = to_u32(*lo, "shortcut table offset")?;
+                j.sc_hi = to_u32(*hi, "shortcut table offset")?;
+                j.list_off = to_u32(kinks_len, "work list offset")?;
+                kinks_len += 1 + 2 * range.len();
+                let (gx, gy) = grid(j.total);
+                jobs.push(Dispatch::new("fused_delta", j, gx, gy));
+                // cols = 1: go on from fused_delta's partial sums, its work list.
+                j.cols = 1;
+            }
+            jobs.push(Dispatch::new("fused_exact", j, ex, ey));
         }
-        // The fused kernel binds no batch buffers and no list: distinct stand-ins (a
-        // buffer may not be bound read-write and read-only in one dispatch).
-        let stubs = [mk("unused a", 1), mk("unused b", 1), mk("unused list", 1)];
+        to_u32(kinks_len, "kinks buffer length")?;
+        let kinks = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kinks and work lists"),
+            size: (kinks_len * 4) as u64,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let kinks_rb = readback("kinks readback", (n.max(1) * 4) as u64);
         let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
             label: Some("gradcheck"),
         });
         enc.clear_buffer(&kinks, 0, None);
+        let mut profiler = (opts.timings && self.has_timestamps).then(Profiler::new);
         if !jobs.is_empty() {
             let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|d| &d.job));
+            // The fused kernels' layer table sits where the staged ones bind their list.
+            let mut table = Vec::with_capacity(8 * depth);
+            for q in 0..depth {
+                let j = at_layer(common, q);
+                table.extend([
+                    j.w_off,
+                    j.in_dim,
+                    j.out_dim,
+                    j.z_off,
+                    j.act,
+                    j.slope_idx,
+                    j.mask_off,
+                    0,
+                ]);
+            }
+            let table = init(
+                "layer table",
+                bytemuck::cast_slice(&table),
+                wgpu::BufferUsages::STORAGE,
+            );
+            // src unused, dst = fused_exact's scratch.
+            let unused = mk("unused", 1);
+            let scratch = mk("scratch", scratch_len);
             let group = self.bind_group(
                 &pipes,
                 &ubuf,
-                [&model_buf, &base_buf, &stubs[0], &stubs[1], &results, &kinks, &stubs[2]],
+                [
+                    &model_buf, &base_buf, &unused, &scratch, &results, &kinks, &table,
+                ],
             );
-            let mut profiler = (opts.timings && self.has_timestamps).then(Profiler::new);
-            self.record(&mut enc, &pipes, &jobs, stride, [&group, &group], profiler.as_mut());
-            enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, kinks_len);
-            if let Some(p) = profiler.as_mut() {
-                p.resolve(self, &mut enc);
-            }
-            self.queue.submit([std::mem::replace(
+            self.record(
                 &mut enc,
-                dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("gradcheck staged"),
-                }),
-            )
-            .finish()]);
-            let flags: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&kinks_rb)?);
-            staged.extend((0..n).filter(|&i| flags[i] & 4 != 0));
-            staged.sort_unstable();
-            if let Some(p) = profiler {
-                kernel_times = p.collect(self)?;
-            }
+                &pipes,
+                &jobs,
+                stride,
+                [&group, &group],
+                profiler.as_mut(),
+            );
         }
 
         // Phase 2, the staged kernels: the base forward pass (plain paths), then every
@@ -518,36 +557,39 @@ impl GpuContext {
             let g_ab = self.bind_group(
                 &pipes,
                 &ubuf,
-                [&model_buf, &base_buf, &batch_a, &batch_b, &results, &kinks, &plist],
+                [
+                    &model_buf, &base_buf, &batch_a, &batch_b, &results, &kinks, &plist,
+                ],
             );
             let g_ba = self.bind_group(
                 &pipes,
                 &ubuf,
-                [&model_buf, &base_buf, &batch_b, &batch_a, &results, &kinks, &plist],
+                [
+                    &model_buf, &base_buf, &batch_b, &batch_a, &results, &kinks, &plist,
+                ],
             );
-            let mut profiler = (opts.timings && self.has_timestamps).then(Profiler::new);
-            self.record(&mut enc, &pipes, &jobs, stride, [&g_ab, &g_ba], profiler.as_mut());
-            if let Some(p) = profiler.as_mut() {
-                p.resolve(self, &mut enc);
-            }
-            let results_len = (results_reals * R::SIZE) as u64;
-            let results_rb = readback("results readback", results_len);
-            enc.copy_buffer_to_buffer(&results, 0, &results_rb, 0, results_len);
-            enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, kinks_len);
-            self.queue.submit([enc.finish()]);
-            let out = self.read_results::<R>(&results_rb, &kinks_rb, n, delta);
-            if let Some(p) = profiler {
-                crate::eval::add_kernel_times(&mut kernel_times, &p.collect(self)?);
-            }
-            Self::pop_scopes(scope_val, scope_oom)?;
-            return out.map(|o| RunOutput { kernel_times, ..o });
+            self.record(
+                &mut enc,
+                &pipes,
+                &jobs,
+                stride,
+                [&g_ab, &g_ba],
+                profiler.as_mut(),
+            );
+        }
+        if let Some(p) = profiler.as_mut() {
+            p.resolve(self, &mut enc);
         }
         let results_len = (results_reals * R::SIZE) as u64;
         let results_rb = readback("results readback", results_len);
         enc.copy_buffer_to_buffer(&results, 0, &results_rb, 0, results_len);
-        enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, kinks_len);
+        enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, (n.max(1) * 4) as u64);
         self.queue.submit([enc.finish()]);
         let out = self.read_results::<R>(&results_rb, &kinks_rb, n, delta);
+        let kernel_times = match profiler {
+            Some(p) => p.collect(self)?,
+            None => Vec::new(),
+        };
         Self::pop_scopes(scope_val, scope_oom)?;
         out.map(|o| RunOutput { kernel_times, ..o })
     }
@@ -561,14 +603,14 @@ impl GpuContext {
         jobs: &[Dispatch],
         stride: usize,
         groups: [&wgpu::BindGroup; 2],
-        mut profiler: Option<&mut Profiler>,
+        profiler: Option<&mut Profiler>,
     ) {
         let put = |pass: &mut wgpu::ComputePass<'_>, n: usize, d: &Dispatch| {
             pass.set_pipeline(&pipes.by_entry[d.entry]);
             pass.set_bind_group(0, groups[usize::from(d.src_is_b)], &[(n * stride) as u32]);
             pass.dispatch_workgroups(d.gx, d.gy, 1);
         };
-        match profiler.as_deref_mut() {
+        match profiler {
             Some(p) => {
                 for (n, d) in jobs.iter().enumerate() {
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -614,7 +656,7 @@ impl GpuContext {
             plus: (0..n).map(|i| vals[2 * i].to_f64()).collect(),
             minus: (0..n).map(|i| vals[2 * i + 1].to_f64()).collect(),
             // Bit 0: the +ε step crossed a kink, bit 1: the −ε step (shaders'
-            // flag_kink); bit 2 (redone on the staged kernels) is internal.
+            // flag_kink).
             kinks: flags.iter().take(n).map(|&f| (f & 3) as u8).collect(),
             magnitudes: delta.then(|| vals[2 * n..4 * n].iter().map(|v| v.to_f64()).collect()),
             kernel_times: Vec::new(),
@@ -629,6 +671,19 @@ struct Dispatch {
     src_is_b: bool,
     gx: u32,
     gy: u32,
+}
+
+impl Dispatch {
+    /// A dispatch that binds no batch buffer as its source.
+    fn new(entry: &'static str, job: Job, gx: u32, gy: u32) -> Dispatch {
+        Dispatch {
+            entry,
+            job,
+            src_is_b: false,
+            gx,
+            gy,
+        }
+    }
 }
 
 /// What one evaluation brings back from the device.

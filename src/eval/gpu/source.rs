@@ -17,6 +17,8 @@ pub const LOSS: &str = include_str!("../../../shaders/loss.wgsl");
 pub const COST: &str = include_str!("../../../shaders/cost.wgsl");
 /// The fused Δ path: a perturbation's ΔJ in one thread, nothing written per sample.
 pub const FUSED: &str = include_str!("../../../shaders/fused.wgsl");
+/// The fused Δ path's layer-by-layer samples (own family: its per-thread vectors).
+pub const FUSED_EXACT: &str = include_str!("../../../shaders/fused_exact.wgsl");
 /// One elementary function over a buffer (accuracy measurements).
 pub const PROBE: &str = include_str!("../../../shaders/probe.wgsl");
 
@@ -32,10 +34,14 @@ pub fn module(parts: &[&str], f64: bool) -> String {
 }
 
 /// A kernel family: its name, its files (after the common part), its entry points.
-pub type Family = (&'static str, &'static [&'static str], &'static [&'static str]);
+pub type Family = (
+    &'static str,
+    &'static [&'static str],
+    &'static [&'static str],
+);
 
 /// Every kernel family the evaluator uses.
-pub fn families() -> [Family; 5] {
+pub fn families() -> [Family; 6] {
     [
         ("forward", &[FORWARD], &["base_layer"]),
         (
@@ -45,6 +51,7 @@ pub fn families() -> [Family; 5] {
         ),
         ("cost", &[LOSS, COST], &["sample_loss", "reduce"]),
         ("fused", &[LOSS, FUSED], &["fused_delta"]),
+        ("fused_exact", &[LOSS, FUSED_EXACT], &["fused_exact"]),
         ("probe", &[PROBE], &["math_probe"]),
     ]
 }

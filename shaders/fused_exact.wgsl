@@ -1,0 +1,161 @@
+// The fused Δ path, layer by layer: each sample goes from t = ΔA_l[r, j] through two
+// scratch vectors of its thread (in the `dst` binding, scratch_w wide each) to the
+// output — no batch is written — and its loss change joins the compensated sum. A fixed
+// grid of job.threads threads strides over the work (a private array per thread would
+// cost every thread its zero-initialisation; the scratch is sized by the host). Two uses
+// (job.cols as the flag):
+//   * cols = 0: a layer without a shortcut: every perturbation, every sample, from an
+//     empty sum;
+//   * cols = 1: after `fused_delta`, the perturbations on its work list and only their
+//     samples outside the shortcut's interval (the same test, so the same samples), going
+//     on from the partial sums it left — the CPU's order too: shortcut samples first,
+//     then the exact ones.
+@compute @workgroup_size(64)
+fn fused_exact(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let tid = linear_id(wid, nwg, lid);
+    if (tid >= job.threads) {
+        return;
+    }
+    let go_on = job.cols == 1u;
+    var items = job.total;
+    if (go_on) {
+        items = atomicLoad(&kinks[job.list_off]);
+    }
+    let scratch = tid * 2u * job.scratch_w;
+    for (var at = tid; at < items; at += job.threads) {
+        var k = at;
+        if (go_on) {
+            k = atomicLoad(&kinks[job.list_off + 1u + at]);
+        }
+        exact_perturbation(k, go_on, scratch);
+    }
+}
+
+fn exact_perturbation(k: u32, go_on: bool, scratch: u32) {
+    let m = job.m;
+    let p = job.first + k / 2u;
+    let plus = k % 2u == 0u;
+    let slot = 2u * p + k % 2u;
+    let local = p - job.w_param;
+    let nw = job.rows_l * job.cols_l;
+    let is_w = local < nw;
+    var r = local - nw;
+    var c = 0u;
+    if (is_w) {
+        r = local / job.cols_l;
+        c = local % job.cols_l;
+    }
+    let d = sign_of(k) * model[0];
+    let margin = model[3];
+    let row_z = job.z_off + r * m;
+    let row_in = job.in_off + c * m;
+    fz_mode = 3u;
+    var s: real = 0.0;
+    var comp: real = 0.0;
+    var mag: real = 0.0;
+    if (go_on) {
+        s = results[slot];
+        mag = results[2u * job.n_params + slot];
+    }
+    for (var j = 0u; j < m; j++) {
+        var dz = d;
+        if (is_w) {
+            if (job.in_is_x == 1u) {
+                dz = d * model[row_in + j];
+            } else {
+                dz = d * base[row_in + j];
+            }
+        }
+        if (dz == 0.0) {
+            continue;
+        }
+        let z0 = base[row_z + j];
+        if (!go_on) {
+            flag_kink_of(p, plus, z0, z0 + dz, r, j);
+        }
+        let t = act_delta(job.act, z0, dz) * mask_at(r, j);
+        if (t == 0.0) {
+            continue;
+        }
+        if (go_on) {
+            let at = r * m + j;
+            let lo = base[job.sc_lo + at];
+            let hi = base[job.sc_hi + at];
+            if (t > lo + margin * abs(lo) && t < hi - margin * abs(hi)) {
+                continue;
+            }
+        }
+        fz_at = exact_sample(p, plus, r, t, j, scratch);
+        let v = sample_loss_delta(j, 0u);
+        let sum = s + v;
+        if (abs(s) >= abs(v)) {
+            comp += (s - sum) + v;
+        } else {
+            comp += (v - sum) + s;
+        }
+        s = sum;
+        mag += abs(v);
+    }
+    finish_delta(slot, p, is_w, d, s + comp, mag);
+}
+
+// The exact path's output Δz (mode 3 of `out_dz`).
+fn fused_dz(c: u32) -> real {
+    return dst[fz_at + c];
+}
+
+// Layer-wise info for `exact_sample`, bound where the staged kernels bind their parameter
+// list: per layer q, LAYER_INFO u32s (see the host's layer table).
+const LAYER_INFO: u32 = 8u;
+
+// One sample's way from t = ΔA_l[r, j] to the output, layer by layer as the CPU's exact
+// path does: ΔZ_{l+1} = W_{l+1}[:, r]·t, then ΔA = g(Z + ΔZ) − g(Z) (closed forms) and
+// ΔZ_q = W_q·ΔA, flagging crossed kinks. Returns the offset in dst of the output's Δz.
+fn exact_sample(p: u32, plus: bool, r: u32, t: real, j: u32, scratch: u32) -> u32 {
+    let m = job.m;
+    let q0 = job.layer + 1u;
+    var info = q0 * LAYER_INFO;
+    var width = plist[info + 2u];
+    var cur = scratch;
+    var next = scratch + job.scratch_w;
+    for (var i = 0u; i < width; i++) {
+        let dz = model[plist[info] + i * plist[info + 1u] + r] * t;
+        flag_crossing(p, plus, info, i, j, dz);
+        dst[cur + i] = dz;
+    }
+    for (var q = q0 + 1u; q < arrayLength(&plist) / LAYER_INFO; q++) {
+        let prev = info;
+        info = q * LAYER_INFO;
+        // ΔA of layer q − 1, in place.
+        let slope = model[plist[prev + 5u]];
+        for (var i = 0u; i < width; i++) {
+            let z0 = base[plist[prev + 3u] + i * m + j];
+            dst[cur + i] = act_delta_with(plist[prev + 4u], slope, z0, dst[cur + i]) * mask_of(plist[prev + 6u], i, j);
+        }
+        // ΔZ_q = W_q·ΔA into the other vector.
+        let w = plist[info];
+        let out = plist[info + 2u];
+        for (var o = 0u; o < out; o++) {
+            var acc: real = 0.0;
+            for (var i = 0u; i < width; i++) {
+                acc = fma(model[w + o * width + i], dst[cur + i], acc);
+            }
+            flag_crossing(p, plus, info, o, j, acc);
+            dst[next + o] = acc;
+        }
+        let tmp = cur;
+        cur = next;
+        next = tmp;
+        width = out;
+    }
+    return cur;
+}
+
+// Flags parameter p's side when element (i, j) of the layer described at `info` moves by
+// dz across its activation's kink (a dropped unit's does not matter).
+fn flag_crossing(p: u32, plus: bool, info: u32, i: u32, j: u32, dz: real) {
+    let z0 = base[plist[info + 3u] + i * job.m + j];
+    if (crosses(plist[info + 4u], z0, z0 + dz) && mask_of(plist[info + 6u], i, j) != 0.0) {
+        atomicOr(&kinks[p], select(2u, 1u, plus));
+    }
+}
