@@ -1046,62 +1046,90 @@ impl<'a> DeltaCtx<'a> {
 
     /// The [`Shortcut`] past layer l.
     fn shortcut_of(&self, l: usize) -> Shortcut {
-        let (model, sizes, m) = (self.model, self.model.sizes(), self.data.m());
-        let depth = model.depth();
-        let (nl, ny) = (sizes[l + 1], sizes[depth]);
+        let (sizes, m) = (self.model.sizes(), self.data.m());
+        let ny = sizes[self.model.depth()];
+        // Rows r are independent: in parallel (the GPU's fused kernels wait for these).
+        let rows: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = (0..sizes[l + 1])
+            .into_par_iter()
+            .map_init(
+                || (Vec::new(), Vec::new()),
+                |(u, next), r| {
+                    let mut row = (vec![0.0; m * ny], vec![-UNBOUNDED; m], vec![UNBOUNDED; m]);
+                    for j in 0..m {
+                        self.shortcut_at(l, r, j, u, next, &mut row, ny);
+                    }
+                    row
+                },
+            )
+            .collect();
         let mut sc = Shortcut {
-            v: vec![0.0; nl * m * ny],
-            lo: vec![-UNBOUNDED; nl * m],
-            hi: vec![UNBOUNDED; nl * m],
+            v: Vec::with_capacity(rows.len() * m * ny),
+            lo: Vec::with_capacity(rows.len() * m),
+            hi: Vec::with_capacity(rows.len() * m),
         };
-        let (mut u, mut next) = (Vec::new(), Vec::new());
-        for r in 0..nl {
-            for j in 0..m {
-                let at = r * m + j;
-                u.clear();
-                u.extend_from_slice(&self.wcols[l + 1][r * sizes[l + 2]..(r + 1) * sizes[l + 2]]);
-                for p in l + 1..depth {
-                    let np = sizes[p + 1];
-                    let g = model.activation(p);
-                    let z0 = &self.zt[p][j * np..(j + 1) * np];
-                    if g.has_kink() {
-                        // z0 + U·t stays on z0's side of 0 (z0 > 0: > 0; z0 ≤ 0: ≤ 0).
-                        for ii in 0..np {
-                            if u[ii] == 0.0 || self.mask(p, j * np + ii) == 0.0 {
-                                continue;
-                            }
-                            let edge = -z0[ii] / u[ii];
-                            let upward = (z0[ii] > 0.0) == (u[ii] > 0.0);
-                            if upward {
-                                sc.lo[at] = sc.lo[at].max(edge);
-                            } else {
-                                sc.hi[at] = sc.hi[at].min(edge);
-                            }
-                        }
-                    }
-                    if p + 1 == depth {
-                        sc.v[at * ny..(at + 1) * ny].copy_from_slice(&u);
-                        break;
-                    }
-                    // D ⊙ U, then W_{p+1}·(D ⊙ U).
-                    for (ii, x) in u.iter_mut().enumerate() {
-                        let slope = if z0[ii] > 0.0 { 1.0 } else { g.slope() };
-                        let slope = if g == Activation::Identity {
-                            1.0
-                        } else {
-                            slope
-                        };
-                        *x *= slope * self.mask(p, j * np + ii);
-                    }
-                    let w = self.params.weight(p + 1);
-                    let w = w.as_slice().expect("standard layout");
-                    next.clear();
-                    next.extend((0..sizes[p + 2]).map(|o| dot(&w[o * np..(o + 1) * np], &u)));
-                    std::mem::swap(&mut u, &mut next);
-                }
-            }
+        for (v, lo, hi) in rows {
+            sc.v.extend(v);
+            sc.lo.extend(lo);
+            sc.hi.extend(hi);
         }
         sc
+    }
+
+    /// Sample j of row r of [`Self::shortcut_of`] into `row` = (v, lo, hi) of that row.
+    #[allow(clippy::too_many_arguments)]
+    fn shortcut_at(
+        &self,
+        l: usize,
+        r: usize,
+        j: usize,
+        u: &mut Vec<f64>,
+        next: &mut Vec<f64>,
+        row: &mut (Vec<f64>, Vec<f64>, Vec<f64>),
+        ny: usize,
+    ) {
+        let (model, sizes) = (self.model, self.model.sizes());
+        let depth = model.depth();
+        let (v, lo, hi) = row;
+        u.clear();
+        u.extend_from_slice(&self.wcols[l + 1][r * sizes[l + 2]..(r + 1) * sizes[l + 2]]);
+        for p in l + 1..depth {
+            let np = sizes[p + 1];
+            let g = model.activation(p);
+            let z0 = &self.zt[p][j * np..(j + 1) * np];
+            if g.has_kink() {
+                // z0 + U·t stays on z0's side of 0 (z0 > 0: > 0; z0 ≤ 0: ≤ 0).
+                for ii in 0..np {
+                    if u[ii] == 0.0 || self.mask(p, j * np + ii) == 0.0 {
+                        continue;
+                    }
+                    let edge = -z0[ii] / u[ii];
+                    let upward = (z0[ii] > 0.0) == (u[ii] > 0.0);
+                    if upward {
+                        lo[j] = lo[j].max(edge);
+                    } else {
+                        hi[j] = hi[j].min(edge);
+                    }
+                }
+            }
+            if p + 1 == depth {
+                v[j * ny..(j + 1) * ny].copy_from_slice(u);
+                return;
+            }
+            // D ⊙ U, then W_{p+1}·(D ⊙ U).
+            for (ii, x) in u.iter_mut().enumerate() {
+                let slope = if g == Activation::Identity || z0[ii] > 0.0 {
+                    1.0
+                } else {
+                    g.slope()
+                };
+                *x *= slope * self.mask(p, j * np + ii);
+            }
+            let w = self.params.weight(p + 1);
+            let w = w.as_slice().expect("standard layout");
+            next.clear();
+            next.extend((0..sizes[p + 2]).map(|o| dot(&w[o * np..(o + 1) * np], u)));
+            std::mem::swap(u, next);
+        }
     }
 
     /// The dropout factor of (i, j) in layer l's sample-major table.

@@ -2,19 +2,27 @@
 //! WGSL kernels in `shaders/`.
 //!
 //! One [`GpuContext`] holds the device and the pipelines (built once per precision);
-//! [`GpuContext::evaluate`] uploads θ, X, Y once, runs the base forward pass, then for
-//! each chunk of perturbations (consecutive parameters of one layer) the stages
-//! perturb_row → rank1 → dense… → sample_loss → reduce, all recorded into one encoder and
-//! submitted once. Chunks exist only where the adapter's limits demand them.
+//! [`GpuContext::evaluate`] uploads θ, X, Y once and records everything into one encoder:
 //!
-//! The same kernels run three ways: f64, f32-plain (perturbed values, as f64), and the f32
-//! Δ path, where every stage carries its change from the base pass (ΔZ, ΔA, Δloss) in
-//! closed forms without cancellation and the base pass comes from the CPU's f64 one; the
-//! Job's `delta` flag selects it (see `act_delta` in shaders/common.wgsl).
+//! * **Δ paths** (`f64`, `f32`): the fused kernels, one thread per perturbation, nothing
+//!   per sample written. `fused_delta` takes the changed row of Z_l sample by sample to
+//!   the output in closed form — e_r·ΔZ for an output-layer parameter, v·t past
+//!   piecewise-linear layers (the CPU's [`crate::eval::cpu::Shortcut`] tables) while t
+//!   stays inside its kink-free interval — then the loss change and the compensated sum.
+//!   `fused_exact` carries the other samples (outside the interval, or every sample of a
+//!   layer without a shortcut) layer by layer in per-thread scratch vectors. The base pass
+//!   comes from the CPU's f64 one.
+//! * **Plain paths** (`f64-plain`, `f32-plain`), and the Δ path when a test asks
+//!   (`EvalOptions::staged_only`): the staged kernels — base pass, then per chunk of
+//!   parameters perturb_row → rank1 → dense… → sample_loss → reduce through two batch
+//!   buffers. Chunks exist only where the adapter's limits demand them.
+//!
+//! `--timings` puts a timestamp pair around every dispatch (`timing`).
 //!
 //! Files: `context` (adapter, limits, readback), `source` (kernel text), `pipelines` (Job
-//! uniform, bind group layout, pipelines), `plan` (chunks), `run` (one evaluation),
-//! `probe` (math accuracy). May use: `eval`, `model`, `error`.
+//! uniform, bind group layout, pipelines), `plan` (chunks of the staged kernels), `run`
+//! (one evaluation), `timing` (timestamp queries), `probe` (math accuracy). May use:
+//! `eval`, `model`, `error`.
 
 mod context;
 mod pipelines;
