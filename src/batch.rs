@@ -5,7 +5,7 @@
 //! [defaults]            # optional; any job may override
 //! backend = "auto"      # auto | cpu | gpu
 //! precision = "auto"    # auto | f64 | f64-plain | f32 | f32-plain
-//! epsilon = 1e-7
+//! epsilon = 1e-7               # or "auto": a short sweep picks it per job
 //! threshold = 2e-7             # the notebook's rule, reported beside the verdict
 //! stencil = 2                   # or 4
 //! # fast = 4                    # random directions first; the full check if they do not pass
@@ -19,10 +19,10 @@
 //!
 //! [[job]]
 //! name = "notebook"
-//! example = "seed-buggy"         # a built-in example instead of files
+//! example = "seed-buggy"         # a built-in example instead of files (seed-fixed, seed-1d)
 //! ```
 //!
-//! A front end. May use: `check`, `problem`, `examples`, `report`.
+//! A front end. May use: `check`, `problem`, `examples`, `report`, `sweep`.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,8 +44,8 @@ pub struct Settings {
     pub backend: Option<Backend>,
     /// GPU precision.
     pub precision: Option<Precision>,
-    /// ε.
-    pub epsilon: Option<f64>,
+    /// ε, or "auto".
+    pub epsilon: Option<EpsilonSetting>,
     /// Threshold.
     pub threshold: Option<f64>,
     /// Kink policy.
@@ -56,13 +56,42 @@ pub struct Settings {
     pub fast: Option<usize>,
 }
 
+/// ε in a manifest: a number, or `"auto"` (a short sweep per job picks it, as
+/// `check --epsilon auto` does).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "RawEpsilon")]
+pub enum EpsilonSetting {
+    /// This ε.
+    Value(f64),
+    /// Chosen by a sweep over 1e-2 … 1e-9.
+    Auto,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawEpsilon {
+    Number(f64),
+    Word(String),
+}
+
+impl TryFrom<RawEpsilon> for EpsilonSetting {
+    type Error = String;
+    fn try_from(raw: RawEpsilon) -> std::result::Result<Self, String> {
+        match raw {
+            RawEpsilon::Number(e) => Ok(EpsilonSetting::Value(e)),
+            RawEpsilon::Word(w) if w == "auto" => Ok(EpsilonSetting::Auto),
+            RawEpsilon::Word(w) => Err(format!("epsilon = {w:?}: a number or \"auto\"")),
+        }
+    }
+}
+
 /// One job of the manifest.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// Name shown in reports (default: job-N).
     pub name: Option<String>,
-    /// Built-in example instead of files: seed-buggy or seed-fixed.
+    /// Built-in example instead of files: seed-buggy, seed-fixed or seed-1d.
     pub example: Option<String>,
     /// Parameters .npz.
     pub params: Option<PathBuf>,
@@ -214,7 +243,7 @@ fn load_problem(job: &JobSpec) -> Result<Problem> {
             "seed-buggy" => examples::seed_problem(true),
             "seed-fixed" => examples::seed_problem(false),
             other => Err(Error::Config(format!(
-                "unknown example {other:?} (seed-buggy or seed-fixed)"
+                "unknown example {other:?} (seed-buggy, seed-fixed or seed-1d)"
             ))),
         },
         (None, Some(p), Some(d)) => Problem::load(p, d, job.grads.as_deref(), job.model.as_deref()),
@@ -237,39 +266,54 @@ fn run_job(n: usize, job: &JobSpec, defaults: &Settings, adapter: Option<&str>) 
                 .unwrap_or(Precision::Auto),
         )
         .kinks(s.kinks.or(defaults.kinks).unwrap_or(KinkPolicy::Exclude));
-    gc.epsilon = s.epsilon.or(defaults.epsilon);
+    let epsilon = s.epsilon.or(defaults.epsilon);
+    if let Some(EpsilonSetting::Value(e)) = epsilon {
+        gc.epsilon = Some(e);
+    }
     gc.stencil = s.stencil.or(defaults.stencil).unwrap_or(2);
     let fast = s.fast.or(defaults.fast);
     gc.threshold = s.threshold.or(defaults.threshold);
     gc.adapter = adapter.map(str::to_owned);
-    let result = load_problem(job).and_then(|p| {
-        let mut gc = gc;
-        gc.gradient_roundoff = p.grad_roundoff;
-        if p.notebook && gc.precision == Precision::Auto {
-            gc.precision = Precision::F64Plain;
-        }
-        if let Some(e) = gc.epsilon {
-            if !(e.is_finite() && e > 0.0 && e <= 1.0) {
-                return Err(Error::Config(format!("epsilon = {e}: must be in (0, 1]")));
+    let one_d = job.example.as_deref() == Some("seed-1d");
+    let result = if one_d && job.params.is_none() && job.data.is_none() {
+        examples::one_d_report(&gc)
+    } else {
+        load_problem(job).and_then(|p| {
+            let mut gc = gc;
+            gc.gradient_roundoff = p.grad_roundoff;
+            if p.notebook && gc.precision == Precision::Auto {
+                gc.precision = Precision::F64Plain;
             }
-        }
-        if !matches!(gc.stencil, 2 | 4) || fast.is_some_and(|k| k == 0 || k > 10_000) {
-            return Err(Error::Config(
-                "stencil must be 2 or 4, fast 1 … 10000 directions".into(),
-            ));
-        }
-        let quick = match fast {
-            Some(k) => Some(gc.fast(&p.model, &p.params, &p.data, &p.grads, k, 0)?),
-            None => None,
-        };
-        let mut r = match quick {
-            Some(q) if q.passed => q,
-            _ => gc.run(&p.model, &p.params, &p.data, &p.grads)?,
-        };
-        r.notes.splice(0..0, p.notes);
-        r.builtin_gradients = p.builtin_grads;
-        Ok(r)
-    });
+            if let Some(e) = gc.epsilon {
+                if !(e.is_finite() && e > 0.0 && e <= 1.0) {
+                    return Err(Error::Config(format!("epsilon = {e}: must be in (0, 1]")));
+                }
+            }
+            if !matches!(gc.stencil, 2 | 4) || fast.is_some_and(|k| k == 0 || k > 10_000) {
+                return Err(Error::Config(
+                    "stencil must be 2 or 4, fast 1 … 10000 directions".into(),
+                ));
+            }
+            let mut auto_note = None;
+            if epsilon == Some(EpsilonSetting::Auto) {
+                let (best, note) = crate::sweep::auto_epsilon(&gc, &p)?;
+                gc.epsilon = Some(best);
+                auto_note = Some(note);
+            }
+            let quick = match fast {
+                Some(k) => Some(gc.fast(&p.model, &p.params, &p.data, &p.grads, k, 0)?),
+                None => None,
+            };
+            let mut r = match quick {
+                Some(q) if q.passed => q,
+                _ => gc.run(&p.model, &p.params, &p.data, &p.grads)?,
+            };
+            r.notes.splice(0..0, p.notes);
+            r.notes.extend(auto_note);
+            r.builtin_gradients = p.builtin_grads;
+            Ok(r)
+        })
+    };
     let seconds = t0.elapsed().as_secs_f64();
     match result {
         Ok(r) => JobResult {

@@ -9,7 +9,6 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use gradcheck::check::{self, Backend, GradCheck, KinkPolicy, Precision, Report};
 use gradcheck::examples::{self, Example};
-use gradcheck::model::ParamLayout;
 use gradcheck::problem::Problem;
 use gradcheck::report;
 
@@ -163,6 +162,10 @@ struct CheckArgs {
     /// them): a table after the report, and `timings.kernels` in the JSON.
     #[arg(long)]
     timings: bool,
+    /// Print only the verdict sentence (no progress, no table); the exit code and any
+    /// --json/--junit file are as usual.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Args)]
@@ -520,7 +523,7 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
     }
     let gc = configure(&a);
     let report = if a.inputs.example == Some(Example::Seed1d) {
-        one_d_report(&gc)?
+        examples::one_d_report(&gc)?
     } else {
         let t_load = std::time::Instant::now();
         let p = load_files(a.inputs.example, &a.inputs.files)?;
@@ -563,22 +566,9 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         let mut gc = gc;
         let mut auto_note = None;
         if let Some(EpsilonArg::Auto) = a.epsilon {
-            // A short sweep, one ε per decade from 1e-2 to 1e-9, at the check's precision.
-            let eps = gradcheck::sweep::epsilons(1e-2, 1e-9, 1)?;
-            let s = gradcheck::sweep::sweep(
-                &gc,
-                &p.model,
-                &p.params,
-                &p.data,
-                &p.grads,
-                &eps,
-                &[gc.precision],
-            )?;
-            let best = s.curves[0].best_epsilon;
+            let (best, note) = gradcheck::sweep::auto_epsilon(&gc, &p)?;
             gc.epsilon = Some(best);
-            auto_note = Some(format!(
-                "--epsilon auto: a sweep over 1e-2 … 1e-9 chose ε = {best:e}"
-            ));
+            auto_note = Some(note);
         }
         let gc = gc;
         let fast = match a.fast {
@@ -588,7 +578,11 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         let mut r = match fast {
             Some(f) if f.passed => f,
             _ => {
-                let bar = progress(&p, &gc);
+                let bar = if a.quiet {
+                    Progress::none()
+                } else {
+                    progress(&p, &gc)
+                };
                 let r = gc.run(&p.model, &p.params, &p.data, &p.grads);
                 bar.finish();
                 let mut r = r?;
@@ -620,30 +614,14 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         let one = gradcheck::batch::BatchReport::single("gradcheck check", report.clone());
         write_file(path, gradcheck::batch::render_junit(&one).as_bytes())?;
     }
-    emit_report(&report, a.json.as_ref())?;
+    if a.quiet {
+        emit(&report::render_json(&report), a.json.as_ref(), || {
+            format!("{}\n", report::verdict_sentence(&report))
+        })?;
+    } else {
+        emit_report(&report, a.json.as_ref())?;
+    }
     Ok(ExitCode::from(report.verdict.exit_code()))
-}
-
-/// The notebook's 1-D check J(θ) = θ·x on the CPU (it has no network to batch).
-fn one_d_report(gc: &GradCheck) -> Result<Report> {
-    let (epsilon, threshold) = gc.defaults_for("f64");
-    check::validate_threshold(threshold)?;
-    let x = examples::ONE_D_X;
-    let eval = check::check_fn(|t| t[0] * x, &[examples::ONE_D_THETA], epsilon)?;
-    let wide = check::check_fn(|t| t[0] * x, &[examples::ONE_D_THETA], 2.0 * epsilon)?;
-    let layout = ParamLayout::single("theta", 1, 1);
-    let mut r = gc.judge(&check::Evidence {
-        layout: &layout,
-        grad: &[x],
-        eval: &eval,
-        wide: Some(&wide),
-        epsilon,
-        threshold,
-        m: 1,
-        growth: gradcheck::verdict::growth(&layout),
-    });
-    r.notes.push("built-in example: the seed notebook's 1-D case J(θ) = θ·x, x = 2, θ = 4 (always on the CPU)".into());
-    Ok(r)
 }
 
 /// `--json PATH|-`: '-' prints the JSON instead of the table; a path writes it and the
@@ -729,6 +707,14 @@ struct Progress {
 }
 
 impl Progress {
+    /// No display (`--quiet`).
+    fn none() -> Progress {
+        Progress {
+            stop: Default::default(),
+            thread: None,
+        }
+    }
+
     fn finish(mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(t) = self.thread.take() {

@@ -5,9 +5,10 @@
 
 use ndarray::Array2;
 
+use crate::check::{Evidence, GradCheck, Report, check_fn};
 use crate::error::Result;
 use crate::io::Npz;
-use crate::model::{Data, Loss, Model, ModelSpec, Params};
+use crate::model::{Data, Loss, Model, ModelSpec, ParamLayout, Params};
 use crate::problem::Problem;
 
 /// The notebook's parameters (W1…b3, 4-5-3-1).
@@ -48,6 +49,31 @@ pub enum Example {
 pub const ONE_D_X: f64 = 2.0;
 /// θ of the 1-D example.
 pub const ONE_D_THETA: f64 = 4.0;
+
+/// The seed notebook's 1-D check J(θ) = θ·x (x = 2, θ = 4) on the CPU: it has no network
+/// to batch. `gc` supplies ε, the threshold and the verdict rules.
+pub fn one_d_report(gc: &GradCheck) -> Result<Report> {
+    let (epsilon, threshold) = gc.defaults_for("f64");
+    crate::check::validate_threshold(threshold)?;
+    let eval = check_fn(|t| t[0] * ONE_D_X, &[ONE_D_THETA], epsilon)?;
+    let wide = check_fn(|t| t[0] * ONE_D_X, &[ONE_D_THETA], 2.0 * epsilon)?;
+    let layout = ParamLayout::single("theta", 1, 1);
+    let mut r = gc.judge(&Evidence {
+        layout: &layout,
+        grad: &[ONE_D_X],
+        eval: &eval,
+        wide: Some(&wide),
+        epsilon,
+        threshold,
+        m: 1,
+        growth: crate::verdict::growth(&layout),
+    });
+    r.notes.push(
+        "built-in example: the seed notebook's 1-D case J(θ) = θ·x, x = 2, θ = 4 (always on the CPU)"
+            .into(),
+    );
+    Ok(r)
+}
 
 /// The N-D seed problem with the buggy or the fixed gradients.
 pub fn seed_problem(buggy: bool) -> Result<Problem> {

@@ -57,6 +57,26 @@ pub struct Sweep {
     pub curves: Vec<SweepCurve>,
 }
 
+/// `epsilon = auto`: a short sweep at the check's precision, one ε per decade from 1e-2
+/// to 1e-9, and the best ε with a note saying so.
+pub fn auto_epsilon(gc: &GradCheck, p: &crate::problem::Problem) -> Result<(f64, String)> {
+    let eps = epsilons(1e-2, 1e-9, 1)?;
+    let s = sweep(
+        gc,
+        &p.model,
+        &p.params,
+        &p.data,
+        &p.grads,
+        &eps,
+        &[gc.precision],
+    )?;
+    let best = s.curves[0].best_epsilon;
+    Ok((
+        best,
+        format!("epsilon auto: a sweep over 1e-2 … 1e-9 chose ε = {best:e}"),
+    ))
+}
+
 /// ε from `from` down to `to`, `per_decade` values per decade (log-spaced, both ends kept).
 pub fn epsilons(from: f64, to: f64, per_decade: usize) -> Result<Vec<f64>> {
     if !(from.is_finite() && to.is_finite() && from <= 1.0 && to > 0.0 && from > to)

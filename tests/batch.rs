@@ -190,3 +190,71 @@ fn a_single_check_writes_junit_too() {
         "{xml}"
     );
 }
+
+#[test]
+fn manifests_take_epsilon_auto_and_the_1d_example() {
+    let dir = tempdir("batch-auto");
+    let m = manifest(
+        &dir,
+        r#"
+[defaults]
+backend = "cpu"
+
+[[job]]
+name = "auto"
+example = "seed-fixed"
+epsilon = "auto"
+
+[[job]]
+name = "one-d"
+example = "seed-1d"
+"#,
+    );
+    let json = dir.join("report.json");
+    let (code, out, err) = gradcheck(&["batch", &m, "--json", json.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out} {err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let jobs = v["jobs"].as_array().unwrap();
+    // The sweep chose some ε in its range and said so; the check at it passed.
+    let auto = &jobs[0]["report"];
+    let e = auto["epsilon"].as_f64().unwrap();
+    assert!((1e-9..=1e-2).contains(&e), "{e}");
+    assert!(
+        auto["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap().contains("epsilon auto")),
+        "{auto}"
+    );
+    // The notebook's 1-D case: its own difference.
+    let one_d = &jobs[1]["report"];
+    assert_eq!(jobs[1]["outcome"], "pass");
+    assert_eq!(
+        one_d["difference"].as_f64().unwrap(),
+        gradcheck::examples::expected::ONE_D_DIFFERENCE
+    );
+    // A word other than auto names the field.
+    let bad = manifest(
+        &dir,
+        "[[job]]\nexample = \"seed-fixed\"\nepsilon = \"small\"\n",
+    );
+    let (code, _, err) = gradcheck(&["batch", &bad]);
+    assert_eq!(code, 2);
+    assert!(err.contains("epsilon") && err.contains("auto"), "{err}");
+}
+
+#[test]
+fn quiet_check_prints_the_verdict_sentence_only() {
+    for (example, code, sentence) in [
+        ("seed-buggy", 1, "FAIL: there is a mistake"),
+        ("seed-fixed", 0, "PASS: your backward propagation"),
+    ] {
+        let (c, out, err) = gradcheck(&["check", "--example", example, "--quiet"]);
+        assert_eq!(c, code, "{out} {err}");
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.starts_with(sentence), "{out}");
+        assert!(err.is_empty(), "{err}");
+    }
+}
