@@ -96,6 +96,22 @@ fn bench(c: &mut Criterion) {
                     },
                 );
             }
+            // The Δ path on the staged kernels (what the fused ones replace).
+            if ctx.has_f64() {
+                let staged = gradcheck::eval::gpu::EvalOptions {
+                    staged_only: true,
+                    ..Default::default()
+                };
+                g.bench_function(
+                    format!("gpu f64 staged ({}) / {name}", ctx.adapter_name()),
+                    |b| {
+                        b.iter(|| {
+                            ctx.evaluate(model, params, data, 1e-7, Precision::F64, staged.clone())
+                                .unwrap()
+                        })
+                    },
+                );
+            }
         }
     }
     g.finish();

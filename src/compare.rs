@@ -51,6 +51,12 @@ pub struct PrecisionComparison {
     pub all: Errors,
     /// Per tensor.
     pub tensors: Vec<Errors>,
+    /// Wall time of the GPU evaluation, seconds (upload, kernels, readback).
+    pub gpu_s: f64,
+    /// … of which the kernels' device time, when the adapter has timestamp queries.
+    pub gpu_kernels_s: Option<f64>,
+    /// Wall time of the CPU reference's evaluation, seconds (every core).
+    pub cpu_s: f64,
 }
 
 /// The whole comparison.
@@ -153,7 +159,15 @@ pub fn compare(
     for (p, default_eps) in list {
         let eps = epsilon.unwrap_or(default_eps);
         let is_f64 = matches!(p, Precision::F64 | Precision::F64Plain);
-        let gpu = ctx.evaluate(model, params, data, eps, p, Default::default())?;
+        let timed = crate::eval::gpu::EvalOptions {
+            timings: true,
+            ..Default::default()
+        };
+        let t0 = std::time::Instant::now();
+        let gpu = ctx.evaluate(model, params, data, eps, p, timed)?;
+        let gpu_s = t0.elapsed().as_secs_f64();
+        let gpu_kernels_s = (!gpu.kernel_times.is_empty())
+            .then(|| gpu.kernel_times.iter().map(|k| k.seconds).sum());
         // The f32 Δ path steps by exactly fl32(ε): the reference takes the same step, so
         // that only arithmetic is compared (the f64 one steps by ε itself).
         let cpu_eps = if p == Precision::F32 {
@@ -166,6 +180,7 @@ pub fn compare(
         } else {
             cpu::perturbed_costs
         };
+        let t0 = std::time::Instant::now();
         let cpu_eval = reference(
             model,
             params,
@@ -174,6 +189,7 @@ pub fn compare(
             0..model.n_params(),
             Threads::Parallel,
         )?;
+        let cpu_s = t0.elapsed().as_secs_f64();
         let ga_gpu = gpu.gradapprox(eps);
         let ga_cpu: Vec<f64> = cpu_eval
             .plus
@@ -201,6 +217,9 @@ pub fn compare(
             epsilon: eps,
             all,
             tensors,
+            gpu_s,
+            gpu_kernels_s,
+            cpu_s,
         });
     }
     Ok(Comparison {
@@ -217,6 +236,13 @@ pub fn render_text(c: &Comparison) -> String {
     );
     for p in &c.precisions {
         s += &format!("\n{} at ε = {:e}\n", p.precision, p.epsilon);
+        s += &format!(
+            "time: GPU {:.3} s{} · CPU {:.3} s (one evaluation each)\n",
+            p.gpu_s,
+            p.gpu_kernels_s
+                .map_or(String::new(), |k| format!(" (kernels {k:.3} s)")),
+            p.cpu_s
+        );
         s += &format!(
             "{:<8} {:>11} {:>11} {:>10} {:>11} {:>11} {:>14} {:>12} {:>12}\n",
             "tensor",

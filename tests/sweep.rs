@@ -100,6 +100,6 @@ fn sweep_cli_writes_the_plot_and_epsilon_auto_picks_the_bottom_of_the_v() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|n| n.as_str().unwrap().contains("--epsilon auto"))
+            .any(|n| n.as_str().unwrap().contains("epsilon auto: a sweep"))
     );
 }

@@ -355,7 +355,7 @@ impl<E: Evaluator> Evaluator for Noted<E> {
 /// The evaluator a backend choice stands for. `adapter` picks a GPU adapter by name.
 ///
 /// `auto` takes a real GPU when there is one, and the CPU otherwise — also when the only
-/// adapter is a software one (Mesa's llvmpipe emulates a GPU on these same cores, 14–30×
+/// adapter is a software one (Mesa's llvmpipe emulates a GPU on these same cores, 11–15×
 /// slower than the native CPU evaluator); naming it with `adapter` or `--backend gpu`
 /// still uses it. The report says which was chosen and why.
 pub fn evaluator(
