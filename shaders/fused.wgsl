@@ -8,9 +8,9 @@
 //   * otherwise t = ΔA_l[r, j] and Δz_out = v_{r,j}·t — the piecewise-linear shortcut
 //     (the CPU's `Shortcut` tables, in the base buffer), valid while t stays inside the
 //     interval that crosses no kink after layer l;
-//   * a sample outside it is skipped here; the thread leaves its partial sums in the
-//     results and puts k on the layer's work list: `fused_exact` (fused_exact.wgsl)
-//     adds those samples layer by layer;
+//   * at a sample outside it the thread puts k on the layer's work list and stops:
+//     `fused_exact` (fused_exact.wgsl) redoes that perturbation, each sample by the
+//     shortcut or layer by layer as its own interval test says;
 // then the loss change, summed with Neumaier's compensation in sample order (as the
 // CPU's shortcut does), and the L2 change — exactly what `reduce_delta` writes.
 @compute @workgroup_size(64)
@@ -40,7 +40,6 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var s: real = 0.0;
     var comp: real = 0.0;
     var mag: real = 0.0;
-    var needs_exact = false;
     for (var j = 0u; j < m; j++) {
         var dz = d;
         if (is_w) {
@@ -71,9 +70,11 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                 inside = t > lo + margin * abs(lo) && t < hi - margin * abs(hi);
             }
             if (!inside) {
-                // Left to `fused_exact` (or to the staged kernels): skip it here.
-                needs_exact = true;
-                continue;
+                // The whole perturbation goes to `fused_exact`, which decides every sample
+                // of it again itself (so no sample is counted twice or lost).
+                let at = atomicAdd(&kinks[job.list_off], 1u);
+                atomicStore(&kinks[job.list_off + 1u + at], k);
+                return;
             }
             fz_mode = 2u;
             fz_at = job.sc_v + at * job.n_out;
@@ -89,17 +90,7 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         s = sum;
         mag += abs(v);
     }
-    let slot = 2u * p + k % 2u;
-    if (needs_exact) {
-        // The partial sums, unnormalised, for `fused_exact` to go on from; k joins the
-        // layer's work list.
-        let at = atomicAdd(&kinks[job.list_off], 1u);
-        atomicStore(&kinks[job.list_off + 1u + at], k);
-        results[slot] = s + comp;
-        results[2u * job.n_params + slot] = mag;
-        return;
-    }
-    finish_delta(slot, p, is_w, d, s + comp, mag);
+    finish_delta(2u * p + k % 2u, p, is_w, d, s + comp, mag);
 }
 
 // The shortcut's v·t (mode 2 of `out_dz`).

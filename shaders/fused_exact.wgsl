@@ -6,10 +6,9 @@
 // (job.cols as the flag):
 //   * cols = 0: a layer without a shortcut: every perturbation, every sample, from an
 //     empty sum;
-//   * cols = 1: after `fused_delta`, the perturbations on its work list and only their
-//     samples outside the shortcut's interval (the same test, so the same samples), going
-//     on from the partial sums it left — the CPU's order too: shortcut samples first,
-//     then the exact ones.
+//   * cols = 1: after `fused_delta`, the perturbations on its work list, every sample:
+//     by the shortcut (v·t) where t lies inside its interval, layer by layer where not.
+//     Each of these perturbations is decided by this kernel alone, sample by sample.
 @compute @workgroup_size(64)
 fn fused_exact(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let tid = linear_id(wid, nwg, lid);
@@ -49,14 +48,9 @@ fn exact_perturbation(k: u32, go_on: bool, scratch: u32) {
     let margin = model[3];
     let row_z = job.z_off + r * m;
     let row_in = job.in_off + c * m;
-    fz_mode = 3u;
     var s: real = 0.0;
     var comp: real = 0.0;
     var mag: real = 0.0;
-    if (go_on) {
-        s = results[slot];
-        mag = results[2u * job.n_params + slot];
-    }
     for (var j = 0u; j < m; j++) {
         var dz = d;
         if (is_w) {
@@ -70,22 +64,26 @@ fn exact_perturbation(k: u32, go_on: bool, scratch: u32) {
             continue;
         }
         let z0 = base[row_z + j];
-        if (!go_on) {
-            flag_kink_of(p, plus, z0, z0 + dz, r, j);
-        }
+        flag_kink_of(p, plus, z0, z0 + dz, r, j);
         let t = act_delta(job.act, z0, dz) * mask_at(r, j);
         if (t == 0.0) {
             continue;
         }
+        var inside = false;
+        let at = r * m + j;
         if (go_on) {
-            let at = r * m + j;
             let lo = base[job.sc_lo + at];
             let hi = base[job.sc_hi + at];
-            if (t > lo + margin * abs(lo) && t < hi - margin * abs(hi)) {
-                continue;
-            }
+            inside = t > lo + margin * abs(lo) && t < hi - margin * abs(hi);
         }
-        fz_at = exact_sample(p, plus, r, t, j, scratch);
+        if (inside) {
+            fz_mode = 2u;
+            fz_at = job.sc_v + at * job.n_out;
+            fz_t = t;
+        } else {
+            fz_mode = 3u;
+            fz_at = exact_sample(p, plus, r, t, j, scratch);
+        }
         let v = sample_loss_delta(j, 0u);
         let sum = s + v;
         if (abs(s) >= abs(v)) {
@@ -99,8 +97,11 @@ fn exact_perturbation(k: u32, go_on: bool, scratch: u32) {
     finish_delta(slot, p, is_w, d, s + comp, mag);
 }
 
-// The exact path's output Δz (mode 3 of `out_dz`).
+// The output's Δz of the fused modes (see `out_dz`): v·t, or the exact path's vector.
 fn fused_dz(c: u32) -> real {
+    if (fz_mode == 2u) {
+        return base[fz_at + c] * fz_t;
+    }
     return dst[fz_at + c];
 }
 

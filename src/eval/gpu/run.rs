@@ -228,8 +228,8 @@ impl GpuContext {
                 host_base.extend(zl.iter().map(|&z| cpu::sigmoid(-z)));
                 host_base.extend(zl.iter().map(|&z| cpu::sigmoid(z)));
             }
-            // Fusion only within the binding limit; a layer whose tables do not fit
-            // stays staged.
+            // Shortcut tables only within the binding limit; a layer whose tables do not
+            // fit goes layer by layer in `fused_exact`.
             let cap = self.batch_capacity(R::SIZE as u64) as usize;
             if !opts.staged_only {
                 let shortcuts = cpu::shortcuts(model, params, data, fwd);
@@ -402,7 +402,7 @@ impl GpuContext {
                 kinks_len += 1 + 2 * range.len();
                 let (gx, gy) = grid(j.total);
                 jobs.push(Dispatch::new("fused_delta", j, gx, gy));
-                // cols = 1: go on from fused_delta's partial sums, its work list.
+                // cols = 1: redo fused_delta's work list.
                 j.cols = 1;
             }
             jobs.push(Dispatch::new("fused_exact", j, ex, ey));
