@@ -92,13 +92,7 @@ fn reduce_delta(k: u32) {
     var mag: real = 0.0;
     for (var j = 0u; j < m; j++) {
         let v = src[k * m + j];
-        let t = s + v;
-        if (abs(s) >= abs(v)) {
-            c += (s - t) + v;
-        } else {
-            c += (v - t) + s;
-        }
-        s = t;
+        add_compensated(&s, &c, v);
         mag += abs(v);
     }
     let p = param_of(k);
@@ -106,7 +100,7 @@ fn reduce_delta(k: u32) {
     finish_delta(result_slot(p, k), p, is_w, sign_of(k) * model[0], s + c, mag);
 }
 
-// The staged kernels never set the fused modes (see fused.wgsl's `fused_dz`).
+// The staged kernels never set the fused modes (see `fused_dz` in fused*.wgsl).
 fn fused_dz(c: u32) -> real {
     return 0.0;
 }

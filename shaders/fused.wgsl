@@ -20,60 +20,32 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         return;
     }
     let m = job.m;
-    let p = job.first + k / 2u;
-    let plus = k % 2u == 0u;
-    // The changed row r and, for a weight, the input row c: decoded once per thread.
-    let local = p - job.w_param;
-    let nw = job.rows_l * job.cols_l;
-    let is_w = local < nw;
-    var r = local - nw;
-    var c = 0u;
-    if (is_w) {
-        r = local / job.cols_l;
-        c = local % job.cols_l;
-    }
-    let d = sign_of(k) * model[0];
-    let margin = model[3];
-    let row_z = job.z_off + r * m;
-    let row_in = job.in_off + c * m;
+    let st = fused_step(k);
     fz_mode = select(2u, 1u, job.is_output == 1u);
     var s: real = 0.0;
     var comp: real = 0.0;
     var mag: real = 0.0;
     for (var j = 0u; j < m; j++) {
-        var dz = d;
-        if (is_w) {
-            if (job.in_is_x == 1u) {
-                dz = d * model[row_in + j];
-            } else {
-                dz = d * base[row_in + j];
-            }
-        }
+        let dz = step_dz(st, j);
         if (dz == 0.0) {
             continue;
         }
-        let z0 = base[row_z + j];
-        flag_kink_of(p, plus, z0, z0 + dz, r, j);
+        let z0 = base[job.z_off + st.r * m + j];
+        flag_kink_of(st.p, st.plus, z0, z0 + dz, st.r, j);
         if (job.is_output == 1u) {
-            fz_at = r;
+            fz_at = st.r;
             fz_t = dz;
         } else {
-            let t = act_delta(job.act, z0, dz) * mask_at(r, j);
+            let t = act_delta(job.act, z0, dz) * mask_at(st.r, j);
             if (t == 0.0) {
                 continue;
             }
-            let at = r * m + j;
-            var inside = false;
-            if (job.sc_v != 0u) {
-                let lo = base[job.sc_lo + at];
-                let hi = base[job.sc_hi + at];
-                inside = t > lo + margin * abs(lo) && t < hi - margin * abs(hi);
-            }
-            if (!inside) {
+            let at = st.r * m + j;
+            if (job.sc_v == 0u || !inside_shortcut(at, t)) {
                 // The whole perturbation goes to `fused_exact`, which decides every sample
                 // of it again itself (so no sample is counted twice or lost).
-                let at = atomicAdd(&kinks[job.list_off], 1u);
-                atomicStore(&kinks[job.list_off + 1u + at], k);
+                let slot = atomicAdd(&kinks[job.list_off], 1u);
+                atomicStore(&kinks[job.list_off + 1u + slot], k);
                 return;
             }
             fz_mode = 2u;
@@ -81,16 +53,10 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             fz_t = t;
         }
         let v = sample_loss_delta(j, 0u);
-        let sum = s + v;
-        if (abs(s) >= abs(v)) {
-            comp += (s - sum) + v;
-        } else {
-            comp += (v - sum) + s;
-        }
-        s = sum;
+        add_compensated(&s, &comp, v);
         mag += abs(v);
     }
-    finish_delta(2u * p + k % 2u, p, is_w, d, s + comp, mag);
+    finish_delta(2u * st.p + k % 2u, st.p, st.is_w, st.d, s + comp, mag);
 }
 
 // The shortcut's v·t (mode 2 of `out_dz`).

@@ -32,69 +32,35 @@ fn fused_exact(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 
 fn exact_perturbation(k: u32, go_on: bool, scratch: u32) {
     let m = job.m;
-    let p = job.first + k / 2u;
-    let plus = k % 2u == 0u;
-    let slot = 2u * p + k % 2u;
-    let local = p - job.w_param;
-    let nw = job.rows_l * job.cols_l;
-    let is_w = local < nw;
-    var r = local - nw;
-    var c = 0u;
-    if (is_w) {
-        r = local / job.cols_l;
-        c = local % job.cols_l;
-    }
-    let d = sign_of(k) * model[0];
-    let margin = model[3];
-    let row_z = job.z_off + r * m;
-    let row_in = job.in_off + c * m;
+    let st = fused_step(k);
     var s: real = 0.0;
     var comp: real = 0.0;
     var mag: real = 0.0;
     for (var j = 0u; j < m; j++) {
-        var dz = d;
-        if (is_w) {
-            if (job.in_is_x == 1u) {
-                dz = d * model[row_in + j];
-            } else {
-                dz = d * base[row_in + j];
-            }
-        }
+        let dz = step_dz(st, j);
         if (dz == 0.0) {
             continue;
         }
-        let z0 = base[row_z + j];
-        flag_kink_of(p, plus, z0, z0 + dz, r, j);
-        let t = act_delta(job.act, z0, dz) * mask_at(r, j);
+        let z0 = base[job.z_off + st.r * m + j];
+        flag_kink_of(st.p, st.plus, z0, z0 + dz, st.r, j);
+        let t = act_delta(job.act, z0, dz) * mask_at(st.r, j);
         if (t == 0.0) {
             continue;
         }
-        var inside = false;
-        let at = r * m + j;
-        if (go_on) {
-            let lo = base[job.sc_lo + at];
-            let hi = base[job.sc_hi + at];
-            inside = t > lo + margin * abs(lo) && t < hi - margin * abs(hi);
-        }
-        if (inside) {
+        let at = st.r * m + j;
+        if (go_on && inside_shortcut(at, t)) {
             fz_mode = 2u;
             fz_at = job.sc_v + at * job.n_out;
             fz_t = t;
         } else {
             fz_mode = 3u;
-            fz_at = exact_sample(p, plus, r, t, j, scratch);
+            fz_at = exact_sample(st.p, st.plus, st.r, t, j, scratch);
         }
         let v = sample_loss_delta(j, 0u);
-        let sum = s + v;
-        if (abs(s) >= abs(v)) {
-            comp += (s - sum) + v;
-        } else {
-            comp += (v - sum) + s;
-        }
-        s = sum;
+        add_compensated(&s, &comp, v);
         mag += abs(v);
     }
-    finish_delta(slot, p, is_w, d, s + comp, mag);
+    finish_delta(2u * st.p + k % 2u, st.p, st.is_w, st.d, s + comp, mag);
 }
 
 // The output's Δz of the fused modes (see `out_dz`): v·t, or the exact path's vector.

@@ -1,10 +1,10 @@
-// The Δ path's per-sample loss change, shared by the staged `sample_loss` and the fused
-// kernel. The output's Δz come from `out_dz`: the staged path's batch column, or the fused
-// kernel's closed form for its one perturbation (set in these private variables).
+// What the Δ path's kernels share: the per-sample loss change (the staged `sample_loss`
+// and the fused kernels), the compensated sum, the fused kernels' step and interval test. The output's Δz come from `out_dz`: the staged path's batch column, or the fused
+// kernels' closed form for their one perturbation (set in these private variables).
 var<private> fz_mode: u32; // 0: src column `col`; 1: e_r·t (output-layer parameter); 2: v·t;
-                           // 3: fz_buf[fz_at + c] (the fused kernel's layer-by-layer path)
+                           // 3: the layer-by-layer vector (fused_exact's scratch)
 var<private> fz_t: real;   // t: Δz of row r (mode 1), the activation change ΔA_l[r, j] (mode 2)
-var<private> fz_at: u32;   // mode 1: r; mode 2: base offset of v_{r,j}; mode 3: fz_buf offset
+var<private> fz_at: u32;   // mode 1: r; mode 2: base offset of v_{r,j}; mode 3: scratch offset
 
 fn out_dz(c: u32, col: u32) -> real {
     switch fz_mode {
@@ -91,8 +91,8 @@ fn sample_loss_delta(j: u32, col: u32) -> real {
     return s;
 }
 
-
-// The Δ path's result of one perturbation (step d of parameter p): ΔJ = Σ/m + ΔL2 of a weight, and the magnitude Σ|Δloss|/m + |ΔL2|, to the results.
+// The Δ path's result of one perturbation (step d of parameter p): ΔJ = Σ/m + ΔL2 of a
+// weight, and the magnitude Σ|Δloss|/m + |ΔL2|, to the results.
 fn finish_delta(slot: u32, p: u32, is_w: bool, d: real, sum: real, abs_sum: real) {
     var dj = sum / real(job.m);
     var mag = abs_sum / real(job.m);
@@ -103,4 +103,64 @@ fn finish_delta(slot: u32, p: u32, is_w: bool, d: real, sum: real, abs_sum: real
     }
     results[slot] = dj;
     results[2u * job.n_params + slot] = mag;
+}
+
+// Neumaier's compensated sum: adds v to (*sum, *carry); the value is *sum + *carry.
+fn add_compensated(sum: ptr<function, real>, carry: ptr<function, real>, v: real) {
+    let t = *sum + v;
+    if (abs(*sum) >= abs(v)) {
+        *carry += (*sum - t) + v;
+    } else {
+        *carry += (v - t) + *sum;
+    }
+    *sum = t;
+}
+
+// Perturbation k of a fused kernel: parameter p = first + k/2 of layer l (no table),
+// decoded once per thread into its changed row r and, for a weight, input row c.
+struct Step {
+    p: u32,
+    plus: bool,
+    is_w: bool,
+    r: u32,
+    c: u32,
+    d: real,  // ±ε
+}
+
+fn fused_step(k: u32) -> Step {
+    var st: Step;
+    st.p = job.first + k / 2u;
+    st.plus = k % 2u == 0u;
+    let local = st.p - job.w_param;
+    let nw = job.rows_l * job.cols_l;
+    st.is_w = local < nw;
+    st.r = local - nw;
+    st.c = 0u;
+    if (st.is_w) {
+        st.r = local / job.cols_l;
+        st.c = local % job.cols_l;
+    }
+    st.d = sign_of(k) * model[0];
+    return st;
+}
+
+// ΔZ_l[r, j] of the step: ±ε·input[c, j] for a weight (X or the previous A), ±ε for a bias.
+fn step_dz(st: Step, j: u32) -> real {
+    if (!st.is_w) {
+        return st.d;
+    }
+    let at = job.in_off + st.c * job.m + j;
+    if (job.in_is_x == 1u) {
+        return st.d * model[at];
+    }
+    return st.d * base[at];
+}
+
+// Whether t = ΔA_l[r, j] lies inside the shortcut's kink-free interval of (r, j), by the
+// relative margin in the header (model[3]).
+fn inside_shortcut(at: u32, t: real) -> bool {
+    let margin = model[3];
+    let lo = base[job.sc_lo + at];
+    let hi = base[job.sc_hi + at];
+    return t > lo + margin * abs(lo) && t < hi - margin * abs(hi);
 }
