@@ -128,6 +128,23 @@ impl GradCheck {
         self.evaluate_with(&*self.evaluator()?, model, params, data, epsilon)
     }
 
+    /// [`Self::evaluate`] at each of `epsilons`, sharing what the backend can share (the
+    /// GPU: base pass, tables, uploads).
+    pub fn evaluate_many(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilons: &[f64],
+    ) -> Result<Vec<Evaluation>> {
+        for &e in epsilons {
+            validate_epsilon(e)?;
+        }
+        let range = self.range.clone().unwrap_or(0..model.n_params());
+        self.evaluator()?
+            .evaluate_many(model, params, data, epsilons, range)
+    }
+
     fn evaluate_with(
         &self,
         evaluator: &dyn Evaluator,
@@ -269,8 +286,12 @@ impl GradCheck {
         kernels: &mut Vec<crate::eval::KernelTime>,
     ) -> Result<Report> {
         let t0 = Instant::now();
-        let eval = self.evaluate_with(evaluator, model, params, data, epsilon)?;
-        let wide = self.evaluate_with(evaluator, model, params, data, 2.0 * epsilon)?;
+        validate_epsilon(epsilon)?;
+        let range = self.range.clone().unwrap_or(0..model.n_params());
+        let [eval, wide]: [Evaluation; 2] = evaluator
+            .evaluate_many(model, params, data, &[epsilon, 2.0 * epsilon], range)?
+            .try_into()
+            .map_err(|_| Error::Config("internal: one evaluation per ε expected".into()))?;
         *spent += t0.elapsed().as_secs_f64();
         crate::eval::add_kernel_times(kernels, &eval.kernel_times);
         crate::eval::add_kernel_times(kernels, &wide.kernel_times);

@@ -156,8 +156,10 @@ pub fn evaluate_shard(gc: &GradCheck, p: &Problem, i: usize, n: usize) -> Result
     let evaluator = g.evaluator()?;
     let precision = evaluator.precision();
     let (epsilon, _) = g.defaults_for(precision);
-    let e = g.evaluate(&p.model, &p.params, &p.data, epsilon)?;
-    let w = g.evaluate(&p.model, &p.params, &p.data, 2.0 * epsilon)?;
+    let [e, w]: [Evaluation; 2] = g
+        .evaluate_many(&p.model, &p.params, &p.data, &[epsilon, 2.0 * epsilon])?
+        .try_into()
+        .map_err(|_| Error::Config("internal: one evaluation per ε expected".into()))?;
     Ok(Partial {
         shard: [i, n],
         range: [range.start, range.end],

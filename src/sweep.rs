@@ -116,41 +116,45 @@ pub fn sweep(
         let mut points = Vec::with_capacity(eps.len());
         let mut label = String::new();
         let mut curve_threshold = crate::check::DEFAULT_THRESHOLD;
-        for &e in eps {
-            let eval = g.evaluate(model, params, data, e)?;
-            let (_, thr) = g.defaults_for(&eval.precision);
-            threshold.get_or_insert(thr);
-            curve_threshold = thr;
-            // The notebook's difference over the elements whose steps cross no kink (kinked
-            // ones have no meaningful central difference): the V of rounding and truncation.
-            let approx = eval.gradapprox(e);
-            let grad = grads.as_slice();
-            let include = g.kinks == crate::check::KinkPolicy::Include;
-            let smooth = |r: std::ops::Range<usize>| {
-                r.filter(|&i| include || eval.kinks[i] == 0)
-                    .collect::<Vec<_>>()
-            };
-            let (difference, _) = diff_and_rms(grad, &approx, &smooth(0..grad.len()));
-            let tensors = model
-                .layout()
-                .tensors()
-                .iter()
-                .map(|t| TensorPoint {
-                    name: t.name.clone(),
-                    difference: diff_and_rms(grad, &approx, &smooth(t.range())).0,
-                })
-                .collect();
-            label = format!(
-                "{} {}",
-                eval.backend.split(' ').next().unwrap_or("cpu"),
-                eval.precision
-            );
-            points.push(SweepPoint {
-                epsilon: e,
-                difference,
-                kinks: eval.kinks.iter().filter(|&&k| k != 0).count(),
-                tensors,
-            });
+        // A few ε per call: shared preparation, bounded memory (each evaluation holds
+        // several vectors of N).
+        for group in eps.chunks(4) {
+            let evals = g.evaluate_many(model, params, data, group)?;
+            for (&e, eval) in group.iter().zip(evals) {
+                let (_, thr) = g.defaults_for(&eval.precision);
+                threshold.get_or_insert(thr);
+                curve_threshold = thr;
+                // The notebook's difference over the elements whose steps cross no kink (kinked
+                // ones have no meaningful central difference): the V of rounding and truncation.
+                let approx = eval.gradapprox(e);
+                let grad = grads.as_slice();
+                let include = g.kinks == crate::check::KinkPolicy::Include;
+                let smooth = |r: std::ops::Range<usize>| {
+                    r.filter(|&i| include || eval.kinks[i] == 0)
+                        .collect::<Vec<_>>()
+                };
+                let (difference, _) = diff_and_rms(grad, &approx, &smooth(0..grad.len()));
+                let tensors = model
+                    .layout()
+                    .tensors()
+                    .iter()
+                    .map(|t| TensorPoint {
+                        name: t.name.clone(),
+                        difference: diff_and_rms(grad, &approx, &smooth(t.range())).0,
+                    })
+                    .collect();
+                label = format!(
+                    "{} {}",
+                    eval.backend.split(' ').next().unwrap_or("cpu"),
+                    eval.precision
+                );
+                points.push(SweepPoint {
+                    epsilon: e,
+                    difference,
+                    kinks: eval.kinks.iter().filter(|&&k| k != 0).count(),
+                    tensors,
+                });
+            }
         }
         let best_epsilon = points
             .iter()

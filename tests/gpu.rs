@@ -825,3 +825,27 @@ fn gpu_f64_delta_path_fused_and_staged_equal_the_cpu() {
         "no kink crossed: fused_exact untested"
     );
 }
+
+#[test]
+fn several_epsilons_in_one_call_equal_separate_calls() {
+    let Some(ctx) = gpu() else { return };
+    let (spec, m) = fusable_nets().swap_remove(1);
+    let (model, params, data) = random_problem(spec, m, 9).unwrap();
+    let eps = [1e-6, 2e-6, 1e-2];
+    for precision in [Precision::Auto, Precision::F64Plain, Precision::F32] {
+        if precision == Precision::F64Plain && !ctx.has_f64() {
+            continue;
+        }
+        let many = ctx
+            .evaluate_many(&model, &params, &data, &eps, precision, Default::default())
+            .unwrap();
+        for (e, got) in eps.iter().zip(&many) {
+            let one = ctx
+                .evaluate(&model, &params, &data, *e, precision, Default::default())
+                .unwrap();
+            assert_eq!(got.plus, one.plus, "{precision:?} ε={e}");
+            assert_eq!(got.minus, one.minus, "{precision:?} ε={e}");
+            assert_eq!(got.kinks, one.kinks, "{precision:?} ε={e}");
+        }
+    }
+}

@@ -196,6 +196,22 @@ pub trait Evaluator {
     /// Asks for per-kernel device times in the evaluations (GPU with timestamp queries;
     /// nothing elsewhere).
     fn set_kernel_timings(&mut self, _on: bool) {}
+
+    /// [`Self::evaluate`] at each of `epsilons` (a check's ε and 2ε); the GPU shares its
+    /// base pass, tables and uploads between them.
+    fn evaluate_many(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilons: &[f64],
+        range: Range<usize>,
+    ) -> Result<Vec<Evaluation>> {
+        epsilons
+            .iter()
+            .map(|&e| self.evaluate(model, params, data, e, range.clone()))
+            .collect()
+    }
 }
 
 /// The CPU f64 reference as an [`Evaluator`]: the Δ path (`f64`, the default) or the
@@ -321,6 +337,34 @@ impl Evaluator for GpuOrCpu {
     fn set_kernel_timings(&mut self, on: bool) {
         self.gpu.set_kernel_timings(on);
     }
+
+    fn evaluate_many(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilons: &[f64],
+        range: Range<usize>,
+    ) -> Result<Vec<Evaluation>> {
+        match self
+            .gpu
+            .evaluate_many(model, params, data, epsilons, range.clone())
+        {
+            Err(Error::Gpu(why)) => {
+                let mut all = self
+                    .cpu
+                    .evaluate_many(model, params, data, epsilons, range)?;
+                for e in &mut all {
+                    e.notes.push(format!(
+                        "the GPU could not do it ({why}); fell back to the CPU {} evaluator",
+                        e.precision
+                    ));
+                }
+                Ok(all)
+            }
+            other => other,
+        }
+    }
 }
 
 /// An evaluator with a note for the report (why it was chosen).
@@ -349,6 +393,23 @@ impl<E: Evaluator> Evaluator for Noted<E> {
 
     fn set_kernel_timings(&mut self, on: bool) {
         self.inner.set_kernel_timings(on);
+    }
+
+    fn evaluate_many(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilons: &[f64],
+        range: Range<usize>,
+    ) -> Result<Vec<Evaluation>> {
+        let mut all = self
+            .inner
+            .evaluate_many(model, params, data, epsilons, range)?;
+        for e in &mut all {
+            e.notes.push(self.note.clone());
+        }
+        Ok(all)
     }
 }
 

@@ -67,6 +67,17 @@ impl GpuEvaluator {
     }
 }
 
+impl GpuEvaluator {
+    fn options(&self, model: &Model, range: Range<usize>) -> EvalOptions {
+        EvalOptions {
+            max_chunk: self.max_chunk,
+            range: (range != (0..model.n_params())).then_some(range),
+            timings: self.timings,
+            ..EvalOptions::default()
+        }
+    }
+}
+
 impl Evaluator for GpuEvaluator {
     fn evaluate(
         &self,
@@ -76,14 +87,22 @@ impl Evaluator for GpuEvaluator {
         epsilon: f64,
         range: Range<usize>,
     ) -> Result<Evaluation> {
-        let opts = EvalOptions {
-            max_chunk: self.max_chunk,
-            range: (range != (0..model.n_params())).then_some(range),
-            timings: self.timings,
-            ..EvalOptions::default()
-        };
+        let opts = self.options(model, range);
         self.context
             .evaluate(model, params, data, epsilon, self.precision, opts)
+    }
+
+    fn evaluate_many(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilons: &[f64],
+        range: Range<usize>,
+    ) -> Result<Vec<Evaluation>> {
+        let opts = self.options(model, range);
+        self.context
+            .evaluate_many(model, params, data, epsilons, self.precision, opts)
     }
 
     fn precision(&self) -> &'static str {

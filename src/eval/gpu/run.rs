@@ -39,7 +39,24 @@ impl GpuContext {
         precision: Precision,
         opts: EvalOptions,
     ) -> Result<Evaluation> {
-        validate_epsilon(epsilon)?;
+        let mut all = self.evaluate_many(model, params, data, &[epsilon], precision, opts)?;
+        Ok(all.pop().expect("one evaluation per ε"))
+    }
+
+    /// [`Self::evaluate`] at several ε (a check's ε and 2ε): the base pass, the shortcut
+    /// tables, the uploads and the recorded kernels are shared; one submission per ε.
+    pub fn evaluate_many(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilons: &[f64],
+        precision: Precision,
+        opts: EvalOptions,
+    ) -> Result<Vec<Evaluation>> {
+        for &e in epsilons {
+            validate_epsilon(e)?;
+        }
         let precision = match precision {
             Precision::F64 | Precision::F64Plain if !self.has_f64 => {
                 return Err(Error::Gpu(format!(
@@ -62,83 +79,87 @@ impl GpuContext {
             }
         }
         let fwd = cpu::forward(model, params, data);
-        let (mut out, steps) = if use_f64 {
-            // f64 Δ: the step is exactly ±ε·x; plain: divided by 2ε as the notebook does.
-            let out = self.run::<f64>(model, params, data, epsilon, &opts, &fwd, delta)?;
-            (out, None)
+        let outs = if use_f64 {
+            self.run::<f64>(model, params, data, epsilons, &opts, &fwd, delta)?
         } else {
-            let out = self.run::<f32>(model, params, data, epsilon, &opts, &fwd, delta)?;
-            let e32 = epsilon as f32;
-            let steps = if delta {
-                // The Δ path moves each pre-activation by exactly ±fl32(ε)·x: 2·fl32(ε).
-                vec![2.0 * f64::from(e32); model.n_params()]
-            } else {
-                // fl(θ ± ε) − θ differs from ε by up to u32·|θ|: divide by the real steps.
-                params
-                    .as_slice()
-                    .iter()
-                    .map(|&t| f64::from(t as f32 + e32) - f64::from(t as f32 - e32))
-                    .collect()
-            };
-            (out, Some(steps))
+            self.run::<f32>(model, params, data, epsilons, &opts, &fwd, delta)?
+        };
+        // The Δ paths' J(θ) through softplus / log-sum-exp (finite when σ(z) = 1).
+        let cost = if delta {
+            cpu::stable_cost(model, &fwd, data)
+        } else {
+            fwd.cost
         };
         let range = opts.range.clone().unwrap_or(0..model.n_params());
-        for i in (0..range.start).chain(range.end..model.n_params()) {
-            out.plus[i] = f64::NAN;
-            out.minus[i] = f64::NAN;
-        }
-        let magnitudes = out.magnitudes.map(|mag| {
-            (0..model.n_params())
-                .map(|i| {
-                    if range.contains(&i) {
-                        [mag[2 * i], mag[2 * i + 1]]
-                    } else {
-                        [f64::NAN; 2]
-                    }
-                })
-                .collect::<Vec<_>>()
-        });
-        let cost_scale = match &magnitudes {
-            // RMS over the evaluated i of Σ_j|Δloss_j|/m, averaged over ±.
-            Some(mag) if !range.is_empty() => {
-                let sq: f64 = range
-                    .clone()
-                    .map(|i| {
-                        let a = 0.5 * (mag[i][0] + mag[i][1]);
-                        a * a
-                    })
-                    .sum();
-                (sq / range.len() as f64).sqrt()
+        let mut evals = Vec::with_capacity(epsilons.len());
+        for (mut out, &epsilon) in outs.into_iter().zip(epsilons) {
+            let steps = (!use_f64).then(|| {
+                let e32 = epsilon as f32;
+                if delta {
+                    // The Δ path moves each pre-activation by exactly ±fl32(ε)·x: 2·fl32(ε).
+                    vec![2.0 * f64::from(e32); model.n_params()]
+                } else {
+                    // fl(θ ± ε) − θ differs from ε by up to u32·|θ|: divide by the real steps.
+                    params
+                        .as_slice()
+                        .iter()
+                        .map(|&t| f64::from(t as f32 + e32) - f64::from(t as f32 - e32))
+                        .collect()
+                }
+            });
+            for i in (0..range.start).chain(range.end..model.n_params()) {
+                out.plus[i] = f64::NAN;
+                out.minus[i] = f64::NAN;
             }
-            _ => cpu::noise_scale(model, &fwd, data),
-        };
-        let plain_f64 = precision == Precision::F64Plain;
-        Ok(Evaluation {
-            // The Δ paths' J(θ) through softplus / log-sum-exp (finite when σ(z) = 1).
-            cost: if delta {
-                cpu::stable_cost(model, &fwd, data)
-            } else {
-                fwd.cost
-            },
-            plus: out.plus,
-            minus: out.minus,
-            deltas: delta,
-            cost_scale,
-            kinks: out.kinks,
-            magnitudes,
-            step_errors: plain_f64
-                .then(|| crate::eval::nominal_step_errors(params.as_slice(), epsilon)),
-            backend: format!("gpu ({})", self.info.name),
-            precision: precision.label().into(),
-            unit_roundoff: if use_f64 {
-                f64::EPSILON / 2.0
-            } else {
-                f64::from(f32::EPSILON) / 2.0
-            },
-            steps,
-            notes: Vec::new(),
-            kernel_times: out.kernel_times,
-        })
+            let magnitudes = out.magnitudes.map(|mag| {
+                (0..model.n_params())
+                    .map(|i| {
+                        if range.contains(&i) {
+                            [mag[2 * i], mag[2 * i + 1]]
+                        } else {
+                            [f64::NAN; 2]
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let cost_scale = match &magnitudes {
+                // RMS over the evaluated i of Σ_j|Δloss_j|/m, averaged over ±.
+                Some(mag) if !range.is_empty() => {
+                    let sq: f64 = range
+                        .clone()
+                        .map(|i| {
+                            let a = 0.5 * (mag[i][0] + mag[i][1]);
+                            a * a
+                        })
+                        .sum();
+                    (sq / range.len() as f64).sqrt()
+                }
+                _ => cpu::noise_scale(model, &fwd, data),
+            };
+            let plain_f64 = precision == Precision::F64Plain;
+            evals.push(Evaluation {
+                cost,
+                plus: out.plus,
+                minus: out.minus,
+                deltas: delta,
+                cost_scale,
+                kinks: out.kinks,
+                magnitudes,
+                step_errors: plain_f64
+                    .then(|| crate::eval::nominal_step_errors(params.as_slice(), epsilon)),
+                backend: format!("gpu ({})", self.info.name),
+                precision: precision.label().into(),
+                unit_roundoff: if use_f64 {
+                    f64::EPSILON / 2.0
+                } else {
+                    f64::from(f32::EPSILON) / 2.0
+                },
+                steps,
+                notes: Vec::new(),
+                kernel_times: out.kernel_times,
+            });
+        }
+        Ok(evals)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -147,11 +168,11 @@ impl GpuContext {
         model: &Model,
         params: &Params,
         data: &Data,
-        epsilon: f64,
+        epsilons: &[f64],
         opts: &EvalOptions,
         fwd: &cpu::Forward,
         delta: bool,
-    ) -> Result<RunOutput> {
+    ) -> Result<Vec<RunOutput>> {
         let pipes = self.pipelines(R::IS_F64)?;
         let dev = &self.device;
         let n = model.n_params();
@@ -174,12 +195,8 @@ impl GpuContext {
         } else {
             1e-5
         };
-        let mut host: Vec<f64> = vec![
-            epsilon,
-            model.l2() / (2.0 * m as f64),
-            fwd.weight_sumsq,
-            margin,
-        ];
+        // Header [0], ε, is written before each ε's submission.
+        let mut host: Vec<f64> = vec![0.0, model.l2() / (2.0 * m as f64), fwd.weight_sumsq, margin];
         let slope_at = host.len();
         host.extend((0..depth).map(|l| model.activation(l).slope()));
         let theta_off = host.len();
@@ -269,10 +286,11 @@ impl GpuContext {
                 usage,
             })
         };
+        // COPY_DST: ε (header [0]) is written before each ε's submission.
         let model_buf = init(
             "model",
             bytemuck::cast_slice(&R::convert(&host)),
-            wgpu::BufferUsages::STORAGE,
+            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         );
         let mk = |label: &str, reals: usize| {
             dev.create_buffer(&wgpu::BufferDescriptor {
@@ -417,11 +435,8 @@ impl GpuContext {
             mapped_at_creation: false,
         });
         let kinks_rb = readback("kinks readback", (n.max(1) * 4) as u64);
-        let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("gradcheck"),
-        });
-        enc.clear_buffer(&kinks, 0, None);
-        let mut profiler = (opts.timings && self.has_timestamps).then(Profiler::new);
+        // Recorded per ε below: (dispatches, jobs uniform and its stride, bind groups).
+        let mut phases = Vec::new();
         if !jobs.is_empty() {
             let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|d| &d.job));
             // The fused kernels' layer table sits where the staged ones bind their list.
@@ -454,14 +469,7 @@ impl GpuContext {
                     &model_buf, &base_buf, &unused, &scratch, &results, &kinks, &table,
                 ],
             );
-            self.record(
-                &mut enc,
-                &pipes,
-                &jobs,
-                stride,
-                [&group, &group],
-                profiler.as_mut(),
-            );
+            phases.push((jobs, ubuf, stride, [group.clone(), group]));
         }
 
         // Phase 2, the staged kernels: the base forward pass (plain paths), then every
@@ -568,30 +576,37 @@ impl GpuContext {
                     &model_buf, &base_buf, &batch_b, &batch_a, &results, &kinks, &plist,
                 ],
             );
-            self.record(
-                &mut enc,
-                &pipes,
-                &jobs,
-                stride,
-                [&g_ab, &g_ba],
-                profiler.as_mut(),
-            );
-        }
-        if let Some(p) = profiler.as_mut() {
-            p.resolve(self, &mut enc);
+            phases.push((jobs, ubuf, stride, [g_ab, g_ba]));
         }
         let results_len = (results_reals * R::SIZE) as u64;
         let results_rb = readback("results readback", results_len);
-        enc.copy_buffer_to_buffer(&results, 0, &results_rb, 0, results_len);
-        enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, (n.max(1) * 4) as u64);
-        self.queue.submit([enc.finish()]);
-        let out = self.read_results::<R>(&results_rb, &kinks_rb, n, delta);
-        let kernel_times = match profiler {
-            Some(p) => p.collect(self)?,
-            None => Vec::new(),
-        };
+        let mut outs = Vec::with_capacity(epsilons.len());
+        for &epsilon in epsilons {
+            self.queue
+                .write_buffer(&model_buf, 0, bytemuck::cast_slice(&R::convert(&[epsilon])));
+            let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("gradcheck"),
+            });
+            enc.clear_buffer(&kinks, 0, None);
+            let mut profiler = (opts.timings && self.has_timestamps).then(Profiler::new);
+            for (jobs, _, stride, groups) in &phases {
+                let [a, b] = groups;
+                self.record(&mut enc, &pipes, jobs, *stride, [a, b], profiler.as_mut());
+            }
+            if let Some(p) = profiler.as_mut() {
+                p.resolve(self, &mut enc);
+            }
+            enc.copy_buffer_to_buffer(&results, 0, &results_rb, 0, results_len);
+            enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, (n.max(1) * 4) as u64);
+            self.queue.submit([enc.finish()]);
+            let mut out = self.read_results::<R>(&results_rb, &kinks_rb, n, delta)?;
+            if let Some(p) = profiler {
+                out.kernel_times = p.collect(self)?;
+            }
+            outs.push(out);
+        }
         Self::pop_scopes(scope_val, scope_oom)?;
-        out.map(|o| RunOutput { kernel_times, ..o })
+        Ok(outs)
     }
 
     /// Records `jobs` into `enc`: one compute pass, or one pass per dispatch with a
