@@ -1,9 +1,9 @@
-//! One evaluation: upload θ, X, Y and the masks once; on the Δ path first the fused
-//! kernel for every layer whose change reaches the output in closed form (one thread per
-//! perturbation, nothing per sample written); then, in a second submission, the staged
-//! kernels (base pass, perturb_row → rank1 → dense… → sample_loss → reduce) for the other
-//! layers and for the perturbations the fused kernel handed back; read J± (or ΔJ±) and the
-//! kink flags.
+//! Evaluations at one or more ε: upload θ, X, Y, the masks, the base pass and the shortcut
+//! tables once, build the dispatch lists and bind groups once, then per ε write ε into the
+//! model header and submit once: on the Δ paths the fused kernels (`fused_delta`, then
+//! `fused_exact` for its work list and the layers without a shortcut), on the plain paths
+//! the staged kernels (base pass, perturb_row → rank1 → dense… → sample_loss → reduce);
+//! read J± (or ΔJ±) and the kink flags back.
 
 use wgpu::util::DeviceExt;
 
