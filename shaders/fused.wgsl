@@ -36,7 +36,7 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             fz_at = st.r;
             fz_t = dz;
         } else {
-            let t = act_delta(job.act, z0, dz) * mask_at(st.r, j);
+            let t = layer_act_delta(job.layer, st.r, j, z0, dz) * mask_at(st.r, j);
             if (t == 0.0) {
                 continue;
             }

@@ -43,7 +43,7 @@ fn exact_perturbation(k: u32, go_on: bool, scratch: u32) {
         }
         let z0 = base[job.z_off + st.r * m + j];
         flag_kink_of(st.p, st.plus, z0, z0 + dz, st.r, j);
-        let t = act_delta(job.act, z0, dz) * mask_at(st.r, j);
+        let t = layer_act_delta(job.layer, st.r, j, z0, dz) * mask_at(st.r, j);
         if (t == 0.0) {
             continue;
         }
@@ -71,10 +71,6 @@ fn fused_dz(c: u32) -> real {
     return dst[fz_at + c];
 }
 
-// Layer-wise info for `exact_sample`, bound where the staged kernels bind their parameter
-// list: per layer q, LAYER_INFO u32s (see the host's layer table).
-const LAYER_INFO: u32 = 8u;
-
 // One sample's way from t = ΔA_l[r, j] to the output, layer by layer as the CPU's exact
 // path does: ΔZ_{l+1} = W_{l+1}[:, r]·t, then ΔA = g(Z + ΔZ) − g(Z) (closed forms) and
 // ΔZ_q = W_q·ΔA, flagging crossed kinks. Returns the offset in dst of the output's Δz.
@@ -94,10 +90,9 @@ fn exact_sample(p: u32, plus: bool, r: u32, t: real, j: u32, scratch: u32) -> u3
         let prev = info;
         info = q * LAYER_INFO;
         // ΔA of layer q − 1, in place.
-        let slope = model[plist[prev + 5u]];
         for (var i = 0u; i < width; i++) {
             let z0 = base[plist[prev + 3u] + i * m + j];
-            dst[cur + i] = act_delta_with(plist[prev + 4u], slope, z0, dst[cur + i]) * mask_of(plist[prev + 6u], i, j);
+            dst[cur + i] = layer_act_delta(q - 1u, i, j, z0, dst[cur + i]) * mask_of(plist[prev + 6u], i, j);
         }
         // ΔZ_q = W_q·ΔA into the other vector.
         let w = plist[info];

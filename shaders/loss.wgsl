@@ -164,3 +164,36 @@ fn inside_shortcut(at: u32, t: real) -> bool {
     let hi = base[job.sc_hi + at];
     return t > lo + margin * abs(lo) && t < hi - margin * abs(hi);
 }
+
+// The fused kernels' layer table, bound where the staged kernels bind their parameter
+// list: per layer q, LAYER_INFO u32s — W offset, in and out widths, Z offset, activation,
+// slope index, dropout offset, tanh tables' offset (0: none; see the host's layer table).
+const LAYER_INFO: u32 = 8u;
+
+// ΔA of unit i, sample j of layer q for a change dz of its pre-activation z0: through the
+// tanh tables where the layer has them, the closed forms otherwise.
+fn layer_act_delta(q: u32, i: u32, j: u32, z0: real, dz: real) -> real {
+    let info = q * LAYER_INFO;
+    let tab = plist[info + 7u];
+    if (tab != 0u) {
+        return tanh_delta(tab, plist[info + 2u], i, j, z0, dz);
+    }
+    return act_delta_with(plist[info + 4u], model[plist[info + 5u]], z0, dz);
+}
+
+// tanh(z0 + dz) − tanh(z0) from the base pass's t0 = tanh z0 and c0 = 1 − |t0| (tables at
+// `tab`, t0 then c0, n units × m): on one side of 0 and for |dz| < 1e-4,
+// 1 − |tanh z1| = c0/(1 + (1 − c0/2)·expm1(2·dz·sgn z0)) exactly — no transcendental, no
+// cancellation — and tanh dz its short series (the CPU's `tanh_delta`).
+fn tanh_delta(tab: u32, n: u32, i: u32, j: u32, z0: real, dz: real) -> real {
+    let z1 = z0 + dz;
+    if (abs(dz) >= 1e-4 || (z0 >= 0.0) != (z1 >= 0.0)) {
+        return act_delta_with(3u, 0.0, z0, dz);
+    }
+    let at = i * job.m + j;
+    let t0 = base[tab + at];
+    let c0 = base[tab + n * job.m + at];
+    let s = select(-dz, dz, z0 >= 0.0);
+    let c1 = c0 / (1.0 + (1.0 - 0.5 * c0) * expm1_r(2.0 * s));
+    return (c0 + abs(t0) * c1) * (dz * (1.0 - dz * dz / 3.0));
+}

@@ -666,7 +666,7 @@ pub fn sigmoid(z: f64) -> f64 {
 }
 
 /// 1 − |tanh z| = 2/(1 + e^{2|z|}), without cancellation.
-fn tanh_complement(z: f64) -> f64 {
+pub fn tanh_complement(z: f64) -> f64 {
     2.0 / (1.0 + (2.0 * z.abs()).exp())
 }
 

@@ -228,6 +228,7 @@ impl GpuContext {
         }
         let mut host_base = Vec::new();
         let mut sig_off = 0;
+        let mut tanh_off = vec![0u32; depth];
         // Per layer: None = staged; Some(tables) = fused, with the shortcut's (v, lo, hi)
         // offsets when it has one (the output layer goes direct, layers without one layer
         // by layer in `fused_exact`). Every layer of the Δ path is fused unless a test
@@ -244,6 +245,15 @@ impl GpuContext {
                 let zl = &fwd.z[depth - 1];
                 host_base.extend(zl.iter().map(|&z| cpu::sigmoid(-z)));
                 host_base.extend(zl.iter().map(|&z| cpu::sigmoid(z)));
+            }
+            // tanh layers: tanh z and 1 − |tanh z| of the base pass (the fused kernels'
+            // `tanh_delta`).
+            for (l, z) in fwd.z.iter().enumerate() {
+                if model.activation(l) == crate::model::Activation::Tanh {
+                    tanh_off[l] = to_u32(host_base.len(), "tanh table offset")?;
+                    host_base.extend(z.iter().map(|&z| z.tanh()));
+                    host_base.extend(z.iter().map(|&z| cpu::tanh_complement(z)));
+                }
             }
             // Shortcut tables only within the binding limit; a layer whose tables do not
             // fit goes layer by layer in `fused_exact`.
@@ -451,7 +461,7 @@ impl GpuContext {
                     j.act,
                     j.slope_idx,
                     j.mask_off,
-                    0,
+                    tanh_off[q],
                 ]);
             }
             let table = init(
