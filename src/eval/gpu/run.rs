@@ -451,7 +451,7 @@ impl GpuContext {
             let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|d| &d.job));
             // The fused kernels' layer table sits where the staged ones bind their list.
             let mut table = Vec::with_capacity(8 * depth);
-            for q in 0..depth {
+            for (q, &tanh_at) in tanh_off.iter().enumerate() {
                 let j = at_layer(common, q);
                 table.extend([
                     j.w_off,
@@ -461,7 +461,7 @@ impl GpuContext {
                     j.act,
                     j.slope_idx,
                     j.mask_off,
-                    tanh_off[q],
+                    tanh_at,
                 ]);
             }
             let table = init(
