@@ -167,18 +167,28 @@ fn inside_shortcut(at: u32, t: real) -> bool {
 
 // The fused kernels' layer table, bound where the staged kernels bind their parameter
 // list: per layer q, LAYER_INFO u32s — W offset, in and out widths, Z offset, activation,
-// slope index, dropout offset, tanh tables' offset (0: none; see the host's layer table).
+// slope index, dropout offset, base-pass tables' offset (tanh, sigmoid; 0: none).
 const LAYER_INFO: u32 = 8u;
 
 // ΔA of unit i, sample j of layer q for a change dz of its pre-activation z0: through the
-// tanh tables where the layer has them, the closed forms otherwise.
+// base-pass tables where the layer has them (tanh, sigmoid), the closed forms otherwise.
 fn layer_act_delta(q: u32, i: u32, j: u32, z0: real, dz: real) -> real {
     let info = q * LAYER_INFO;
     let tab = plist[info + 7u];
-    if (tab != 0u) {
+    let code = plist[info + 4u];
+    if (tab != 0u && code == 3u) {
         return tanh_delta(tab, plist[info + 2u], i, j, z0, dz);
     }
-    return act_delta_with(plist[info + 4u], model[plist[info + 5u]], z0, dz);
+    if (tab != 0u && code == 2u) {
+        // σ(z1) = s0/(1 + n0·expm1(−dz)) with s0 = σ(z0), n0 = σ(−z0): the closed form's
+        // σ(z1)·σ(−z0)·(1 − e^−dz) with no exp for a small step (the CPU's sigmoid_delta).
+        let at = i * job.m + j;
+        let s0 = base[tab + at];
+        let n0 = base[tab + plist[info + 2u] * job.m + at];
+        let e = expm1_r(-dz);
+        return s0 / (1.0 + n0 * e) * n0 * (-e);
+    }
+    return act_delta_with(code, model[plist[info + 5u]], z0, dz);
 }
 
 // tanh(z0 + dz) − tanh(z0) from the base pass's t0 = tanh z0 and c0 = 1 − |t0| (tables at

@@ -721,6 +721,15 @@ fn tanh_delta(t0: f64, c0: f64, z0: f64, dz: f64) -> f64 {
     (c0 + t0.abs() * c1) * (dz * (1.0 - dz * dz / 3.0))
 }
 
+/// σ(z0 + dz) − σ(z0) from the base pass's s0 = σ(z0) and n0 = σ(−z0): with a = e^{−z0},
+/// 1 + a·e^{−dz} = (1 + a)(1 + n0·expm1(−dz)), so σ(z1) = s0/(1 + n0·expm1(−dz)) and the
+/// change σ(z1)·n0·(−expm1(−dz)) (the closed form of [`act_delta`]) needs no exp for a
+/// small step.
+fn sigmoid_delta(s0: f64, n0: f64, dz: f64) -> f64 {
+    let e = expm1(-dz);
+    s0 / (1.0 + n0 * e) * n0 * (-e)
+}
+
 /// e^x − 1 − x, accurate for small x.
 fn exp_tail(x: f64) -> f64 {
     if x.abs() < 1e-3 {
@@ -933,8 +942,9 @@ struct DeltaCtx<'a> {
     epsilon: f64,
     /// Per layer l: Z_l transposed, [j·n_l + i].
     zt: Vec<Vec<f64>>,
-    /// Per tanh layer l: (tanh z, 1 − |tanh z|) of Z_l transposed (see [`tanh_delta`]).
-    tanh0: Vec<Option<Vec<[f64; 2]>>>,
+    /// Per tanh or sigmoid layer l, of Z_l transposed: (tanh z, 1 − |tanh z|) (see
+    /// [`tanh_delta`]) or (σ(z), σ(−z)) (see [`sigmoid_delta`]).
+    act0: Vec<Option<Vec<[f64; 2]>>>,
     /// Per layer l: Z_l row-major, [i·m + j] (the perturbed row's samples, contiguous).
     zr: Vec<Vec<f64>>,
     /// Per layer l: the dropout factors row-major.
@@ -1032,14 +1042,20 @@ impl<'a> DeltaCtx<'a> {
             Vec::new()
         };
         let rows = |a: &Array2<f64>| a.iter().copied().collect::<Vec<f64>>();
-        let tanh0 = (0..depth)
-            .map(|l| {
-                (model.activation(l) == Activation::Tanh).then(|| {
+        // Hidden layers only (the output's change goes through the loss's own forms).
+        let act0 = (0..depth)
+            .map(|l| match model.activation(l) {
+                _ if l + 1 == depth => None,
+                Activation::Tanh => Some(
                     zt[l]
                         .iter()
                         .map(|&z| [z.tanh(), tanh_complement(z)])
-                        .collect()
-                })
+                        .collect(),
+                ),
+                Activation::Sigmoid => {
+                    Some(zt[l].iter().map(|&z| [sigmoid(z), sigmoid(-z)]).collect())
+                }
+                _ => None,
             })
             .collect();
         let mut ctx = DeltaCtx {
@@ -1047,7 +1063,7 @@ impl<'a> DeltaCtx<'a> {
             params,
             data,
             epsilon,
-            tanh0,
+            act0,
             zr: fwd.z.iter().map(rows).collect(),
             mr: (0..depth).map(|l| mask(data, l).map(rows)).collect(),
             zt,
@@ -1160,13 +1176,15 @@ impl<'a> DeltaCtx<'a> {
         }
     }
 
-    /// ΔA of unit `at` (sample-major) of layer l: through the tanh tables where the layer
-    /// has them, [`act_delta`] otherwise.
+    /// ΔA of unit `at` (sample-major) of layer l: through the base-pass tables where the
+    /// layer has them (tanh, sigmoid), [`act_delta`] otherwise.
     #[inline(always)]
     fn act_delta_at(&self, l: usize, at: usize, z0: f64, dz: f64) -> f64 {
-        match &self.tanh0[l] {
-            Some(t) => tanh_delta(t[at][0], t[at][1], z0, dz),
-            None => act_delta(self.model.activation(l), z0, dz),
+        let g = self.model.activation(l);
+        match (&self.act0[l], g) {
+            (Some(t), Activation::Tanh) => tanh_delta(t[at][0], t[at][1], z0, dz),
+            (Some(t), Activation::Sigmoid) => sigmoid_delta(t[at][0], t[at][1], dz),
+            _ => act_delta(g, z0, dz),
         }
     }
 
@@ -1549,7 +1567,7 @@ mod tests {
     }
 
     #[test]
-    fn tanh_delta_from_tables_equals_the_closed_form() {
+    fn act_delta_from_tables_equals_the_closed_form() {
         // Against act_delta's closed form (another identity, three transcendentals) over
         // saturated and central z0, both signs, steps from 1e-13 to just under 1e-4 — and
         // across 0, where it defers to it. And the slope: Δ/dz → sech² z0 = c0·(2 − c0).
@@ -1575,6 +1593,16 @@ mod tests {
         }
         // Both are accurate to a few ulps: within 1e-14 relative of each other.
         assert!(worst <= 1e-14, "worst relative difference {worst:e}");
+        // σ likewise, at every step size (the identity is exact for any dz).
+        let mut worst = 0.0f64;
+        for z0 in [-40.0, -12.0, -1.5, 0.0, 0.2, 3.0, 25.0, 45.0] {
+            for dz in [1e-13, -3e-11, 7e-9, -2e-7, 5e-6, -9.9e-5, 3e-3, -0.4, 2.0] {
+                let got = sigmoid_delta(sigmoid(z0), sigmoid(-z0), dz);
+                let want = act_delta(Activation::Sigmoid, z0, dz);
+                worst = worst.max((got - want).abs() / want.abs().max(f64::MIN_POSITIVE));
+            }
+        }
+        assert!(worst <= 1e-14, "σ: worst relative difference {worst:e}");
     }
 
     #[test]

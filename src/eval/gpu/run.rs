@@ -228,7 +228,7 @@ impl GpuContext {
         }
         let mut host_base = Vec::new();
         let mut sig_off = 0;
-        let mut tanh_off = vec![0u32; depth];
+        let mut act_tables = vec![0u32; depth];
         // Per layer: None = staged; Some(tables) = fused, with the shortcut's (v, lo, hi)
         // offsets when it has one (the output layer goes direct, layers without one layer
         // by layer in `fused_exact`). Every layer of the Δ path is fused unless a test
@@ -246,14 +246,18 @@ impl GpuContext {
                 host_base.extend(zl.iter().map(|&z| cpu::sigmoid(-z)));
                 host_base.extend(zl.iter().map(|&z| cpu::sigmoid(z)));
             }
-            // tanh layers: tanh z and 1 − |tanh z| of the base pass (the fused kernels'
-            // `tanh_delta`).
-            for (l, z) in fwd.z.iter().enumerate() {
-                if model.activation(l) == crate::model::Activation::Tanh {
-                    tanh_off[l] = to_u32(host_base.len(), "tanh table offset")?;
-                    host_base.extend(z.iter().map(|&z| z.tanh()));
-                    host_base.extend(z.iter().map(|&z| cpu::tanh_complement(z)));
-                }
+            // tanh layers: tanh z and 1 − |tanh z|; sigmoid layers: σ(z) and σ(−z), of the
+            // base pass, hidden layers (the fused kernels' `layer_act_delta`, as the CPU's
+            // tables).
+            for (l, z) in fwd.z.iter().enumerate().take(depth - 1) {
+                let pair: fn(f64) -> [f64; 2] = match model.activation(l) {
+                    crate::model::Activation::Tanh => |z| [z.tanh(), cpu::tanh_complement(z)],
+                    crate::model::Activation::Sigmoid => |z| [cpu::sigmoid(z), cpu::sigmoid(-z)],
+                    _ => continue,
+                };
+                act_tables[l] = to_u32(host_base.len(), "activation table offset")?;
+                host_base.extend(z.iter().map(|&z| pair(z)[0]));
+                host_base.extend(z.iter().map(|&z| pair(z)[1]));
             }
             // Shortcut tables only within the binding limit; a layer whose tables do not
             // fit goes layer by layer in `fused_exact`.
@@ -451,7 +455,7 @@ impl GpuContext {
             let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|d| &d.job));
             // The fused kernels' layer table sits where the staged ones bind their list.
             let mut table = Vec::with_capacity(8 * depth);
-            for (q, &tanh_at) in tanh_off.iter().enumerate() {
+            for (q, &tables_at) in act_tables.iter().enumerate() {
                 let j = at_layer(common, q);
                 table.extend([
                     j.w_off,
@@ -461,7 +465,7 @@ impl GpuContext {
                     j.act,
                     j.slope_idx,
                     j.mask_off,
-                    tanh_at,
+                    tables_at,
                 ]);
             }
             let table = init(
