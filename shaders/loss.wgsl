@@ -179,9 +179,10 @@ fn layer_act_delta(q: u32, i: u32, j: u32, z0: real, dz: real) -> real {
     if (tab != 0u && code == 3u) {
         return tanh_delta(tab, plist[info + 2u], i, j, z0, dz);
     }
-    if (tab != 0u && code == 2u) {
+    if (tab != 0u && code == 2u && abs(dz) < 1e-4) {
         // σ(z1) = s0/(1 + n0·expm1(−dz)) with s0 = σ(z0), n0 = σ(−z0): the closed form's
-        // σ(z1)·σ(−z0)·(1 − e^−dz) with no exp for a small step (the CPU's sigmoid_delta).
+        // σ(z1)·σ(−z0)·(1 − e^−dz) with no exp for a small step (the CPU's sigmoid_delta;
+        // a large step could overflow expm1: the closed form then).
         let at = i * job.m + j;
         let s0 = base[tab + at];
         let n0 = base[tab + plist[info + 2u] * job.m + at];
