@@ -849,3 +849,34 @@ fn several_epsilons_in_one_call_equal_separate_calls() {
         }
     }
 }
+
+#[test]
+fn kernel_timings_name_the_kernels_that_ran() {
+    let Some(ctx) = gpu() else { return };
+    let (spec, m) = fusable_nets().swap_remove(0);
+    let (model, params, data) = random_problem(spec, m, 4).unwrap();
+    let grads = cpu::backprop(&model, &params, &data);
+    let mut gc = GradCheck::new()
+        .backend(Backend::Gpu)
+        .precision(Precision::Auto);
+    gc.kernel_timings = true;
+    let r = gc.run(&model, &params, &data, &grads).unwrap();
+    let kernels = &r.timings.kernels;
+    if !ctx.has_timestamps() {
+        assert!(kernels.is_empty(), "{kernels:?}");
+        return;
+    }
+    // The Δ path runs fused_delta once per layer and ε (3 layers, ε and 2ε); every
+    // dispatch is timed and device time is positive.
+    let fused = kernels.iter().find(|k| k.kernel == "fused_delta").unwrap();
+    assert_eq!(fused.dispatches, 6, "{kernels:?}");
+    assert!(kernels.iter().all(|k| k.seconds > 0.0), "{kernels:?}");
+    assert!(
+        kernels.iter().all(|k| k.kernel.starts_with("fused")),
+        "{kernels:?}"
+    );
+    // Without asking, nothing is measured.
+    gc.kernel_timings = false;
+    let r = gc.run(&model, &params, &data, &grads).unwrap();
+    assert!(r.timings.kernels.is_empty());
+}

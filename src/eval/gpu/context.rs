@@ -197,6 +197,11 @@ impl GpuContext {
         self.has_f64
     }
 
+    /// Whether kernel times can be measured (TIMESTAMP_QUERY).
+    pub fn has_timestamps(&self) -> bool {
+        self.has_timestamps
+    }
+
     /// Maps a MAP_READ buffer after the last submission and copies its bytes out.
     pub(super) fn read_back(&self, staging: &wgpu::Buffer) -> Result<Vec<u8>> {
         let slice = staging.slice(..);
