@@ -125,7 +125,8 @@ impl GradCheck {
         data: &Data,
         epsilon: f64,
     ) -> Result<Evaluation> {
-        self.evaluate_with(&*self.evaluator()?, model, params, data, epsilon)
+        self.evaluator()?
+            .evaluate(model, params, data, epsilon, self.range_of(model))
     }
 
     /// [`Self::evaluate`] at each of `epsilons`, sharing what the backend can share (the
@@ -137,25 +138,37 @@ impl GradCheck {
         data: &Data,
         epsilons: &[f64],
     ) -> Result<Vec<Evaluation>> {
-        for &e in epsilons {
-            validate_epsilon(e)?;
-        }
-        let range = self.range.clone().unwrap_or(0..model.n_params());
         self.evaluator()?
-            .evaluate_many(model, params, data, epsilons, range)
+            .evaluate_many(model, params, data, epsilons, self.range_of(model))
     }
 
-    fn evaluate_with(
+    /// The J± at ε and at 2ε (the evidence and its truncation estimate), in one call.
+    pub fn evaluate_pair(
         &self,
         evaluator: &dyn Evaluator,
         model: &Model,
         params: &Params,
         data: &Data,
         epsilon: f64,
-    ) -> Result<Evaluation> {
-        validate_epsilon(epsilon)?;
-        let range = self.range.clone().unwrap_or(0..model.n_params());
-        evaluator.evaluate(model, params, data, epsilon, range)
+    ) -> Result<(Evaluation, Evaluation)> {
+        let mut both = evaluator.evaluate_many(
+            model,
+            params,
+            data,
+            &[epsilon, 2.0 * epsilon],
+            self.range_of(model),
+        )?;
+        match (both.pop(), both.pop()) {
+            (Some(wide), Some(at)) => Ok((at, wide)),
+            _ => Err(Error::Config(
+                "internal: an evaluator returned fewer evaluations than ε".into(),
+            )),
+        }
+    }
+
+    /// The parameters evaluated: `range`, or all.
+    fn range_of(&self, model: &Model) -> std::ops::Range<usize> {
+        self.range.clone().unwrap_or(0..model.n_params())
     }
 
     /// The precision the J± will be computed in ("f64", "f64-plain", "f32" or
@@ -286,12 +299,7 @@ impl GradCheck {
         kernels: &mut Vec<crate::eval::KernelTime>,
     ) -> Result<Report> {
         let t0 = Instant::now();
-        validate_epsilon(epsilon)?;
-        let range = self.range.clone().unwrap_or(0..model.n_params());
-        let [eval, wide]: [Evaluation; 2] = evaluator
-            .evaluate_many(model, params, data, &[epsilon, 2.0 * epsilon], range)?
-            .try_into()
-            .map_err(|_| Error::Config("internal: one evaluation per ε expected".into()))?;
+        let (eval, wide) = self.evaluate_pair(evaluator, model, params, data, epsilon)?;
         *spent += t0.elapsed().as_secs_f64();
         crate::eval::add_kernel_times(kernels, &eval.kernel_times);
         crate::eval::add_kernel_times(kernels, &wide.kernel_times);

@@ -156,10 +156,7 @@ pub fn evaluate_shard(gc: &GradCheck, p: &Problem, i: usize, n: usize) -> Result
     let evaluator = g.evaluator()?;
     let precision = evaluator.precision();
     let (epsilon, _) = g.defaults_for(precision);
-    let [e, w]: [Evaluation; 2] = g
-        .evaluate_many(&p.model, &p.params, &p.data, &[epsilon, 2.0 * epsilon])?
-        .try_into()
-        .map_err(|_| Error::Config("internal: one evaluation per ε expected".into()))?;
+    let (e, w) = g.evaluate_pair(&*evaluator, &p.model, &p.params, &p.data, epsilon)?;
     Ok(Partial {
         shard: [i, n],
         range: [range.start, range.end],

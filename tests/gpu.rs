@@ -65,15 +65,27 @@ fn seed_examples_on_the_gpu_f32_with_f32_defaults() {
     assert!(r.passed, "difference {}", r.difference);
 }
 
-/// Awkward shapes: widths 1, 3, 17, 65, 300; m = 1, 7, 129; depth 1 to 5; every
-/// activation and cost.
-fn awkward_nets() -> Vec<(ModelSpec, usize)> {
-    let spec = |layers: &[usize], acts: &[&str], loss: Loss, l2: f64| ModelSpec {
+/// A test net: layers, activations, cost, λ, and dropout with this keep_prob on every
+/// hidden layer (masks from seed 5).
+fn spec_of(layers: &[usize], acts: &[&str], loss: Loss, l2: f64, keep: Option<f64>) -> ModelSpec {
+    ModelSpec {
         layers: layers.to_vec(),
         activations: acts.iter().map(|a| a.parse().unwrap()).collect(),
         loss,
         l2,
-        dropout: None,
+        dropout: keep.map(|keep_prob| gradcheck::Dropout {
+            keep_prob,
+            seed: Some(5),
+            layers: (1..layers.len() - 1).collect(),
+        }),
+    }
+}
+
+/// Awkward shapes: widths 1, 3, 17, 65, 300; m = 1, 7, 129; depth 1 to 5; every
+/// activation and cost.
+fn awkward_nets() -> Vec<(ModelSpec, usize)> {
+    let spec = |layers: &[usize], acts: &[&str], loss: Loss, l2: f64| {
+        spec_of(layers, acts, loss, l2, None)
     };
     vec![
         (
@@ -702,21 +714,9 @@ fn delta_path_shards_merge_into_the_whole_report() {
 /// several layers), dropout on them, a saturated logistic output, and ReLU units that sit
 /// on their kink for some samples (zero input rows: the fused kernel hands those back).
 fn fusable_nets() -> Vec<(ModelSpec, usize)> {
-    let spec =
-        |layers: &[usize], acts: &[&str], loss: Loss, l2: f64, keep: Option<f64>| ModelSpec {
-            layers: layers.to_vec(),
-            activations: acts.iter().map(|a| a.parse().unwrap()).collect(),
-            loss,
-            l2,
-            dropout: keep.map(|keep_prob| gradcheck::Dropout {
-                keep_prob,
-                seed: Some(5),
-                layers: (1..layers.len() - 1).collect(),
-            }),
-        };
     vec![
         (
-            spec(
+            spec_of(
                 &[20, 16, 8, 1],
                 &["relu", "relu", "sigmoid"],
                 Loss::BinaryCrossEntropy,
@@ -726,7 +726,7 @@ fn fusable_nets() -> Vec<(ModelSpec, usize)> {
             64,
         ),
         (
-            spec(
+            spec_of(
                 &[9, 33, 17, 5, 4],
                 &["relu", "leaky_relu:0.1", "identity", "softmax"],
                 Loss::SoftmaxCrossEntropy,
@@ -736,7 +736,7 @@ fn fusable_nets() -> Vec<(ModelSpec, usize)> {
             31,
         ),
         (
-            spec(
+            spec_of(
                 &[6, 12, 7, 2],
                 &["tanh", "relu", "sigmoid"],
                 Loss::MeanSquaredError,
@@ -746,7 +746,7 @@ fn fusable_nets() -> Vec<(ModelSpec, usize)> {
             129,
         ),
         (
-            spec(
+            spec_of(
                 &[4, 300, 1],
                 &["relu", "sigmoid"],
                 Loss::BinaryCrossEntropy,

@@ -179,7 +179,18 @@ impl Evaluation {
 /// A backend: computes J(θ) and the J± of the parameters in `range` (the others come
 /// back NaN, so that shards keep full-length vectors).
 pub trait Evaluator {
-    /// Every J(θ ± ε·e_i), i ∈ `range`.
+    /// Every J(θ ± ε·e_i), i ∈ `range`, at each of `epsilons` (a check's ε and 2ε); the GPU
+    /// shares its base pass, tables and uploads between them.
+    fn evaluate_many(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilons: &[f64],
+        range: Range<usize>,
+    ) -> Result<Vec<Evaluation>>;
+
+    /// [`Self::evaluate_many`] at one ε.
     fn evaluate(
         &self,
         model: &Model,
@@ -187,7 +198,11 @@ pub trait Evaluator {
         data: &Data,
         epsilon: f64,
         range: Range<usize>,
-    ) -> Result<Evaluation>;
+    ) -> Result<Evaluation> {
+        let mut one = self.evaluate_many(model, params, data, &[epsilon], range)?;
+        one.pop()
+            .ok_or_else(|| Error::Config("internal: no evaluation came back".into()))
+    }
 
     /// The precision its J± will be in ("f64", "f64-plain", "f32" or "f32-plain"), known
     /// before evaluating so that the matching defaults can be chosen.
@@ -196,22 +211,6 @@ pub trait Evaluator {
     /// Asks for per-kernel device times in the evaluations (GPU with timestamp queries;
     /// nothing elsewhere).
     fn set_kernel_timings(&mut self, _on: bool) {}
-
-    /// [`Self::evaluate`] at each of `epsilons` (a check's ε and 2ε); the GPU shares its
-    /// base pass, tables and uploads between them.
-    fn evaluate_many(
-        &self,
-        model: &Model,
-        params: &Params,
-        data: &Data,
-        epsilons: &[f64],
-        range: Range<usize>,
-    ) -> Result<Vec<Evaluation>> {
-        epsilons
-            .iter()
-            .map(|&e| self.evaluate(model, params, data, e, range.clone()))
-            .collect()
-    }
 }
 
 /// The CPU f64 reference as an [`Evaluator`]: the Δ path (`f64`, the default) or the
@@ -224,8 +223,8 @@ pub struct CpuEvaluator {
     pub precision: Precision,
 }
 
-impl Evaluator for CpuEvaluator {
-    fn evaluate(
+impl CpuEvaluator {
+    fn evaluate_one(
         &self,
         model: &Model,
         params: &Params,
@@ -277,6 +276,22 @@ impl Evaluator for CpuEvaluator {
             kernel_times: Vec::new(),
         })
     }
+}
+
+impl Evaluator for CpuEvaluator {
+    fn evaluate_many(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilons: &[f64],
+        range: Range<usize>,
+    ) -> Result<Vec<Evaluation>> {
+        epsilons
+            .iter()
+            .map(|&e| self.evaluate_one(model, params, data, e, range.clone()))
+            .collect()
+    }
 
     fn precision(&self) -> &'static str {
         if self.precision == Precision::F64Plain {
@@ -306,30 +321,6 @@ struct GpuOrCpu {
 
 #[cfg(feature = "gpu")]
 impl Evaluator for GpuOrCpu {
-    fn evaluate(
-        &self,
-        model: &Model,
-        params: &Params,
-        data: &Data,
-        epsilon: f64,
-        range: Range<usize>,
-    ) -> Result<Evaluation> {
-        match self
-            .gpu
-            .evaluate(model, params, data, epsilon, range.clone())
-        {
-            Err(Error::Gpu(why)) => {
-                let mut e = self.cpu.evaluate(model, params, data, epsilon, range)?;
-                e.notes.push(format!(
-                    "the GPU could not do it ({why}); fell back to the CPU {} evaluator",
-                    e.precision
-                ));
-                Ok(e)
-            }
-            other => other,
-        }
-    }
-
     fn precision(&self) -> &'static str {
         self.gpu.precision()
     }
@@ -374,19 +365,6 @@ struct Noted<E> {
 }
 
 impl<E: Evaluator> Evaluator for Noted<E> {
-    fn evaluate(
-        &self,
-        model: &Model,
-        params: &Params,
-        data: &Data,
-        epsilon: f64,
-        range: Range<usize>,
-    ) -> Result<Evaluation> {
-        let mut e = self.inner.evaluate(model, params, data, epsilon, range)?;
-        e.notes.push(self.note.clone());
-        Ok(e)
-    }
-
     fn precision(&self) -> &'static str {
         self.inner.precision()
     }

@@ -67,31 +67,7 @@ impl GpuEvaluator {
     }
 }
 
-impl GpuEvaluator {
-    fn options(&self, model: &Model, range: Range<usize>) -> EvalOptions {
-        EvalOptions {
-            max_chunk: self.max_chunk,
-            range: (range != (0..model.n_params())).then_some(range),
-            timings: self.timings,
-            ..EvalOptions::default()
-        }
-    }
-}
-
 impl Evaluator for GpuEvaluator {
-    fn evaluate(
-        &self,
-        model: &Model,
-        params: &Params,
-        data: &Data,
-        epsilon: f64,
-        range: Range<usize>,
-    ) -> Result<Evaluation> {
-        let opts = self.options(model, range);
-        self.context
-            .evaluate(model, params, data, epsilon, self.precision, opts)
-    }
-
     fn evaluate_many(
         &self,
         model: &Model,
@@ -100,7 +76,12 @@ impl Evaluator for GpuEvaluator {
         epsilons: &[f64],
         range: Range<usize>,
     ) -> Result<Vec<Evaluation>> {
-        let opts = self.options(model, range);
+        let opts = EvalOptions {
+            max_chunk: self.max_chunk,
+            range: (range != (0..model.n_params())).then_some(range),
+            timings: self.timings,
+            ..EvalOptions::default()
+        };
         self.context
             .evaluate_many(model, params, data, epsilons, self.precision, opts)
     }
