@@ -42,6 +42,8 @@ struct Job {
     list_off: u32,   // fused: kinks-buffer offset of the layer's work list (count, then k's)
     scratch_w: u32,  // fused_exact: widest layer after l (each thread's two scratch vectors)
     threads: u32,    // fused_exact: threads of the grid-stride loop
+    j_begin: u32,    // fused: the samples of this dispatch, [j_begin, j_end) (see `Running`)
+    j_end: u32,
 }
 
 // Model buffer: header [0] ε, [1] λ/(2m), [2] Σ‖W‖², [3] the shortcut's margin, [4..]

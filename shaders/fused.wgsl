@@ -21,11 +21,17 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let m = job.m;
     let st = fused_step(k);
+    let slot = 2u * st.p + k % 2u;
     fz_mode = select(2u, 1u, job.is_output == 1u);
-    var s: real = 0.0;
-    var comp: real = 0.0;
-    var mag: real = 0.0;
-    for (var j = 0u; j < m; j++) {
+    let run = window_start(slot);
+    if (run.mag < 0.0) {
+        // Put on the work list in an earlier window: `fused_exact` redoes it whole.
+        return;
+    }
+    var s = run.s;
+    var comp = run.comp;
+    var mag = run.mag;
+    for (var j = job.j_begin; j < job.j_end; j++) {
         let dz = step_dz(st, j);
         if (dz == 0.0) {
             continue;
@@ -44,8 +50,10 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
             if (job.sc_v == 0u || !inside_shortcut(at, t)) {
                 // The whole perturbation goes to `fused_exact`, which decides every sample
                 // of it again itself (so no sample is counted twice or lost).
-                let slot = atomicAdd(&kinks[job.list_off], 1u);
-                atomicStore(&kinks[job.list_off + 1u + slot], k);
+                let at_list = atomicAdd(&kinks[job.list_off], 1u);
+                atomicStore(&kinks[job.list_off + 1u + at_list], k);
+                // Marks it listed for this kernel's later windows (fused_exact overwrites).
+                results[2u * job.n_params + slot] = -1.0;
                 return;
             }
             fz_mode = 2u;
@@ -56,7 +64,7 @@ fn fused_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         add_compensated(&s, &comp, v);
         mag += abs(v);
     }
-    finish_delta(2u * st.p + k % 2u, st.p, st.is_w, st.d, s + comp, mag);
+    window_end(slot, st, Running(s, comp, mag));
 }
 
 // The shortcut's v·t (mode 2 of `out_dz`).

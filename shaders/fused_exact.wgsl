@@ -33,10 +33,12 @@ fn fused_exact(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 fn exact_perturbation(k: u32, go_on: bool, scratch: u32) {
     let m = job.m;
     let st = fused_step(k);
-    var s: real = 0.0;
-    var comp: real = 0.0;
-    var mag: real = 0.0;
-    for (var j = 0u; j < m; j++) {
+    let slot = 2u * st.p + k % 2u;
+    let run = window_start(slot);
+    var s = run.s;
+    var comp = run.comp;
+    var mag = run.mag;
+    for (var j = job.j_begin; j < job.j_end; j++) {
         let dz = step_dz(st, j);
         if (dz == 0.0) {
             continue;
@@ -60,7 +62,7 @@ fn exact_perturbation(k: u32, go_on: bool, scratch: u32) {
         add_compensated(&s, &comp, v);
         mag += abs(v);
     }
-    finish_delta(2u * st.p + k % 2u, st.p, st.is_w, st.d, s + comp, mag);
+    window_end(slot, st, Running(s, comp, mag));
 }
 
 // The output's Δz of the fused modes (see `out_dz`): v·t, or the exact path's vector.

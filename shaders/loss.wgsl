@@ -105,6 +105,39 @@ fn finish_delta(slot: u32, p: u32, is_w: bool, d: real, sum: real, abs_sum: real
     results[2u * job.n_params + slot] = mag;
 }
 
+// A fused kernel's running sums for one perturbation. An adapter that caps the loop
+// iterations of one invocation (Mesa's llvmpipe: 65,535 over all loops, then every loop
+// silently exits) gets the samples in windows [job.j_begin, job.j_end), one dispatch each;
+// each window continues the compensated sum where the last one stopped (kept in results: the
+// sum at slot, the magnitude at 2N + slot, the carry at 4N + slot), so the sum and its
+// order are exactly those of one pass.
+struct Running {
+    s: real,
+    comp: real,
+    mag: real,
+}
+
+fn window_start(slot: u32) -> Running {
+    var r: Running;
+    if (job.j_begin > 0u) {
+        r.s = results[slot];
+        r.mag = results[2u * job.n_params + slot];
+        r.comp = results[4u * job.n_params + slot];
+    }
+    return r;
+}
+
+// After the window: keep the running sums, or after the last one write ΔJ and magnitude.
+fn window_end(slot: u32, st: Step, r: Running) {
+    if (job.j_end < job.m) {
+        results[slot] = r.s;
+        results[2u * job.n_params + slot] = r.mag;
+        results[4u * job.n_params + slot] = r.comp;
+        return;
+    }
+    finish_delta(slot, st.p, st.is_w, st.d, r.s + r.comp, r.mag);
+}
+
 // Neumaier's compensated sum: adds v to (*sum, *carry); the value is *sum + *carry.
 fn add_compensated(sum: ptr<function, real>, carry: ptr<function, real>, v: real) {
     let t = *sum + v;

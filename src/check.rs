@@ -313,6 +313,7 @@ impl GradCheck {
             threshold,
             m: data.m(),
             growth: crate::verdict::growth(model.layout()),
+            terms: Some(&cpu::term_sizes(model, params, data)),
         });
         diagnose::dropout_slips(model, params, data, grad, &mut report.tensors);
         Ok(report)
@@ -402,6 +403,7 @@ impl GradCheck {
             threshold,
             m: data.m(),
             growth: crate::verdict::growth(model.layout()),
+            terms: None,
         });
         // Kinks are not tracked along random directions: only a clean pass counts.
         let directions: Vec<Direction> = analytic

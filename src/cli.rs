@@ -233,6 +233,9 @@ fn run_merge(a: MergeArgs) -> Result<ExitCode> {
         threshold,
         m: p.data.m(),
         growth: gradcheck::verdict::growth(p.model.layout()),
+        terms: Some(&gradcheck::eval::cpu::term_sizes(
+            &p.model, &p.params, &p.data,
+        )),
     });
     gradcheck::diagnose::dropout_slips(
         &p.model,

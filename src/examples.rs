@@ -67,6 +67,7 @@ pub fn one_d_report(gc: &GradCheck) -> Result<Report> {
         threshold,
         m: 1,
         growth: crate::verdict::growth(&layout),
+        terms: None,
     });
     r.notes.push(
         "built-in example: the seed notebook's 1-D case J(θ) = θ·x, x = 2, θ = 4 (always on the CPU)"

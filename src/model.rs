@@ -48,6 +48,19 @@ impl Activation {
         }
     }
 
+    /// The size of the terms the textbook formula for g' combines: what its rounding is
+    /// relative to. 1 − A² (tanh) from an A rounded by u has an absolute error of about
+    /// 2u·A², and A·(1 − A) (sigmoid) about u·A², however small g' is: near saturation
+    /// (|A| → 1) that is a large relative error of a correct backprop, which the verdict's
+    /// allowance for the analytic side must cover. ≥ |g'(z)| everywhere.
+    pub fn derivative_term_size(self, z: f64, a: f64) -> f64 {
+        match self {
+            Activation::Sigmoid => a.abs(),
+            Activation::Tanh => 1.0 + a * a,
+            _ => self.derivative(z, a).abs(),
+        }
+    }
+
     /// g'(z) expressed through z and a = g(z) (whichever is cheaper/more accurate).
     pub fn derivative(self, z: f64, a: f64) -> f64 {
         match self {

@@ -32,6 +32,7 @@
 
 use serde::Serialize;
 
+use crate::eval::cpu::TermSizes;
 use crate::eval::{Evaluation, KINK_MINUS, KINK_PLUS};
 use crate::metric::difference;
 use crate::model::{ParamLayout, TensorKind};
@@ -278,6 +279,10 @@ pub struct TensorReport {
     pub wrong: usize,
     /// Elements between 1 and [`FAIL_MARGIN`] bounds off.
     pub suspicious: usize,
+    /// Nonzero elements judged consistent whose own bound exceeds [`RESOLUTION`] of their
+    /// value: a 1 % error of such an element alone would not have shown; it was checked
+    /// only as part of the tensor (the tensor's resolution covers it).
+    pub coarse: usize,
     /// The k elements furthest from their numeric gradient, in bounds.
     pub worst: Vec<Worst>,
     /// Why the verdict is not pass (reason and remedy).
@@ -445,6 +450,10 @@ pub struct Evidence<'a> {
     pub m: usize,
     /// Rounding-error growth of the net evaluated ([`growth`] of its layout).
     pub growth: f64,
+    /// Per element, the size of the terms each side sums ([`crate::eval::cpu::term_sizes`]):
+    /// each element's rounding is then bounded by its own terms. Without it (a closure, the
+    /// fast mode's directions) by at least the tensor's RMS term size.
+    pub terms: Option<&'a TermSizes>,
 }
 
 /// One element judged.
@@ -541,6 +550,37 @@ impl Side<'_> {
     }
 }
 
+/// The truncation allowance each element of a tensor shares with its neighbours: half
+/// the largest visible truncation (Richardson signal) among the resolved elements of its
+/// row or of its column, whichever is smaller. Truncation of W[r, c] scales with its row's
+/// curvature times its column's input size (∝ x_c³ for a first layer), so the smaller of
+/// the two maxima still covers the element's own — while a column of tiny inputs is not
+/// drowned by the tensor's largest column. One-column or one-row tensors (biases) share
+/// the tensor's maximum.
+fn truncation_floors(
+    slot: &crate::model::TensorSlot,
+    first: &[Judged],
+    max_signal: f64,
+) -> Vec<f64> {
+    let (rows, cols) = (slot.rows, slot.cols);
+    if rows < 2 || cols < 2 {
+        return vec![0.5 * max_signal; slot.len()];
+    }
+    let signal = |r: usize, c: usize| {
+        let j = &first[slot.offset + r * cols + c];
+        if j.status.resolved() { j.signal } else { 0.0 }
+    };
+    let row_max: Vec<f64> = (0..rows)
+        .map(|r| (0..cols).map(|c| signal(r, c)).fold(0.0, f64::max))
+        .collect();
+    let col_max: Vec<f64> = (0..cols)
+        .map(|c| (0..rows).map(|r| signal(r, c)).fold(0.0, f64::max))
+        .collect();
+    (0..rows * cols)
+        .map(|k| 0.5 * row_max[k / cols].min(col_max[k % cols]))
+        .collect()
+}
+
 /// Adds the truncation estimate from the 2ε difference of the same kind: Richardson's
 /// |g(2ε) − g(ε)|/3 for central differences (error c·ε²), |g(2ε) − g(ε)| for one-sided
 /// ones (c·ε), plus that estimate's own rounding, counted twice.
@@ -576,29 +616,37 @@ impl Rules {
             central: w.gradapprox(2.0 * ev.epsilon),
         });
         let kg = ku * self.gradient_roundoff;
-        // Rounding in either side's dot products is relative to the magnitudes flowing
-        // through them, which are alike across a tensor, not to each element's own value
-        // (a small element can be a large cancellation): every element's rounding bound is
-        // at least that of the tensor's RMS per-sample term size.
-        let mut term_rms = vec![0.0; grad.len()];
-        for slot in layout.tensors() {
-            let r = slot.range();
-            let sq: f64 = r
-                .clone()
-                .map(|i| at.term_size(i, grad[i], at.central[i]))
-                .filter(|t| t.is_finite())
-                .map(|t| t * t)
-                .sum();
-            let rms = (sq / r.len().max(1) as f64).sqrt();
-            term_rms[r].iter_mut().for_each(|v| *v = rms);
-        }
+        // Rounding in either side's sums is relative to the magnitudes flowing through
+        // them, not to each element's own value (a small element can be a large
+        // cancellation): per element, the sizes of its own terms when the model is known
+        // (`terms`); otherwise at least the tensor's RMS per-sample term size.
+        let sizes: Vec<[f64; 2]> = match ev.terms {
+            Some(t) => t
+                .numeric
+                .iter()
+                .zip(&t.analytic)
+                .map(|(&n, &a)| [n, a])
+                .collect(),
+            None => {
+                let mut rms_of = vec![[0.0; 2]; grad.len()];
+                for slot in layout.tensors() {
+                    let r = slot.range();
+                    let sq: f64 = r
+                        .clone()
+                        .map(|i| at.term_size(i, grad[i], at.central[i]))
+                        .filter(|t| t.is_finite())
+                        .map(|t| t * t)
+                        .sum();
+                    let rms = (sq / r.len().max(1) as f64).sqrt();
+                    rms_of[r].iter_mut().for_each(|v| *v = [rms; 2]);
+                }
+                rms_of
+            }
+        };
         // First pass: every element's own truncation estimate; then per tensor a shared
         // allowance and whether its ε is in the asymptotic range; then the verdicts.
         let first: Vec<Judged> = (0..grad.len())
-            .map(|i| {
-                let t = term_rms[i];
-                self.judge_element(i, grad[i], &at, wide.as_ref(), kg, t, 0.0, true)
-            })
+            .map(|i| self.judge_element(i, grad[i], &at, wide.as_ref(), kg, sizes[i], 0.0, true))
             .collect();
         let mut floor = vec![0.0; grad.len()];
         let mut provable = vec![true; grad.len()];
@@ -617,15 +665,24 @@ impl Rules {
                 .sum::<f64>()
                 .sqrt();
             let asymptotic = n_signal <= ASYMPTOTIC * n_value;
-            for i in r {
-                floor[i] = 0.5 * max_signal;
+            let shared = truncation_floors(slot, &first, max_signal);
+            for (i, f) in r.zip(shared) {
+                floor[i] = f;
                 provable[i] = asymptotic;
             }
         }
         let judged: Vec<Judged> = (0..grad.len())
             .map(|i| {
-                let t = term_rms[i];
-                self.judge_element(i, grad[i], &at, wide.as_ref(), kg, t, floor[i], provable[i])
+                self.judge_element(
+                    i,
+                    grad[i],
+                    &at,
+                    wide.as_ref(),
+                    kg,
+                    sizes[i],
+                    floor[i],
+                    provable[i],
+                )
             })
             .collect();
         // The numbers the notebook would print: central (or Richardson) differences.
@@ -724,10 +781,10 @@ impl Rules {
         }
     }
 
-    /// The verdict on element i (see the module doc). `term_rms` is the tensor's RMS
-    /// per-sample term size (a floor for rounding); `floor` is a truncation allowance
-    /// shared by the tensor (half its largest visible truncation: a per-element Richardson
-    /// estimate can cancel by accident); `provable` is false when the tensor's ε is outside
+    /// The verdict on element i (see the module doc). `sizes` are the numeric and analytic
+    /// sides' term sizes (floors for their rounding, see `judge`); `floor` is a truncation
+    /// allowance shared by the element's row or column ([`truncation_floors`]: a
+    /// per-element Richardson estimate can cancel by accident); `provable` is false when the tensor's ε is outside
     /// the range where truncation is predictable (then nothing is proven wrong at it).
     #[allow(clippy::too_many_arguments)]
     fn judge_element(
@@ -737,7 +794,7 @@ impl Rules {
         at: &Side<'_>,
         wide: Option<&Side<'_>>,
         kg: f64,
-        term_rms: f64,
+        sizes: [f64; 2],
         floor: f64,
         provable: bool,
     ) -> Judged {
@@ -813,8 +870,9 @@ impl Rules {
         }
         // Both sides' rounding, at least the tensor's (see `judge`), the nominal-step gap,
         // and underflow of ΔJ.
-        let rounding = est.rounding.max(at.ku * term_rms)
-            + kg * at.term_size(i, g, numeric).max(term_rms)
+        let [numeric_terms, analytic_terms] = sizes;
+        let rounding = est.rounding.max(at.ku * numeric_terms)
+            + kg * at.term_size(i, g, numeric).max(analytic_terms)
             + numeric.abs() * step_error
             + f64::MIN_POSITIVE / at.half_step(i);
         let truncation = est.truncation + floor;
@@ -883,6 +941,13 @@ impl Rules {
             .collect();
         let wrong = count(&|j| j.status == Status::Wrong);
         let suspicious = count(&|j| j.status == Status::Suspicious);
+        let coarse = range
+            .clone()
+            .filter(|&i| {
+                let (j, size) = (&judged[i], grad[i].abs().max(judged[i].numeric.abs()));
+                j.status == Status::Consistent && size > 0.0 && j.bound > RESOLUTION * size
+            })
+            .count();
         let unresolved = range.len() - resolved.len();
         let kinks = range.clone().filter(|&i| ev.eval.kinks[i] != 0).count();
         let one_sided = count(&|j| matches!(j.method, Method::Forward | Method::Backward));
@@ -1076,6 +1141,7 @@ impl Rules {
                 unresolved,
                 wrong,
                 suspicious,
+                coarse,
                 worst,
                 reason,
                 diagnosis: None,
@@ -1105,6 +1171,7 @@ impl Rules {
             threshold,
             m,
             growth: growth(layout),
+            terms: None,
         })
     }
 }

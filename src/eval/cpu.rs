@@ -341,6 +341,107 @@ pub fn backprop_with(
     Grads::new(layout.clone(), values).expect("layout length")
 }
 
+/// Per gradient element, the size of the terms a backprop sums to form it: the same
+/// backward pass with every quantity replaced by its absolute value (|W|ᵀ, |g'|, |inputs|),
+/// so that an element's rounding can be bounded by its own terms — a small element of a
+/// column of tiny inputs gets a tiny bound, and one formed with cancellation a large one —
+/// instead of by a tensor-wide floor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TermSizes {
+    /// The analytic side: as the textbook formulas compute it from the rounded forward
+    /// pass (A − Y from A and Y, 1 − A² and A·(1 − A) from A: see
+    /// [`Activation::derivative_term_size`]); saturated units make these large.
+    pub analytic: Vec<f64>,
+    /// The numeric side: the per-sample derivatives' own terms (|dZ_L|, |g'|), what the
+    /// Δ path's per-sample changes are summed from.
+    pub numeric: Vec<f64>,
+}
+
+/// [`TermSizes`] of every parameter at θ.
+pub fn term_sizes(model: &Model, params: &Params, data: &Data) -> TermSizes {
+    let fwd = forward(model, params, data);
+    TermSizes {
+        analytic: abs_backprop(model, params, data, &fwd, true),
+        numeric: abs_backprop(model, params, data, &fwd, false),
+    }
+}
+
+/// [`backprop`] in absolute values (`formula_terms`: the analytic side's, see [`TermSizes`]).
+fn abs_backprop(
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    fwd: &Forward,
+    formula_terms: bool,
+) -> Vec<f64> {
+    let depth = model.depth();
+    let m = data.m() as f64;
+    let out = depth - 1;
+    let (zl, al) = (&fwd.z[out], &fwd.a[out]);
+    let g_out = model.activation(out);
+    // |dJ/dZ_L|·m, or the sizes of what it is formed from.
+    let mut dz: Array2<f64> = Array2::zeros(zl.raw_dim());
+    for j in 0..zl.ncols() {
+        let ysum: f64 = data.y.column(j).sum();
+        let col = zl.column(j);
+        let mx = col.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let se: f64 = col.iter().map(|v| (v - mx).exp()).sum();
+        for i in 0..zl.nrows() {
+            let (z, a, y) = (zl[[i, j]], al[[i, j]], data.y[[i, j]]);
+            dz[[i, j]] = match (model.loss(), formula_terms) {
+                (Loss::BinaryCrossEntropy, false) => (a - y).abs(),
+                (Loss::BinaryCrossEntropy, true) => a.abs() + y.abs(),
+                (Loss::SoftmaxCrossEntropy, false) => ((z - mx).exp() / se * ysum - y).abs(),
+                (Loss::SoftmaxCrossEntropy, true) => ((z - mx).exp() / se * ysum).abs() + y.abs(),
+                (Loss::MeanSquaredError, false) => (a - y).abs() * g_out.derivative(z, a).abs(),
+                (Loss::MeanSquaredError, true) => {
+                    (a.abs() + y.abs()) * g_out.derivative_term_size(z, a)
+                }
+            };
+        }
+    }
+    let mut values = vec![0.0; model.n_params()];
+    let layout = model.layout();
+    for l in (0..depth).rev() {
+        let input = if l == 0 {
+            data.x.mapv(f64::abs)
+        } else {
+            fwd.a[l - 1].mapv(f64::abs)
+        };
+        let mut dw = dz.dot(&input.t()) * (1.0 / m);
+        let w_abs = params.weight(l).mapv(f64::abs);
+        if model.l2() != 0.0 {
+            dw.scaled_add(model.l2() / m, &w_abs);
+        }
+        let db = dz.sum_axis(Axis(1)) * (1.0 / m);
+        for (v, d) in values[layout.weight(l).range()].iter_mut().zip(dw.iter()) {
+            *v = *d;
+        }
+        for (v, d) in values[layout.bias(l).range()].iter_mut().zip(db.iter()) {
+            *v = *d;
+        }
+        if l > 0 {
+            let g = model.activation(l - 1);
+            let mut da = w_abs.t().dot(&dz);
+            if let Some(f) = mask(data, l - 1) {
+                da *= &f.mapv(f64::abs);
+            }
+            ndarray::Zip::from(&mut da)
+                .and(&fwd.z[l - 1])
+                .for_each(|d, &z| {
+                    let a = g.apply(z);
+                    *d *= if formula_terms {
+                        g.derivative_term_size(z, a)
+                    } else {
+                        g.derivative(z, a).abs()
+                    };
+                });
+            dz = da;
+        }
+    }
+    values
+}
+
 /// J(θ ± ε·e_i) for a range of parameters, plus which of them cross an activation kink.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Perturbed {

@@ -19,6 +19,8 @@ pub struct GpuContext {
     pub(super) has_timestamps: bool,
     pub(super) lost: Arc<AtomicBool>,
     pub(super) pipelines: Mutex<HashMap<bool, Arc<Pipelines>>>,
+    /// Loop iterations one invocation may run in all ([`GpuContext::loop_cap`]), probed once.
+    loop_cap: OnceLock<u32>,
 }
 
 /// One adapter as `gradcheck devices` shows it.
@@ -165,6 +167,7 @@ impl GpuContext {
             has_timestamps,
             lost,
             pipelines: Mutex::new(HashMap::new()),
+            loop_cap: OnceLock::new(),
         })
     }
 
@@ -200,6 +203,80 @@ impl GpuContext {
     /// Whether kernel times can be measured (TIMESTAMP_QUERY).
     pub fn has_timestamps(&self) -> bool {
         self.has_timestamps
+    }
+
+    /// How many loop iterations one shader invocation may run in all before the driver
+    /// ends its loops (silently): Mesa's llvmpipe stops every loop of an invocation after
+    /// 65,535 iterations shared by all of its loops, which a thread summing thousands of
+    /// samples reaches. Measured once per adapter by a probe that counts to 2²⁰
+    /// (`u32::MAX` when it gets there: no cap seen); the fused kernels split their samples
+    /// into windows within it.
+    pub fn loop_cap(&self) -> Result<u32> {
+        if let Some(&c) = self.loop_cap.get() {
+            return Ok(c);
+        }
+        const TARGET: u32 = 1 << 20;
+        let src = "@group(0) @binding(0) var<storage, read_write> io: array<u32>;
+@compute @workgroup_size(1)
+fn count() {
+    var n = 0u;
+    for (var i = 0u; i < io[0]; i++) {
+        n += io[1];
+    }
+    io[2] = n;
+}";
+        let dev = &self.device;
+        let scope = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = dev.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("loop cap probe"),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        });
+        let pipeline = dev.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("loop cap probe"),
+            layout: None,
+            module: &module,
+            entry_point: Some("count"),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        let io = wgpu::util::DeviceExt::create_buffer_init(
+            dev,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("loop cap probe"),
+                contents: bytemuck::cast_slice(&[TARGET, 1, 0, 0]),
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            },
+        );
+        let staging = dev.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("loop cap readback"),
+            size: 16,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let group = dev.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: io.as_entire_binding(),
+            }],
+        });
+        let mut enc = dev.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &group, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        enc.copy_buffer_to_buffer(&io, 0, &staging, 0, 16);
+        self.queue.submit([enc.finish()]);
+        let out: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&staging)?);
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("internal: the loop probe failed: {e}")));
+        }
+        let counted = out[2];
+        let cap = if counted >= TARGET { u32::MAX } else { counted };
+        Ok(*self.loop_cap.get_or_init(|| cap))
     }
 
     /// Maps a MAP_READ buffer after the last submission and copies its bytes out.

@@ -110,6 +110,9 @@ pub struct EvalOptions {
     pub staged_only: bool,
     /// Measure every kernel's device time (timestamp queries, where the adapter has them).
     pub timings: bool,
+    /// Loop iterations per invocation to plan for instead of the adapter's
+    /// ([`GpuContext::loop_cap`]); tests force small sample windows with it.
+    pub loop_budget: Option<u32>,
 }
 
 /// f32 or f64 on the device.

@@ -54,6 +54,8 @@ pub(super) struct Job {
     pub(super) list_off: u32,
     pub(super) scratch_w: u32,
     pub(super) threads: u32,
+    pub(super) j_begin: u32,
+    pub(super) j_end: u32,
 }
 
 /// Workgroup width of the 1-D kernels, and the tile of `dense` (shaders agree).

@@ -326,9 +326,10 @@ impl GpuContext {
         } else {
             mk("base", base_len)
         };
-        // J± (plain) or ΔJ± then Σ|Δloss|/m (Δ path), plus even and minus odd.
+        // J± (plain) or ΔJ± then Σ|Δloss|/m (Δ path), plus even and minus odd; on the Δ
+        // path the fused kernels' carries follow (read back: the first 4N).
         let results_reals = if delta { 4 * n } else { 2 * n };
-        let results = mk("results", results_reals);
+        let results = mk("results", if delta { 6 * n } else { results_reals });
         let readback = |label: &str, size: u64| {
             dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
@@ -359,8 +360,15 @@ impl GpuContext {
             out_a: a_off[out] as u32,
             out_act: model.activation(out).code(),
             out_slope: (slope_at + out) as u32,
+            j_end: m as u32,
             ..Job::default()
         };
+        let budget = match opts.loop_budget {
+            Some(b) => b,
+            None => self.loop_cap()?,
+        };
+        let windows =
+            |per_sample: u64, per_thread: u64| sample_windows(budget, m, per_sample, per_thread);
         let param_off = |i: usize| (theta_off + i) as u32;
         // A stage computing layer q: its activation, sizes, W and b, input, base Z/A and
         // dropout factors (each kernel reads the ones it needs).
@@ -411,7 +419,9 @@ impl GpuContext {
             j.total = to_u32(2 * range.len(), "perturbations of a layer")?;
             if l + 1 == depth {
                 let (gx, gy) = grid(j.total);
-                jobs.push(Dispatch::new("fused_delta", j, gx, gy));
+                for w in windows(loop_cost_per_sample(&sizes, l, false), 1)? {
+                    jobs.push(Dispatch::new("fused_delta", windowed(j, w), gx, gy));
+                }
                 continue;
             }
             let width = sizes[l + 2..].iter().copied().max().expect("a later layer");
@@ -433,11 +443,16 @@ impl GpuContext {
                 j.list_off = to_u32(kinks_len, "work list offset")?;
                 kinks_len += 1 + 2 * range.len();
                 let (gx, gy) = grid(j.total);
-                jobs.push(Dispatch::new("fused_delta", j, gx, gy));
+                for w in windows(loop_cost_per_sample(&sizes, l, false), 1)? {
+                    jobs.push(Dispatch::new("fused_delta", windowed(j, w), gx, gy));
+                }
                 // cols = 1: redo fused_delta's work list.
                 j.cols = 1;
             }
-            jobs.push(Dispatch::new("fused_exact", j, ex, ey));
+            let per_thread = (2 * range.len()).div_ceil(j.threads as usize) as u64;
+            for w in windows(loop_cost_per_sample(&sizes, l, true), per_thread)? {
+                jobs.push(Dispatch::new("fused_exact", windowed(j, w), ex, ey));
+            }
         }
         to_u32(kinks_len, "kinks buffer length")?;
         let kinks = dev.create_buffer(&wgpu::BufferDescriptor {
@@ -497,6 +512,18 @@ impl GpuContext {
             &staged,
         )?;
         let mut jobs: Vec<Dispatch> = Vec::new();
+        if !plan.chunks.is_empty() || !delta {
+            // The staged kernels loop over the samples (reduce) and a layer's inputs
+            // within one invocation: no windows there, so refuse what the cap cuts short.
+            let widest = sizes.iter().copied().max().unwrap_or(1);
+            let longest = (m.max(widest) as u64) * 2 + 64;
+            if longest > u64::from(budget) {
+                return Err(Error::Gpu(format!(
+                    "{} ends every loop of a shader invocation after {budget} iterations, and the staged kernels (the plain precisions) would need {longest} for m = {m} samples and layers up to {widest} wide: use --precision f64 or f32 (the fused Δ path splits its samples to fit), or --backend cpu",
+                    self.info.name
+                )));
+            }
+        }
         for l in (0..depth).filter(|_| !delta) {
             let mut j = at_layer(common, l);
             j.total = to_u32(sizes[l + 1] * m, "layer size × m")?;
@@ -691,6 +718,57 @@ impl GpuContext {
             kernel_times: Vec::new(),
         })
     }
+}
+
+/// Upper bound of the loop iterations a fused kernel runs per sample (see
+/// [`GpuContext::loop_cap`]): the loss (softmax's "others" sums are n² at worst; every f64
+/// log may run its two scaling loops, up to 26 iterations) and, for `fused_exact`, the
+/// layer-by-layer products after layer l (ΔA, then each output unit's dot product).
+fn loop_cost_per_sample(sizes: &[usize], l: usize, exact: bool) -> u64 {
+    let depth = sizes.len() - 1;
+    let n = sizes[depth] as u64;
+    let mut cost = 4 + (n + 2) * (n + 2) + 60 * n + 30;
+    if exact {
+        cost += sizes[l + 2] as u64 + 1;
+        for q in l + 2..depth {
+            let (w_in, w_out) = (sizes[q] as u64, sizes[q + 1] as u64);
+            cost += (w_in + 1) + (w_out + 1) + w_out * (w_in + 2);
+        }
+    }
+    cost
+}
+
+/// The fused kernels' sample windows: [0, m) whole where the adapter has no loop cap,
+/// else windows whose loop iterations (per sample × perturbations per thread × samples) stay
+/// within three quarters of the cap (the rest for the kernels' own bookkeeping loops).
+fn sample_windows(
+    budget: u32,
+    m: usize,
+    per_sample: u64,
+    per_thread: u64,
+) -> Result<Vec<(u32, u32)>> {
+    if budget == u32::MAX {
+        return Ok(vec![(0, m as u32)]);
+    }
+    let usable = (u64::from(budget) * 3 / 4).saturating_sub(per_thread * 8);
+    let width = usable / (per_sample * per_thread.max(1));
+    if width == 0 {
+        return Err(Error::Gpu(format!(
+            "one sample of this net needs about {} loop iterations in one shader invocation, more than this adapter allows ({budget}, a software adapter's limit): use --backend cpu",
+            per_sample * per_thread.max(1)
+        )));
+    }
+    let width = width as usize;
+    Ok((0..m)
+        .step_by(width)
+        .map(|j| (j as u32, (j + width).min(m) as u32))
+        .collect())
+}
+
+/// `job` over the samples `[w.0, w.1)`.
+fn windowed(mut job: Job, w: (u32, u32)) -> Job {
+    (job.j_begin, job.j_end) = w;
+    job
 }
 
 /// One recorded dispatch: kernel, its Job, which batch buffer is its source, grid.
