@@ -184,6 +184,16 @@ pub fn render_text(r: &Report) -> String {
                 t.shape[0] * t.shape[1]
             );
         }
+        if t.coarse > 0 && t.passed {
+            let _ = writeln!(
+                s,
+                "{:<8} ↳ {} of {} elements checked only as part of the tensor (each one's own bound exceeds {} % of its value)",
+                "",
+                t.coarse,
+                t.shape[0] * t.shape[1],
+                100.0 * gradcheck_resolution()
+            );
+        }
     }
     if !r.timings.kernels.is_empty() {
         let device: f64 = r.timings.kernels.iter().map(|k| k.seconds).sum();
@@ -205,6 +215,11 @@ pub fn render_text(r: &Report) -> String {
         }
     }
     s
+}
+
+/// [`crate::verdict::RESOLUTION`], as the text prints it.
+fn gradcheck_resolution() -> f64 {
+    crate::verdict::RESOLUTION
 }
 
 /// A duration as people read it: 12.3 µs, 4.56 ms, 1.23 s.

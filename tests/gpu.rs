@@ -697,6 +697,9 @@ fn delta_path_shards_merge_into_the_whole_report() {
         threshold: 1e-6,
         m: p.data.m(),
         growth: gradcheck::verdict::growth(p.model.layout()),
+        terms: Some(&gradcheck::eval::cpu::term_sizes(
+            &p.model, &p.params, &p.data,
+        )),
     });
     assert_eq!(merged.difference, whole.difference);
     assert_eq!(merged.plus, whole.plus);

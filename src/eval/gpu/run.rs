@@ -419,7 +419,7 @@ impl GpuContext {
             j.total = to_u32(2 * range.len(), "perturbations of a layer")?;
             if l + 1 == depth {
                 let (gx, gy) = grid(j.total);
-                for w in windows(loop_cost_per_sample(&sizes, l, false), 1)? {
+                for w in windows(loop_cost_per_sample(sizes, l, false), 1)? {
                     jobs.push(Dispatch::new("fused_delta", windowed(j, w), gx, gy));
                 }
                 continue;
@@ -443,14 +443,14 @@ impl GpuContext {
                 j.list_off = to_u32(kinks_len, "work list offset")?;
                 kinks_len += 1 + 2 * range.len();
                 let (gx, gy) = grid(j.total);
-                for w in windows(loop_cost_per_sample(&sizes, l, false), 1)? {
+                for w in windows(loop_cost_per_sample(sizes, l, false), 1)? {
                     jobs.push(Dispatch::new("fused_delta", windowed(j, w), gx, gy));
                 }
                 // cols = 1: redo fused_delta's work list.
                 j.cols = 1;
             }
             let per_thread = (2 * range.len()).div_ceil(j.threads as usize) as u64;
-            for w in windows(loop_cost_per_sample(&sizes, l, true), per_thread)? {
+            for w in windows(loop_cost_per_sample(sizes, l, true), per_thread)? {
                 jobs.push(Dispatch::new("fused_exact", windowed(j, w), ex, ey));
             }
         }
