@@ -152,6 +152,20 @@ pub fn diagnose_tensor(
     m: usize,
     resolution: f64,
 ) -> Option<Diagnosis> {
+    diagnose_tensor_with(slot, a, n, m, resolution, None)
+}
+
+/// [`diagnose_tensor`], with the elements the error model judged wrong (when known): "wrong
+/// in k of n" then counts those, not every element a relative tolerance flags (at a large ε
+/// truncation alone moves many elements past such a tolerance).
+fn diagnose_tensor_with(
+    slot: &TensorSlot,
+    a: &[f64],
+    n: &[f64],
+    m: usize,
+    resolution: f64,
+    judged_wrong: Option<&[bool]>,
+) -> Option<Diagnosis> {
     let gname = format!("d{}", slot.name);
     let bad = a.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
@@ -237,7 +251,10 @@ pub fn diagnose_tensor(
     let scale = (nn * nn / n.len().max(1) as f64).sqrt();
     let tol = ELEMENT_TOLERANCE * scale + 1e-12;
     let wrong: Vec<usize> = (0..a.len())
-        .filter(|&i| (a[i] - n[i]).abs() > tol)
+        .filter(|&i| match judged_wrong {
+            Some(w) => w[i],
+            None => (a[i] - n[i]).abs() > tol,
+        })
         .collect();
     if wrong.is_empty() {
         return None;
@@ -277,7 +294,9 @@ pub fn diagnose_report(report: &mut Report, layout: &ParamLayout, grad: &[f64], 
     for (t, slot) in report.tensors.iter_mut().zip(layout.tensors()) {
         if t.verdict == Verdict::Fail {
             let r = slot.range();
-            t.diagnosis = diagnose_tensor(slot, &grad[r.clone()], &approx[r], m, t.resolution);
+            let wrong = report.wrong_elements.get(r.clone());
+            t.diagnosis =
+                diagnose_tensor_with(slot, &grad[r.clone()], &approx[r], m, t.resolution, wrong);
         }
     }
     let approx = std::mem::take(&mut report.gradapprox);

@@ -381,6 +381,10 @@ pub struct Report {
     /// Every J(θ − ε·e_i) (ΔJ on the Δ paths; omitted from JSON).
     #[serde(skip)]
     pub minus: Vec<f64>,
+    /// Per element, whether it was judged wrong (beyond [`FAIL_MARGIN`] bounds: what the
+    /// diagnoses' "wrong in k of n" counts; omitted from JSON).
+    #[serde(skip)]
+    pub wrong_elements: Vec<bool>,
 }
 
 /// One random direction of the fast mode.
@@ -778,6 +782,7 @@ impl Rules {
             gradapprox: approx,
             plus: eval.plus.clone(),
             minus: eval.minus.clone(),
+            wrong_elements: judged.iter().map(|j| j.status == Status::Wrong).collect(),
         }
     }
 

@@ -791,3 +791,73 @@ fn a_column_of_tiny_inputs_is_checked_by_its_own_bounds() {
         }
     }
 }
+
+#[test]
+fn float32_gradients_saved_as_float64_are_judged_as_float32() {
+    // Correct gradients rounded to float32 and saved as float64 used to FAIL on every
+    // element with no hint. They pass, with a note; a 1 % error in them still fails.
+    let spec = ModelSpec {
+        layers: vec![6, 5, 3],
+        activations: vec!["tanh".parse().unwrap(), "softmax".parse().unwrap()],
+        loss: Loss::SoftmaxCrossEntropy,
+        l2: 0.0,
+        dropout: None,
+    };
+    let (model, params, data) = random_problem(spec, 16, 3).unwrap();
+    let exact = textbook_grads(&model, &params, &data);
+    let mut as_f32 = exact.clone();
+    as_f32.as_mut_slice().iter_mut().for_each(|v| *v = f64::from(*v as f32));
+    assert!(gradcheck::check::float32_in_disguise(as_f32.as_slice()));
+    assert!(!gradcheck::check::float32_in_disguise(exact.as_slice()));
+    assert!(!gradcheck::check::float32_in_disguise(&[0.0, 1.0, -2.5, 0.125]));
+    let r = cpu_check(Precision::F64, None, &model, &params, &data, &as_f32);
+    assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reasons);
+    assert!(r.notes.iter().any(|n| n.contains("float32")), "{:?}", r.notes);
+    // The bug computed in float32 too.
+    let mut bad = scaled(&as_f32, "W2", 1.01);
+    bad.as_mut_slice().iter_mut().for_each(|v| *v = f64::from(*v as f32));
+    let r = cpu_check(Precision::F64, None, &model, &params, &data, &bad);
+    assert_eq!(r.verdict, Verdict::Fail);
+    assert_eq!(common::failing(&r), ["W2"]);
+    // Real float64 gradients carry no such note.
+    let r = cpu_check(Precision::F64, None, &model, &params, &data, &exact);
+    assert!(r.notes.iter().all(|n| !n.contains("float32")), "{:?}", r.notes);
+}
+
+#[test]
+fn where_counts_only_elements_proven_wrong() {
+    // One wrong element of 2,163 at ε large enough for many ReLU kinks: "wrong in k of n"
+    // used to count every element whose central difference (meaningless across a kink)
+    // was past a relative tolerance (80 of 50,000 in the audit).
+    let spec = ModelSpec {
+        layers: vec![50, 40, 3],
+        activations: vec!["relu".parse().unwrap(), "softmax".parse().unwrap()],
+        loss: Loss::SoftmaxCrossEntropy,
+        l2: 0.0,
+        dropout: None,
+    };
+    let (model, params, data) = random_problem(spec, 12, 8).unwrap();
+    let good = cpu::backprop(&model, &params, &data);
+    let mut bad = good.clone();
+    let w1 = tensor_range(&good, "W1");
+    let big = w1
+        .clone()
+        .max_by(|&a, &b| good.as_slice()[a].abs().total_cmp(&good.as_slice()[b].abs()))
+        .unwrap();
+    bad.as_mut_slice()[big] *= 1.5;
+    let mut failed = 0;
+    for eps in [1e-7, 1e-3, 1e-2, 3e-2] {
+        let mut gc = GradCheck::new().backend(Backend::Cpu).epsilon(eps);
+        gc.auto_epsilon = false;
+        let r = gc.run(&model, &params, &data, &bad).unwrap();
+        let t = &r.tensors[0];
+        assert_ne!(t.verdict, Verdict::Pass, "ε={eps}");
+        if t.verdict == Verdict::Fail {
+            failed += 1;
+            assert_eq!(t.wrong, 1, "ε={eps}: {t:?}");
+            let d = t.diagnosis.as_ref().expect("a failing tensor is diagnosed");
+            assert!(d.message.contains("wrong in 1 of 2000"), "ε={eps}: {}", d.message);
+        }
+    }
+    assert!(failed >= 2, "the planted element failed at {failed} ε");
+}
