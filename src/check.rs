@@ -282,6 +282,19 @@ impl GradCheck {
                         "re-checked at ε = {e2:e}: still inconclusive ({})",
                         retry.reasons.first().cloned().unwrap_or_default()
                     ));
+                    // Suggest only an ε not tried yet, and no still smaller one for kinks
+                    // a 1000× smaller ε did not separate: θ sits on those exactly.
+                    let tried = |e: f64| [epsilon, e2].iter().any(|t| (t - e).abs() <= 1e-9 * t);
+                    let kinks_stayed = e2 < epsilon && retry.unresolved > 0;
+                    report.suggested_epsilon = retry
+                        .suggested_epsilon
+                        .filter(|&e| !tried(e) && !(kinks_stayed && e < e2));
+                    if report.suggested_epsilon.is_none() && retry.unresolved > 0 {
+                        report.notes.push(format!(
+                            "{} element(s) stayed unresolved at ε = {epsilon:e} and {e2:e}: a smaller ε does not separate an exact kink (a unit at z = 0); there the one-sided derivatives bound the valid subgradients, and --kinks include judges the central difference anyway",
+                            retry.unresolved
+                        ));
+                    }
                 }
             }
         }

@@ -1199,7 +1199,7 @@ fn dominant_reason(statuses: impl Iterator<Item = Status>) -> &'static str {
         }
     }
     let texts = [
-        "both ±ε steps cross a ReLU kink: a smaller ε separates them",
+        "both ±ε steps cross a ReLU kink: a smaller ε separates them, unless a unit sits exactly at z = 0",
         "a ReLU kink lies within 2ε, so the truncation error cannot be estimated: a smaller ε",
         "the cost is not finite at θ ± ε (a saturated output in the notebook's arithmetic: --precision f64 computes it stably)",
         "ε is below the resolution of θ: θ ± ε rounds to θ; use a larger ε or --precision f64 (the Δ path takes exact steps)",

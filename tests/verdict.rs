@@ -861,3 +861,35 @@ fn where_counts_only_elements_proven_wrong() {
     }
     assert!(failed >= 2, "the planted element failed at {failed} ε");
 }
+
+#[test]
+fn an_exact_kink_is_not_sent_back_to_an_epsilon_already_tried() {
+    // b1's unit sits at z = 0 for one sample and at z = 1e-300 for another: its +ε step
+    // crosses the kink in the first, its −ε step in the second, at every ε. The re-check
+    // at ε/1000 cannot help, and the report used to suggest that ε again.
+    let spec = ModelSpec {
+        layers: vec![1, 1, 1],
+        activations: vec!["relu".parse().unwrap(), "identity".parse().unwrap()],
+        loss: Loss::MeanSquaredError,
+        l2: 0.0,
+        dropout: None,
+    };
+    let model = Model::new(spec).unwrap();
+    let params = Params::new(model.layout().clone(), vec![1.0, 0.0, 0.7, 0.1]).unwrap();
+    let x = Array2::from_shape_vec((1, 3), vec![0.0, 1e-300, 1.0]).unwrap();
+    let y = Array2::from_shape_vec((1, 3), vec![0.3, -0.2, 0.4]).unwrap();
+    let data = Data::new(&model, x, y).unwrap();
+    let good = cpu::backprop(&model, &params, &data);
+    let r = cpu_check(Precision::F64, None, &model, &params, &data, &good);
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{:?}", r.reasons);
+    assert!(r.unresolved >= 1);
+    let tried = [1e-7, 1e-10];
+    if let Some(e) = r.suggested_epsilon {
+        assert!(tried.iter().all(|t| (t - e).abs() > 1e-9 * t), "suggests {e:e} again");
+    }
+    assert!(
+        r.notes.iter().any(|n| n.contains("exact kink")),
+        "{:?}",
+        r.notes
+    );
+}
