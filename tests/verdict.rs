@@ -806,22 +806,37 @@ fn float32_gradients_saved_as_float64_are_judged_as_float32() {
     let (model, params, data) = random_problem(spec, 16, 3).unwrap();
     let exact = textbook_grads(&model, &params, &data);
     let mut as_f32 = exact.clone();
-    as_f32.as_mut_slice().iter_mut().for_each(|v| *v = f64::from(*v as f32));
+    as_f32
+        .as_mut_slice()
+        .iter_mut()
+        .for_each(|v| *v = f64::from(*v as f32));
     assert!(gradcheck::check::float32_in_disguise(as_f32.as_slice()));
     assert!(!gradcheck::check::float32_in_disguise(exact.as_slice()));
-    assert!(!gradcheck::check::float32_in_disguise(&[0.0, 1.0, -2.5, 0.125]));
+    assert!(!gradcheck::check::float32_in_disguise(&[
+        0.0, 1.0, -2.5, 0.125
+    ]));
     let r = cpu_check(Precision::F64, None, &model, &params, &data, &as_f32);
     assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reasons);
-    assert!(r.notes.iter().any(|n| n.contains("float32")), "{:?}", r.notes);
+    assert!(
+        r.notes.iter().any(|n| n.contains("float32")),
+        "{:?}",
+        r.notes
+    );
     // The bug computed in float32 too.
     let mut bad = scaled(&as_f32, "W2", 1.01);
-    bad.as_mut_slice().iter_mut().for_each(|v| *v = f64::from(*v as f32));
+    bad.as_mut_slice()
+        .iter_mut()
+        .for_each(|v| *v = f64::from(*v as f32));
     let r = cpu_check(Precision::F64, None, &model, &params, &data, &bad);
     assert_eq!(r.verdict, Verdict::Fail);
     assert_eq!(common::failing(&r), ["W2"]);
     // Real float64 gradients carry no such note.
     let r = cpu_check(Precision::F64, None, &model, &params, &data, &exact);
-    assert!(r.notes.iter().all(|n| !n.contains("float32")), "{:?}", r.notes);
+    assert!(
+        r.notes.iter().all(|n| !n.contains("float32")),
+        "{:?}",
+        r.notes
+    );
 }
 
 #[test]
@@ -842,7 +857,11 @@ fn where_counts_only_elements_proven_wrong() {
     let w1 = tensor_range(&good, "W1");
     let big = w1
         .clone()
-        .max_by(|&a, &b| good.as_slice()[a].abs().total_cmp(&good.as_slice()[b].abs()))
+        .max_by(|&a, &b| {
+            good.as_slice()[a]
+                .abs()
+                .total_cmp(&good.as_slice()[b].abs())
+        })
         .unwrap();
     bad.as_mut_slice()[big] *= 1.5;
     let mut failed = 0;
@@ -856,7 +875,11 @@ fn where_counts_only_elements_proven_wrong() {
             failed += 1;
             assert_eq!(t.wrong, 1, "ε={eps}: {t:?}");
             let d = t.diagnosis.as_ref().expect("a failing tensor is diagnosed");
-            assert!(d.message.contains("wrong in 1 of 2000"), "ε={eps}: {}", d.message);
+            assert!(
+                d.message.contains("wrong in 1 of 2000"),
+                "ε={eps}: {}",
+                d.message
+            );
         }
     }
     assert!(failed >= 2, "the planted element failed at {failed} ε");
@@ -885,7 +908,10 @@ fn an_exact_kink_is_not_sent_back_to_an_epsilon_already_tried() {
     assert!(r.unresolved >= 1);
     let tried = [1e-7, 1e-10];
     if let Some(e) = r.suggested_epsilon {
-        assert!(tried.iter().all(|t| (t - e).abs() > 1e-9 * t), "suggests {e:e} again");
+        assert!(
+            tried.iter().all(|t| (t - e).abs() > 1e-9 * t),
+            "suggests {e:e} again"
+        );
     }
     assert!(
         r.notes.iter().any(|n| n.contains("exact kink")),

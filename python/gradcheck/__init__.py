@@ -150,6 +150,7 @@ def check(
     precision: str = "auto",
     kinks: str = "exclude",
     stencil: int = 2,
+    masks: Optional[Mapping[str, Any]] = None,
 ) -> Report:
     """Checks ``gradients`` (dW1, db1, …) against central differences of the cost at
     ``parameters`` (W1, b1, …) on the data X (n0 × m), Y (nL × m).
@@ -157,10 +158,16 @@ def check(
     Without ``gradients`` the built-in backprop's are checked (the report says so).
     ``model`` is the command line's JSON spec as a dict (layers, activations, loss, l2,
     dropout); without it the notebook's choices are inferred from the weight shapes.
+    ``masks`` holds the dropout masks your forward pass drew, {"D1": …, "D2": …} (0/1,
+    n_l × m, layer l's), so that the check perturbs the same network your backprop
+    differentiated (a ``seed`` in the model's dropout draws other masks, which a correct
+    backprop cannot match).
     Bad input raises ValueError naming the tensor and the shapes.
     """
     params = _arrays(parameters, "parameters", lambda k: True)
     data = [_wire("X", X, "data"), _wire("Y", Y, "data")]
+    if masks is not None:
+        data += _arrays(masks, "masks", lambda k: True)
     grads = None
     if gradients is not None:
         grads = _arrays(gradients, "gradients", lambda k: bool(_GRAD.match(k)))

@@ -158,3 +158,35 @@ def test_saturated_outputs_are_decided():
     assert gradcheck.check(params, X, Y, good, model=model, backend="cpu").passed
     bad = {"dW1": np.array([[2.0]]), "db1": np.array([[1.0]])}
     assert gradcheck.check(params, X, Y, bad, model=model, backend="cpu").verdict == "fail"
+
+
+def test_the_users_own_dropout_masks():
+    # A numpy net with inverted dropout on its hidden layer, its backprop written here;
+    # the check must perturb the network with the user's own masks D1.
+    rng = np.random.default_rng(4)
+    n0, n1, m, keep = 3, 5, 7, 0.7
+    W1, b1 = rng.normal(size=(n1, n0)), rng.normal(size=(n1, 1))
+    W2, b2 = rng.normal(size=(1, n1)), rng.normal(size=(1, 1))
+    X = rng.normal(size=(n0, m))
+    Y = (rng.random((1, m)) < 0.5).astype(float)
+    D1 = (rng.random((n1, m)) < keep).astype(float)
+    Z1 = W1 @ X + b1
+    A1 = np.maximum(Z1, 0) * D1 / keep
+    A2 = 1 / (1 + np.exp(-(W2 @ A1 + b2)))
+    dZ2 = A2 - Y
+    dA1 = W2.T @ dZ2 * D1 / keep
+    dZ1 = dA1 * (Z1 > 0)
+    grads = {"dW1": dZ1 @ X.T / m, "db1": dZ1.sum(axis=1, keepdims=True) / m,
+             "dW2": dZ2 @ A1.T / m, "db2": dZ2.sum(axis=1, keepdims=True) / m}
+    params = {"W1": W1, "b1": b1, "W2": W2, "b2": b2}
+    model = {"layers": [n0, n1, 1], "activations": ["relu", "sigmoid"], "loss": "binary_cross_entropy",
+             "dropout": {"keep_prob": keep, "layers": [1]}}
+    r = gradcheck.check(params, X, Y, grads, model=model, masks={"D1": D1})
+    assert r.verdict == "pass", r.reasons
+    # The mask applied in the forward pass but forgotten in the backward pass: a bug.
+    bad = dict(grads)
+    dZ1_bad = (W2.T @ dZ2 / keep) * (Z1 > 0)
+    bad["dW1"] = dZ1_bad @ X.T / m
+    r = gradcheck.check(params, X, Y, bad, model=model, masks={"D1": D1})
+    assert r.verdict == "fail"
+    assert [t.name for t in r.tensors if t.verdict == "fail"] == ["W1"]
