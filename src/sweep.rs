@@ -111,8 +111,20 @@ pub fn sweep(
 ) -> Result<Sweep> {
     let mut curves = Vec::new();
     let mut threshold = None;
+    let mut swept: Vec<&'static str> = Vec::new();
     for &p in precisions {
         let g = gc.clone().precision(p);
+        // Each precision the backend really has, once: a backend without the one asked
+        // for (the CPU has no f32) resolves it to another, already swept or not wanted.
+        let resolved = g.resolved_precision();
+        let wanted = match p {
+            Precision::Auto => resolved,
+            other => other.label(),
+        };
+        if swept.contains(&resolved) || resolved != wanted {
+            continue;
+        }
+        swept.push(resolved);
         let mut points = Vec::with_capacity(eps.len());
         let mut label = String::new();
         let mut curve_threshold = crate::check::DEFAULT_THRESHOLD;

@@ -103,3 +103,33 @@ fn sweep_cli_writes_the_plot_and_epsilon_auto_picks_the_bottom_of_the_v() {
             .any(|n| n.as_str().unwrap().contains("epsilon auto: a sweep"))
     );
 }
+
+#[test]
+fn each_precision_is_swept_once_and_labelled_as_it_ran() {
+    // The default backend over a software adapter runs on the CPU, which has no f32: the
+    // sweep used to label copies of its f64 curve "f32" ("cpu f64" three times).
+    let p = seed_problem(false).unwrap();
+    let eps = epsilons(1e-2, 1e-8, 1).unwrap();
+    let all = [
+        Precision::F64,
+        Precision::F64Plain,
+        Precision::F32,
+        Precision::F32Plain,
+    ];
+    for backend in [Backend::Cpu, Backend::Auto] {
+        let gc = GradCheck::new().backend(backend);
+        let s = sweep(&gc, &p.model, &p.params, &p.data, &p.grads, &eps, &all).unwrap();
+        let labels: Vec<&str> = s.curves.iter().map(|c| c.label.as_str()).collect();
+        let mut unique = labels.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), labels.len(), "{backend:?}: {labels:?}");
+        for c in &s.curves {
+            // The label's precision is the one that ran (a CPU curve is never f32).
+            assert!(!(c.label.starts_with("cpu") && c.label.contains("f32")), "{}", c.label);
+        }
+        if backend == Backend::Cpu {
+            assert_eq!(labels, ["cpu f64", "cpu f64-plain"]);
+        }
+    }
+}

@@ -38,7 +38,7 @@ def _wire(name: str, value: Any, label: str):
         arr = np.asarray(value)
     except Exception as e:  # noqa: BLE001 - the message is what matters
         raise ValueError(f"{label}: {name} is not an array ({e})") from None
-    if arr.dtype.kind not in "fiub":
+    if arr.dtype.kind not in "fiub" or arr.dtype == np.float16:
         raise ValueError(f"{label}: {name} has dtype {arr.dtype}; expected float64 or float32")
     was_f32 = arr.dtype == np.float32
     arr = np.ascontiguousarray(arr, dtype=np.float64)
@@ -78,7 +78,8 @@ class Report:
         d = self._dict
         self.verdict: str = d["verdict"]
         self.passed: bool = d["passed"]
-        self.difference: float = d["difference"]
+        # JSON has no NaN: a non-finite difference comes back as null.
+        self.difference: float = _number(d["difference"])
         self.epsilon: float = d["epsilon"]
         self.backend: str = d["backend"]
         self.precision: str = d["precision"]
@@ -88,10 +89,10 @@ class Report:
             Tensor(
                 name=t["name"],
                 shape=tuple(t["shape"]),
-                difference=t["difference"],
+                difference=_number(t["difference"]),
                 verdict=t["verdict"],
                 passed=t["passed"],
-                resolution=t["resolution"],
+                resolution=_number(t["resolution"]),
                 diagnosis=(t["diagnosis"] or {}).get("message"),
                 reason=t["reason"],
                 worst=t["worst"],
@@ -114,26 +115,67 @@ class Report:
         return f"<gradcheck.Report {self.verdict} difference={self.difference!r}>"
 
     def _repr_html_(self) -> str:
+        # Pass, fail and inconclusive each in their own colour and class; the notes and
+        # reasons as the text report gives them; every column headed.
         color = {"pass": "#1a7f37", "fail": "#cf222e", "inconclusive": "#9a6700"}
+        shade = {"fail": "#ffebe9", "inconclusive": "#fff8c5"}
         rows = []
         for t in self.tensors:
-            style = "" if t.passed else ' style="background:#ffebe9"'
+            bg = shade.get(t.verdict)
+            style = f' style="background:{bg}"' if bg else ""
             note = html.escape(t.diagnosis or t.reason or "")
             rows.append(
-                f"<tr{style}><td>{html.escape(t.name)}</td><td>{t.shape[0]}×{t.shape[1]}</td>"
+                f'<tr class="gradcheck-{t.verdict}"{style}><td>{html.escape(t.name)}</td>'
+                f"<td>{t.shape[0]}×{t.shape[1]}</td>"
                 f"<td>{t.difference:.3e}</td><td>{t.resolution:.1e}</td>"
                 f'<td style="color:{color.get(t.verdict, "black")}"><b>{t.verdict}</b></td>'
                 f"<td>{note}</td></tr>"
             )
         reasons = "".join(f"<li>{html.escape(r)}</li>" for r in self.reasons)
+        notes = "".join(f"<li>note: {html.escape(n)}</li>" for n in self.notes)
+        resolution = (
+            "resolution: the relative error this check can see in the tensor "
+            "(‖bounds‖ / ‖gradient‖); a pass needs it below 0.25 %, so that a 1 % error "
+            "would have shown"
+        )
         return (
-            f'<div><p><b style="color:{color.get(self.verdict, "black")}">'
+            f'<div class="gradcheck gradcheck-{self.verdict}">'
+            f'<p><b style="color:{color.get(self.verdict, "black")}">'
             f"{self.verdict.upper()}</b> — difference {self.difference!r} "
             f"(ε = {self.epsilon:g}, {html.escape(self.backend)}, {html.escape(self.precision)})</p>"
+            f"{f'<ul>{notes}</ul>' if notes else ''}"
             f"{f'<ul>{reasons}</ul>' if reasons else ''}"
             "<table><thead><tr><th>tensor</th><th>shape</th><th>difference</th>"
-            "<th>resolution</th><th>verdict</th><th></th></tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table></div>"
+            f'<th title="{html.escape(resolution)}">resolution</th><th>verdict</th>'
+            "<th>diagnosis / reason</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>"
+            f"<p><small>{html.escape(resolution)}.</small></p></div>"
+        )
+
+
+def _number(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def _check_option(name: str, value, kinds, allowed=None):
+    """A wrong type or value of an option raises naming it (a string ε or a float stencil
+    used to run silently with a default)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        raise TypeError(f"{name} must be {' or '.join(k.__name__ for k in kinds)}, not {type(value).__name__} ({value!r})")
+    if allowed is not None and value not in allowed:
+        raise ValueError(f"{name} = {value!r}: must be one of {', '.join(map(str, allowed))}")
+
+
+def _not_a_dict(name: str, value, looks_like: str):
+    """A dict where an array belongs: the notebook's argument order, most likely."""
+    if isinstance(value, Mapping):
+        keys = ", ".join(list(value)[:4])
+        raise ValueError(
+            f"{name} is a dict ({keys}, …), not an array: it looks like {looks_like}. "
+            "check() takes (parameters, X, Y, gradients); the notebook's gradient_check_n "
+            "takes (parameters, gradients, X, Y)"
         )
 
 
@@ -164,6 +206,17 @@ def check(
     backprop cannot match).
     Bad input raises ValueError naming the tensor and the shapes.
     """
+    _not_a_dict("X", X, "the gradients")
+    _not_a_dict("Y", Y, "the gradients")
+    if gradients is not None and not isinstance(gradients, Mapping):
+        raise ValueError(
+            f"gradients is a {type(gradients).__name__}, not a dict of dW1, db1, …: "
+            "check() takes (parameters, X, Y, gradients); the notebook's gradient_check_n "
+            "takes (parameters, gradients, X, Y)"
+        )
+    _check_option("epsilon", epsilon, (int, float))
+    _check_option("threshold", threshold, (int, float))
+    _check_option("stencil", stencil, (int,), (2, 4))
     params = _arrays(parameters, "parameters", lambda k: True)
     data = [_wire("X", X, "data"), _wire("Y", Y, "data")]
     if masks is not None:
@@ -194,7 +247,8 @@ def gradient_check_n(parameters, gradients, X, Y, epsilon=1e-7, print_msg=False)
     r = check(params, X, Y, gradients, epsilon=epsilon, precision="f64-plain")
     difference = r.difference
     if print_msg:
-        if difference > 2e-7:
+        # NaN (a non-finite gradient) is a mistake too, though NaN > 2e-7 is False.
+        if not difference <= 2e-7:
             print(
                 "\033[93m"
                 + "There is a mistake in the backward propagation! difference = "

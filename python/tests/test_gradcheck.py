@@ -190,3 +190,45 @@ def test_the_users_own_dropout_masks():
     r = gradcheck.check(params, X, Y, bad, model=model, masks={"D1": D1})
     assert r.verdict == "fail"
     assert [t.name for t in r.tensors if t.verdict == "fail"] == ["W1"]
+
+
+def test_notebook_argument_order_and_option_types_are_named(seed):
+    params, X, Y, buggy, _ = seed
+    with pytest.raises(ValueError, match="X is a dict.*gradient_check_n"):
+        gradcheck.check(params, buggy, X, Y)
+    with pytest.raises(TypeError, match="epsilon must be"):
+        gradcheck.check(params, X, Y, buggy, epsilon="1e-3")
+    with pytest.raises(TypeError, match="stencil must be"):
+        gradcheck.check(params, X, Y, buggy, stencil=4.0)
+    with pytest.raises(ValueError, match="stencil = 260"):
+        gradcheck.check(params, X, Y, buggy, stencil=260)
+    half = {k: v.astype(np.float16) for k, v in buggy.items()}
+    with pytest.raises(ValueError, match="float16"):
+        gradcheck.check(params, X, Y, half)
+
+
+def test_html_shows_notes_and_tells_fail_from_inconclusive(seed):
+    params, X, Y, buggy, _ = seed
+    r = gradcheck.check(params, X, Y, buggy)
+    page = r._repr_html_()
+    assert r.notes and all(__import__("html").escape(n) in page for n in r.notes)
+    assert 'class="gradcheck-fail"' in page and "diagnosis / reason" in page
+    assert "resolution: the relative error" in page
+    # An inconclusive row has its own class and colour: ε far too large for a pass.
+    r = gradcheck.check(params, X, Y, load("seed_grads_fixed.npz"), epsilon=0.5, precision="f64")
+    if r.verdict == "inconclusive":
+        page = r._repr_html_()
+        assert 'class="gradcheck-inconclusive"' in page and "#fff8c5" in page
+
+
+def test_a_nan_gradient_renders_and_prints(seed, capsys):
+    params, X, Y, buggy, _ = seed
+    nan = dict(buggy)
+    nan["dW1"] = buggy["dW1"].copy()
+    nan["dW1"][0, 0] = np.nan
+    r = gradcheck.check(params, X, Y, nan)
+    assert r.verdict == "fail"
+    assert "NaN" in r._repr_html_() or "nan" in r._repr_html_()
+    d = gradcheck.gradient_check_n(params, nan, X, Y, print_msg=True)
+    assert "mistake" in capsys.readouterr().out
+    assert d != d or d > 2e-7
