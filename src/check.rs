@@ -160,8 +160,8 @@ impl GradCheck {
         )?;
         match (both.pop(), both.pop()) {
             (Some(wide), Some(at)) => Ok((at, wide)),
-            _ => Err(Error::Config(
-                "internal: an evaluator returned fewer evaluations than ε".into(),
+            _ => Err(Error::Internal(
+                "an evaluator returned fewer evaluations than ε".into(),
             )),
         }
     }

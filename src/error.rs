@@ -64,9 +64,55 @@ pub enum Error {
     /// A setting is out of range (ε ≤ 0, threshold ≤ 0, …).
     #[error("{0}")]
     Config(String),
-    /// The GPU backend could not do the job.
-    #[error("gpu: {0}")]
-    Gpu(String),
+    /// The GPU backend could not do the job; `kind` says whether the CPU may stand in.
+    #[error("gpu: {msg}")]
+    Gpu {
+        /// What kind of failure.
+        kind: GpuErrorKind,
+        /// What happened, for the user.
+        msg: String,
+    },
+    /// A broken invariant of gradcheck itself: a bug.
+    #[error("internal error (a bug in gradcheck {version}: please report it with the command that caused it): {0}", version = env!("CARGO_PKG_VERSION"))]
+    Internal(String),
+}
+
+/// Kinds of GPU failure. `--backend auto` falls back to the CPU on the first three (the
+/// machine cannot run this job on a GPU) and reports the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuErrorKind {
+    /// No usable adapter (none found, none matching the name, or it could not be opened).
+    NoAdapter,
+    /// The adapter lacks a feature the job needs (SHADER_F64).
+    MissingFeature,
+    /// The job exceeds the adapter's limits (buffer sizes, 32-bit indices, loop cap).
+    Limit,
+    /// The device was lost during the evaluation.
+    DeviceLost,
+    /// The device ran out of memory.
+    OutOfMemory,
+    /// A shader or API validation error: a bug.
+    Internal,
+}
+
+impl GpuErrorKind {
+    /// Whether `--backend auto` may run the job on the CPU instead.
+    pub fn cpu_may_stand_in(self) -> bool {
+        matches!(
+            self,
+            GpuErrorKind::NoAdapter | GpuErrorKind::MissingFeature | GpuErrorKind::Limit
+        )
+    }
+}
+
+impl Error {
+    /// A GPU error of `kind`.
+    pub fn gpu(kind: GpuErrorKind, msg: impl Into<String>) -> Error {
+        Error::Gpu {
+            kind,
+            msg: msg.into(),
+        }
+    }
 }
 
 /// The library's result type.

@@ -883,3 +883,48 @@ fn kernel_timings_name_the_kernels_that_ran() {
     let r = gc.run(&model, &params, &data, &grads).unwrap();
     assert!(r.timings.kernels.is_empty());
 }
+
+#[cfg(feature = "cli")]
+#[test]
+fn auto_reports_a_broken_shader_and_falls_back_only_without_a_usable_gpu() {
+    let Some(ctx) = gpu() else { return };
+    let run = |adapter: &str, fault: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_gradcheck"));
+        cmd.args([
+            "check",
+            "--example",
+            "seed-fixed",
+            "--backend",
+            "auto",
+            "--adapter",
+            adapter,
+        ]);
+        if fault {
+            cmd.env("GRADCHECK_FAULT", "shader");
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The adapter named, so that auto uses it even when it is a software one.
+    let name = ctx.adapter_name().to_string();
+    let (code, out, err) = run(&name, true);
+    assert_eq!(
+        code, 2,
+        "a shader that does not compile is an error: {out}{err}"
+    );
+    assert!(err.contains("kernels failed"), "{err}");
+    let (code, out, _) = run(&name, false);
+    assert_eq!(code, 0, "{out}");
+    // No adapter of that name: the CPU stands in, and the report says why.
+    let (code, out, err) = run("no-such-adapter-anywhere", true);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("no usable GPU"), "{out}");
+    assert!(
+        !out.contains("apt-get"),
+        "auto would not use llvmpipe: {out}"
+    );
+}

@@ -126,7 +126,11 @@ fn each_precision_is_swept_once_and_labelled_as_it_ran() {
         assert_eq!(unique.len(), labels.len(), "{backend:?}: {labels:?}");
         for c in &s.curves {
             // The label's precision is the one that ran (a CPU curve is never f32).
-            assert!(!(c.label.starts_with("cpu") && c.label.contains("f32")), "{}", c.label);
+            assert!(
+                !(c.label.starts_with("cpu") && c.label.contains("f32")),
+                "{}",
+                c.label
+            );
         }
         if backend == Backend::Cpu {
             assert_eq!(labels, ["cpu f64", "cpu f64-plain"]);

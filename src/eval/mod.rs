@@ -201,7 +201,7 @@ pub trait Evaluator {
     ) -> Result<Evaluation> {
         let mut one = self.evaluate_many(model, params, data, &[epsilon], range)?;
         one.pop()
-            .ok_or_else(|| Error::Config("internal: no evaluation came back".into()))
+            .ok_or_else(|| Error::Internal("no evaluation came back".into()))
     }
 
     /// The precision its J± will be in ("f64", "f64-plain", "f32" or "f32-plain"), known
@@ -341,7 +341,7 @@ impl Evaluator for GpuOrCpu {
             .gpu
             .evaluate_many(model, params, data, epsilons, range.clone())
         {
-            Err(Error::Gpu(why)) => {
+            Err(Error::Gpu { kind, msg: why }) if kind.cpu_may_stand_in() => {
                 let mut all = self
                     .cpu
                     .evaluate_many(model, params, data, epsilons, range)?;
@@ -416,10 +416,16 @@ pub fn evaluator(
             Backend::Cpu => Ok(Box::new(cpu)),
             Backend::Gpu => Ok(Box::new(gpu::GpuEvaluator::new(adapter, precision)?)),
             Backend::Auto => match gpu::GpuEvaluator::new(adapter, precision) {
-                Err(e) => Ok(on_cpu(format!(
-                    "no usable GPU ({}): evaluated on the CPU",
-                    e.to_string().trim_start_matches("gpu: ")
-                ))),
+                // Only a machine without a usable GPU falls back; a GPU that fails (a
+                // shader bug, a lost device) is reported, not hidden behind a CPU run.
+                Err(Error::Gpu { kind, msg }) if kind.cpu_may_stand_in() => {
+                    // The install hint is for --backend gpu: auto would skip llvmpipe.
+                    let why = msg.split(" (on Debian").next().unwrap_or(&msg);
+                    Ok(on_cpu(format!(
+                        "no usable GPU ({why}): evaluated on the CPU"
+                    )))
+                }
+                Err(e) => Err(e),
                 Ok(g) if g.context.is_software() && adapter.is_none() => Ok(on_cpu(format!(
                     "the only GPU adapter, {}, is a software emulator running on the CPU \
                      (slower than the native CPU evaluator): evaluated on the CPU \
@@ -435,9 +441,9 @@ pub fn evaluator(
         let _ = adapter;
         match backend {
             Backend::Cpu => Ok(Box::new(cpu)),
-            Backend::Gpu => Err(Error::Gpu(
-                "this build of gradcheck has no GPU backend (built without the `gpu` feature)"
-                    .into(),
+            Backend::Gpu => Err(Error::gpu(
+                crate::error::GpuErrorKind::NoAdapter,
+                "this build of gradcheck has no GPU backend (built without the `gpu` feature)",
             )),
             Backend::Auto => Ok(on_cpu(
                 "built without the `gpu` feature: evaluated on the CPU".into(),

@@ -119,7 +119,7 @@ pub fn describe_adapters() -> String {
 }
 
 pub(super) fn gpu_err(e: impl std::fmt::Display) -> Error {
-    Error::Gpu(e.to_string())
+    Error::gpu(crate::error::GpuErrorKind::DeviceLost, e.to_string())
 }
 
 impl GpuContext {
@@ -133,7 +133,7 @@ impl GpuContext {
             .into_iter()
             .find(|a| filter.as_ref().is_none_or(|f| a.get_info().name.to_lowercase().contains(f)))
             .ok_or_else(|| {
-                Error::Gpu(match &filter {
+                Error::gpu(crate::error::GpuErrorKind::NoAdapter, match &filter {
                     Some(f) => format!("no GPU adapter matching {f:?} (see `gradcheck devices`)"),
                     None => match std::env::var("WGPU_BACKEND") {
                         // A backend named in the environment is the likelier cause.
@@ -154,7 +154,12 @@ impl GpuContext {
             required_limits: limits.clone(),
             ..Default::default()
         }))
-        .map_err(|e| Error::Gpu(format!("could not open {}: {e}", adapter.get_info().name)))?;
+        .map_err(|e| {
+            Error::gpu(
+                crate::error::GpuErrorKind::NoAdapter,
+                format!("could not open {}: {e}", adapter.get_info().name),
+            )
+        })?;
         let lost = Arc::new(AtomicBool::new(false));
         let flag = lost.clone();
         device.set_device_lost_callback(move |_, _| flag.store(true, Ordering::SeqCst));
@@ -272,7 +277,7 @@ fn count() {
         self.queue.submit([enc.finish()]);
         let out: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&staging)?);
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu(format!("internal: the loop probe failed: {e}")));
+            return Err(Error::Internal(format!("the GPU loop probe failed: {e}")));
         }
         let counted = out[2];
         let cap = if counted >= TARGET { u32::MAX } else { counted };
@@ -290,8 +295,9 @@ fn count() {
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(gpu_err)?;
         if self.lost.load(Ordering::SeqCst) {
-            return Err(Error::Gpu(
-                "the device was lost during the evaluation".into(),
+            return Err(Error::gpu(
+                crate::error::GpuErrorKind::DeviceLost,
+                "the device was lost during the evaluation",
             ));
         }
         rx.recv().map_err(gpu_err)?.map_err(gpu_err)?;

@@ -123,7 +123,7 @@ impl GpuContext {
                 .device
                 .create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(source::module(parts, f64).into()),
+                    source: wgpu::ShaderSource::Wgsl(source::module_for_build(parts, f64).into()),
                 });
             for &entry in entries {
                 let p = self
@@ -140,10 +140,13 @@ impl GpuContext {
             }
         }
         if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::Gpu(format!(
-                "building the {} kernels failed: {e}",
-                if f64 { "f64" } else { "f32" }
-            )));
+            return Err(Error::gpu(
+                crate::error::GpuErrorKind::Internal,
+                format!(
+                    "building the {} kernels failed: {e}",
+                    if f64 { "f64" } else { "f32" }
+                ),
+            ));
         }
         let p = Arc::new(Pipelines { layout, by_entry });
         self.pipelines

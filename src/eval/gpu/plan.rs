@@ -61,11 +61,14 @@ impl Plan {
                 .min(by_grid)
                 .min(max_chunk.unwrap_or(usize::MAX));
             if fit == 0 {
-                return Err(Error::Gpu(format!(
-                    "one perturbation of layer {} needs {} values of batch memory, more than the adapter's buffer limit allows",
-                    l + 1,
-                    per_param / 2
-                )));
+                return Err(Error::gpu(
+                    crate::error::GpuErrorKind::Limit,
+                    format!(
+                        "one perturbation of layer {} needs {} values of batch memory, more than the adapter's buffer limit allows",
+                        l + 1,
+                        per_param / 2
+                    ),
+                ));
             }
             while first < end {
                 let count = fit.min(end - first);

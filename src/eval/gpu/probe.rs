@@ -51,7 +51,10 @@ impl GpuContext {
 
     fn probe<R: Real>(&self, f: MathFn, xs: &[f64]) -> Result<Vec<f64>> {
         if R::IS_F64 && !self.has_f64 {
-            return Err(Error::Gpu(format!("{} has no SHADER_F64", self.info.name)));
+            return Err(Error::gpu(
+                crate::error::GpuErrorKind::MissingFeature,
+                format!("{} has no SHADER_F64", self.info.name),
+            ));
         }
         let pipes = self.pipelines(R::IS_F64)?;
         let dev = &self.device;

@@ -59,10 +59,10 @@ impl GpuContext {
         }
         let precision = match precision {
             Precision::F64 | Precision::F64Plain if !self.has_f64 => {
-                return Err(Error::Gpu(format!(
-                    "{} has no SHADER_F64; use --precision f32",
-                    self.info.name
-                )));
+                return Err(Error::gpu(
+                    crate::error::GpuErrorKind::MissingFeature,
+                    format!("{} has no SHADER_F64; use --precision f32", self.info.name),
+                ));
             }
             Precision::Auto if self.has_f64 => Precision::F64,
             Precision::Auto => Precision::F32,
@@ -183,9 +183,10 @@ impl GpuContext {
         let wanted = opts.range.clone().unwrap_or(0..n);
         let to_u32 = |v: usize, what: &str| {
             u32::try_from(v).map_err(|_| {
-                Error::Gpu(format!(
-                    "{what} = {v} exceeds the 32-bit indices of the kernels"
-                ))
+                Error::gpu(
+                    crate::error::GpuErrorKind::Limit,
+                    format!("{what} = {v} exceeds the 32-bit indices of the kernels"),
+                )
             })
         };
         // Model buffer: header | θ | X | Y | dropout factors. The shortcut's margin: the
@@ -430,9 +431,10 @@ impl GpuContext {
                 .min(scratch_cap / (2 * width))
                 .min(1 << 18) as u32;
             if j.threads == 0 {
-                return Err(Error::Gpu(format!(
-                    "a layer of width {width} does not fit the adapter's storage binding"
-                )));
+                return Err(Error::gpu(
+                    crate::error::GpuErrorKind::Limit,
+                    format!("a layer of width {width} does not fit the adapter's storage binding"),
+                ));
             }
             scratch_len = scratch_len.max(j.threads as usize * 2 * width);
             let (ex, ey) = grid(j.threads);
@@ -518,10 +520,13 @@ impl GpuContext {
             let widest = sizes.iter().copied().max().unwrap_or(1);
             let longest = (m.max(widest) as u64) * 2 + 64;
             if longest > u64::from(budget) {
-                return Err(Error::Gpu(format!(
-                    "{} ends every loop of a shader invocation after {budget} iterations, and the staged kernels (the plain precisions) would need {longest} for m = {m} samples and layers up to {widest} wide: use --precision f64 or f32 (the fused Δ path splits its samples to fit), or --backend cpu",
-                    self.info.name
-                )));
+                return Err(Error::gpu(
+                    crate::error::GpuErrorKind::Limit,
+                    format!(
+                        "{} ends every loop of a shader invocation after {budget} iterations, and the staged kernels (the plain precisions) would need {longest} for m = {m} samples and layers up to {widest} wide: use --precision f64 or f32 (the fused Δ path splits its samples to fit), or --backend cpu",
+                        self.info.name
+                    ),
+                ));
             }
         }
         for l in (0..depth).filter(|_| !delta) {
@@ -574,8 +579,8 @@ impl GpuContext {
                     }
                     let gx = cols.div_ceil(TILE);
                     if gx > self.limits.max_compute_workgroups_per_dimension {
-                        return Err(Error::Gpu(format!(
-                            "internal: chunk of {cols} columns exceeds the workgroup limit"
+                        return Err(Error::Internal(format!(
+                            "a chunk of {cols} columns exceeds the workgroup limit"
                         )));
                     }
                     push("dense", s, !in_a, (gx, out.div_ceil(TILE)));
@@ -690,10 +695,16 @@ impl GpuContext {
 
     fn pop_scopes(val: wgpu::ErrorScopeGuard, oom: wgpu::ErrorScopeGuard) -> Result<()> {
         if let Some(e) = pollster::block_on(val.pop()) {
-            return Err(Error::Gpu(format!("validation: {e}")));
+            return Err(Error::gpu(
+                crate::error::GpuErrorKind::Internal,
+                format!("validation: {e}"),
+            ));
         }
         if let Some(e) = pollster::block_on(oom.pop()) {
-            return Err(Error::Gpu(format!("out of GPU memory: {e}")));
+            return Err(Error::gpu(
+                crate::error::GpuErrorKind::OutOfMemory,
+                format!("out of GPU memory: {e}"),
+            ));
         }
         Ok(())
     }
@@ -753,10 +764,13 @@ fn sample_windows(
     let usable = (u64::from(budget) * 3 / 4).saturating_sub(per_thread * 8);
     let width = usable / (per_sample * per_thread.max(1));
     if width == 0 {
-        return Err(Error::Gpu(format!(
-            "one sample of this net needs about {} loop iterations in one shader invocation, more than this adapter allows ({budget}, a software adapter's limit): use --backend cpu",
-            per_sample * per_thread.max(1)
-        )));
+        return Err(Error::gpu(
+            crate::error::GpuErrorKind::Limit,
+            format!(
+                "one sample of this net needs about {} loop iterations in one shader invocation, more than this adapter allows ({budget}, a software adapter's limit): use --backend cpu",
+                per_sample * per_thread.max(1)
+            ),
+        ));
     }
     let width = width as usize;
     Ok((0..m)

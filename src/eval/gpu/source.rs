@@ -33,6 +33,17 @@ pub fn module(parts: &[&str], f64: bool) -> String {
     format!("{alias}{math}\n{COMMON}\n{}", parts.join("\n"))
 }
 
+/// [`module`] as the pipelines build it. `GRADCHECK_FAULT=shader` in the environment
+/// breaks the source (a fault injected by the tests: a shader that does not compile must
+/// be reported as the bug it is, never hidden by a CPU fallback).
+pub fn module_for_build(parts: &[&str], f64: bool) -> String {
+    let mut src = module(parts, f64);
+    if std::env::var("GRADCHECK_FAULT").is_ok_and(|v| v == "shader") {
+        src.push_str("\nthis is not WGSL\n");
+    }
+    src
+}
+
 /// A kernel family: its name, its files (after the common part), its entry points.
 pub type Family = (
     &'static str,
