@@ -288,7 +288,7 @@ impl GradCheck {
                     let kinks_stayed = e2 < epsilon && retry.unresolved > 0;
                     report.suggested_epsilon = retry
                         .suggested_epsilon
-                        .filter(|&e| !tried(e) && !(kinks_stayed && e < e2));
+                        .filter(|&e| !(tried(e) || (kinks_stayed && e < e2)));
                     if report.suggested_epsilon.is_none() && retry.unresolved > 0 {
                         report.notes.push(format!(
                             "{} element(s) stayed unresolved at ε = {epsilon:e} and {e2:e}: a smaller ε does not separate an exact kink (a unit at z = 0); there the one-sided derivatives bound the valid subgradients, and --kinks include judges the central difference anyway",
