@@ -29,9 +29,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Backend, GradCheck, KinkPolicy, Precision, Report, Verdict};
+use crate::check::{Backend, KinkPolicy, Precision, Report, Verdict};
 use crate::error::{Error, Result};
 use crate::examples;
+use crate::plan::{Epsilon, Fast, Plan};
 use crate::problem::Problem;
 use crate::report::failure_summary;
 use std::fmt::Write as _;
@@ -51,9 +52,9 @@ pub struct Settings {
     /// Kink policy.
     pub kinks: Option<KinkPolicy>,
     /// 2 or 4 (see `check --stencil`).
-    pub stencil: Option<u8>,
+    pub stencil: Option<u64>,
     /// Fast mode first with this many random directions (see `check --fast`).
-    pub fast: Option<usize>,
+    pub fast: Option<u64>,
 }
 
 /// ε in a manifest: a number, or `"auto"` (a short sweep per job picks it, as
@@ -258,61 +259,32 @@ fn run_job(n: usize, job: &JobSpec, defaults: &Settings, adapter: Option<&str>) 
     let t0 = Instant::now();
     let name = job.name.clone().unwrap_or_else(|| format!("job-{}", n + 1));
     let s = &job.settings;
-    let mut gc = GradCheck::new()
-        .backend(s.backend.or(defaults.backend).unwrap_or(Backend::Auto))
-        .precision(
-            s.precision
-                .or(defaults.precision)
-                .unwrap_or(Precision::Auto),
-        )
-        .kinks(s.kinks.or(defaults.kinks).unwrap_or(KinkPolicy::Exclude));
-    let epsilon = s.epsilon.or(defaults.epsilon);
-    if let Some(EpsilonSetting::Value(e)) = epsilon {
-        gc.epsilon = Some(e);
-    }
-    gc.stencil = s.stencil.or(defaults.stencil).unwrap_or(2);
-    let fast = s.fast.or(defaults.fast);
-    gc.threshold = s.threshold.or(defaults.threshold);
-    gc.adapter = adapter.map(str::to_owned);
+    let plan = Plan {
+        epsilon: match s.epsilon.or(defaults.epsilon) {
+            None => Epsilon::Default,
+            Some(EpsilonSetting::Value(e)) => Epsilon::Value(e),
+            Some(EpsilonSetting::Auto) => Epsilon::Auto,
+        },
+        threshold: s.threshold.or(defaults.threshold),
+        backend: s.backend.or(defaults.backend).unwrap_or(Backend::Auto),
+        precision: s
+            .precision
+            .or(defaults.precision)
+            .unwrap_or(Precision::Auto),
+        kinks: s.kinks.or(defaults.kinks).unwrap_or(KinkPolicy::Exclude),
+        stencil: s.stencil.or(defaults.stencil).unwrap_or(2),
+        adapter: adapter.map(str::to_owned),
+        fast: s.fast.or(defaults.fast).map(|directions| Fast {
+            directions,
+            seed: 0,
+        }),
+        ..Plan::default()
+    };
     let one_d = job.example.as_deref() == Some("seed-1d");
     let result = if one_d && job.params.is_none() && job.data.is_none() {
-        examples::one_d_report(&gc)
+        plan.check_one_d()
     } else {
-        load_problem(job).and_then(|p| {
-            let mut gc = gc;
-            gc.gradient_roundoff = p.grad_roundoff;
-            if p.notebook && gc.precision == Precision::Auto {
-                gc.precision = Precision::F64Plain;
-            }
-            if let Some(e) = gc.epsilon {
-                if !(e.is_finite() && e > 0.0 && e <= 1.0) {
-                    return Err(Error::Config(format!("epsilon = {e}: must be in (0, 1]")));
-                }
-            }
-            if !matches!(gc.stencil, 2 | 4) || fast.is_some_and(|k| k == 0 || k > 10_000) {
-                return Err(Error::Config(
-                    "stencil must be 2 or 4, fast 1 … 10000 directions".into(),
-                ));
-            }
-            let mut auto_note = None;
-            if epsilon == Some(EpsilonSetting::Auto) {
-                let (best, note) = crate::sweep::auto_epsilon(&gc, &p)?;
-                gc.epsilon = Some(best);
-                auto_note = Some(note);
-            }
-            let quick = match fast {
-                Some(k) => Some(gc.fast(&p.model, &p.params, &p.data, &p.grads, k, 0)?),
-                None => None,
-            };
-            let mut r = match quick {
-                Some(q) if q.passed => q,
-                _ => gc.run(&p.model, &p.params, &p.data, &p.grads)?,
-            };
-            r.notes.splice(0..0, p.notes);
-            r.notes.extend(auto_note);
-            r.builtin_gradients = p.builtin_grads;
-            Ok(r)
-        })
+        load_problem(job).and_then(|p| plan.check(&p))
     };
     let seconds = t0.elapsed().as_secs_f64();
     match result {

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
-use gradcheck::check::{self, Backend, GradCheck, KinkPolicy, Precision, Report};
+use gradcheck::check::{Backend, GradCheck, KinkPolicy, Precision, Report};
 use gradcheck::examples::{self, Example};
+use gradcheck::plan::{Epsilon, Fast, Plan};
 use gradcheck::problem::Problem;
 use gradcheck::report;
 
@@ -131,16 +132,15 @@ struct CheckArgs {
     adapter: Option<String>,
     /// Fast mode: K random directions first (2K evaluations instead of 2N); on failure
     /// the full check runs to localise the mistake.
-    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "4",
-          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    #[arg(long, value_name = "K", num_args = 0..=1, default_missing_value = "4")]
     fast: Option<u64>,
     /// Seed of the fast mode's directions.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Difference judged: 2 (the notebook's central difference) or 4 (Richardson's
     /// (4·g(ε) − g(2ε))/3, O(ε⁴), from the same two evaluations) [possible values: 2, 4].
-    #[arg(long, default_value_t = 2, value_parser = parse_stencil)]
-    stencil: u8,
+    #[arg(long, default_value_t = 2)]
+    stencil: u64,
     /// Evaluate only the I-th of N slices of the parameters (1-based) and write the
     /// partial to --json; join the partials with `gradcheck merge`.
     #[arg(long, value_name = "I/N", requires = "json")]
@@ -199,8 +199,8 @@ struct MergeArgs {
     #[arg(long, value_enum, default_value = "exclude")]
     kinks: KinkPolicy,
     /// Judge the central difference (2) or Richardson's 4-point extrapolation (4).
-    #[arg(long, default_value_t = 2, value_parser = parse_stencil)]
-    stencil: u8,
+    #[arg(long, default_value_t = 2)]
+    stencil: u64,
     /// Merge CPU and GPU partials (their J± round differently; refused by default).
     #[arg(long)]
     mix_backends: bool,
@@ -217,35 +217,13 @@ fn run_merge(a: MergeArgs) -> Result<ExitCode> {
         .iter()
         .map(|f| gradcheck::shard::load_partial(f))
         .collect::<gradcheck::Result<Vec<_>>>()?;
-    let (eval, wide, epsilon) = gradcheck::shard::merge(&parts, &p, a.mix_backends)?;
-    let mut gc = GradCheck::new().kinks(a.kinks);
-    gc.threshold = a.threshold;
-    gc.stencil = a.stencil;
-    gc.gradient_roundoff = p.grad_roundoff;
-    let (_, threshold) = gc.defaults_for(&eval.precision);
-    check::validate_threshold(threshold)?;
-    let mut r = gc.judge(&check::Evidence {
-        layout: p.model.layout(),
-        grad: p.grads.as_slice(),
-        eval: &eval,
-        wide: Some(&wide),
-        epsilon,
-        threshold,
-        m: p.data.m(),
-        growth: gradcheck::verdict::growth(p.model.layout()),
-        terms: Some(&gradcheck::eval::cpu::term_sizes(
-            &p.model, &p.params, &p.data,
-        )),
-    });
-    gradcheck::diagnose::dropout_slips(
-        &p.model,
-        &p.params,
-        &p.data,
-        p.grads.as_slice(),
-        &mut r.tensors,
-    );
-    r.builtin_gradients = p.builtin_grads;
-    r.notes.splice(0..0, p.notes);
+    let plan = Plan {
+        threshold: a.threshold,
+        stencil: a.stencil,
+        kinks: a.kinks,
+        ..Plan::default()
+    };
+    let r = plan.merge(&p, &parts, a.mix_backends)?;
     emit_report(&r, a.json.as_ref())?;
     Ok(ExitCode::from(r.verdict.exit_code()))
 }
@@ -403,24 +381,6 @@ fn run_batch(a: BatchArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(report.exit_code()))
 }
 
-/// `--stencil`: 2 or 4, said at parse time.
-fn parse_stencil(s: &str) -> std::result::Result<u8, String> {
-    match s {
-        "2" => Ok(2),
-        "4" => Ok(4),
-        _ => Err(format!("{s:?}: the stencil is 2 or 4")),
-    }
-}
-
-/// ε must be a step: finite, > 0 and at most 1 (a larger one moves the parameters by more
-/// than the size of a typical weight and overflows costs; it is never a gradient check).
-fn check_epsilon(e: f64) -> Result<()> {
-    if !(e.is_finite() && e > 0.0 && e <= 1.0) {
-        bail!("--epsilon {e}: must be a number in (0, 1] (or `auto`)");
-    }
-    Ok(())
-}
-
 /// `--epsilon`: a number or `auto`.
 #[derive(Clone, Copy)]
 enum EpsilonArg {
@@ -502,54 +462,43 @@ fn load_files(example: Option<Example>, files: &Files) -> Result<Problem> {
     }
 }
 
-fn configure(a: &CheckArgs) -> GradCheck {
-    let mut gc = GradCheck::new()
-        .backend(a.backend)
-        .precision(a.precision)
-        .kinks(a.kinks);
-    gc.epsilon = match a.epsilon {
-        Some(EpsilonArg::Value(e)) => Some(e),
-        _ => None,
-    };
-    gc.threshold = a.threshold;
-    gc.top_k = a.top;
-    gc.kernel_timings = a.timings;
-    gc.stencil = a.stencil;
-    gc.adapter = a.adapter.clone();
-    gc
+fn plan_of(a: &CheckArgs) -> Plan {
+    Plan {
+        epsilon: match a.epsilon {
+            None => Epsilon::Default,
+            Some(EpsilonArg::Value(e)) => Epsilon::Value(e),
+            Some(EpsilonArg::Auto) => Epsilon::Auto,
+        },
+        threshold: a.threshold,
+        backend: a.backend,
+        precision: a.precision,
+        kinks: a.kinks,
+        top_k: a.top,
+        stencil: a.stencil,
+        adapter: a.adapter.clone(),
+        kernel_timings: a.timings,
+        fast: a.fast.map(|directions| Fast {
+            directions,
+            seed: a.seed,
+        }),
+        ..Plan::default()
+    }
 }
 
 fn run_check(a: CheckArgs) -> Result<ExitCode> {
     preflight(&[a.json.as_ref(), a.save_masks.as_ref(), a.junit.as_ref()])?;
-    if let Some(EpsilonArg::Value(e)) = a.epsilon {
-        check_epsilon(e)?;
-    }
-    let gc = configure(&a);
+    let plan = plan_of(&a);
     let report = if a.inputs.example == Some(Example::Seed1d) {
-        examples::one_d_report(&gc)?
+        plan.check_one_d()?
     } else {
-        let t_load = std::time::Instant::now();
         let p = load_files(a.inputs.example, &a.inputs.files)?;
-        let load_s = t_load.elapsed().as_secs_f64();
-        let mut gc = gc;
-        gc.gradient_roundoff = p.grad_roundoff;
-        if p.notebook && a.precision == Precision::Auto {
-            // The notebook's own example, in the notebook's arithmetic: its digits.
-            gc.precision = Precision::F64Plain;
-        }
-        let gc = gc;
         if let Some(path) = &a.save_masks {
             let n = gradcheck::io::write_masks(path, &p.model, &p.data)?;
             eprintln!("{n} dropout mask(s) written to {}", path.display());
         }
         if let Some(spec) = &a.shard {
-            if matches!(a.epsilon, Some(EpsilonArg::Auto)) {
-                bail!(
-                    "--shard with --epsilon auto: every shard must use the same ε; give it as a number"
-                );
-            }
             let (i, n) = gradcheck::shard::parse_shard(spec)?;
-            let part = gradcheck::shard::evaluate_shard(&gc, &p, i, n)?;
+            let part = plan.shard(&p, i, n)?;
             let path = a.json.as_ref().expect("clap requires --json with --shard");
             let text = serde_json::to_string(&part)?;
             if path.as_os_str() == "-" {
@@ -566,52 +515,14 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let mut gc = gc;
-        let mut auto_note = None;
-        if let Some(EpsilonArg::Auto) = a.epsilon {
-            let (best, note) = gradcheck::sweep::auto_epsilon(&gc, &p)?;
-            gc.epsilon = Some(best);
-            auto_note = Some(note);
-        }
-        let gc = gc;
-        let fast = match a.fast {
-            Some(k) => Some(gc.fast(&p.model, &p.params, &p.data, &p.grads, k as usize, a.seed)?),
-            None => None,
+        let bar = if a.quiet {
+            Progress::none()
+        } else {
+            progress(&p, &plan)
         };
-        let mut r = match fast {
-            Some(f) if f.passed => f,
-            _ => {
-                let bar = if a.quiet {
-                    Progress::none()
-                } else {
-                    progress(&p, &gc)
-                };
-                let r = gc.run(&p.model, &p.params, &p.data, &p.grads);
-                bar.finish();
-                let mut r = r?;
-                if let Some(f) = fast.and_then(|f| f.fast) {
-                    r.notes.push(format!(
-                        "the fast check ({} directions, seed {}) did not pass (difference {:e}); the full check localises it",
-                        f.directions.len(),
-                        f.seed,
-                        f.difference
-                    ));
-                    r.mode = "full (after the fast check did not pass)".into();
-                    r.fast = Some(f);
-                }
-                r
-            }
-        };
-        r.notes.splice(0..0, p.notes);
-        r.notes.extend(auto_note);
-        r.builtin_gradients = p.builtin_grads;
-        r.timings.load_s = load_s;
-        if a.timings && r.timings.kernels.is_empty() {
-            r.notes.push(
-                "--timings: no kernel times (evaluated on the CPU, or the adapter has no timestamp queries)".into(),
-            );
-        }
-        r
+        let r = plan.check(&p);
+        bar.finish();
+        r?
     };
     if let Some(path) = &a.junit {
         let one = gradcheck::batch::BatchReport::single("gradcheck check", report.clone());
@@ -726,7 +637,8 @@ impl Progress {
     }
 }
 
-fn progress(p: &Problem, gc: &GradCheck) -> Progress {
+fn progress(p: &Problem, plan: &Plan) -> Progress {
+    let gc = plan.engine(p);
     use std::io::IsTerminal as _;
     use std::sync::atomic::Ordering;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

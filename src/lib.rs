@@ -54,6 +54,8 @@ pub mod compare;
 pub mod shard;
 pub mod sweep;
 
+pub mod plan;
+
 pub use check::GradCheck;
 pub use error::{Error, Result};
 pub use eval::{Backend, Evaluation, Evaluator, Precision};

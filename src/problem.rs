@@ -29,6 +29,8 @@ pub struct Problem {
     pub grad_roundoff: f64,
     /// A built-in example of the notebook's: checked in its arithmetic (f64-plain) by default.
     pub notebook: bool,
+    /// Seconds spent reading and validating the files (0 for built-in examples).
+    pub load_s: f64,
 }
 
 impl Problem {
@@ -79,6 +81,7 @@ impl Problem {
             builtin_grads,
             grad_roundoff,
             notebook: false,
+            load_s: 0.0,
         })
     }
 
@@ -89,10 +92,13 @@ impl Problem {
         grads: Option<&Path>,
         model: Option<&Path>,
     ) -> Result<Problem> {
+        let t0 = std::time::Instant::now();
         let spec = model.map(spec_from_file).transpose()?;
         let p = Npz::open(params)?;
         let d = Npz::open(data)?;
         let g = grads.map(Npz::open).transpose()?;
-        Problem::from_npz(&p, &d, g.as_ref(), spec)
+        let mut problem = Problem::from_npz(&p, &d, g.as_ref(), spec)?;
+        problem.load_s = t0.elapsed().as_secs_f64();
+        Ok(problem)
     }
 }

@@ -7,7 +7,8 @@
 
 use std::path::PathBuf;
 
-use gradcheck::check::{Backend, GradCheck, KinkPolicy, Precision};
+use gradcheck::check::{Backend, KinkPolicy, Precision};
+use gradcheck::plan::{Epsilon, Plan};
 use gradcheck::io::Npz;
 use gradcheck::problem::Problem;
 use ndarray::{ArrayD, IxDyn};
@@ -78,36 +79,17 @@ fn check(
     let grads = gradients.map(|g| npz("gradients", g)).transpose()?;
     let problem = Problem::from_npz(&params, &data, grads.as_ref(), spec).map_err(value_error)?;
     let text = |k: &str, default: &str| opts[k].as_str().unwrap_or(default).to_string();
-    let mut gc = GradCheck::new()
-        .backend(parse::<Backend>("backend", &text("backend", "auto"))?)
-        .precision(parse::<Precision>("precision", &text("precision", "auto"))?)
-        .kinks(parse::<KinkPolicy>("kinks", &text("kinks", "exclude"))?);
-    gc.epsilon = opts["epsilon"].as_f64();
-    gc.threshold = opts["threshold"].as_f64();
-    gc.stencil = opts["stencil"].as_u64().unwrap_or(2) as u8;
-    gc.gradient_roundoff = problem.grad_roundoff;
-    if let Some(e) = gc.epsilon {
-        if !(e.is_finite() && e > 0.0 && e <= 1.0) {
-            return Err(value_error(format!(
-                "epsilon = {e}: must be a number in (0, 1]"
-            )));
-        }
-    }
-    let report = py
-        .detach(|| {
-            gc.run(
-                &problem.model,
-                &problem.params,
-                &problem.data,
-                &problem.grads,
-            )
-            .map(|mut r| {
-                r.notes.splice(0..0, problem.notes.clone());
-                r.builtin_gradients = problem.builtin_grads;
-                r
-            })
-        })
-        .map_err(value_error)?;
+    // The Python side has checked the types; the values are the library's to judge.
+    let plan = Plan {
+        epsilon: opts["epsilon"].as_f64().map_or(Epsilon::Default, Epsilon::Value),
+        threshold: opts["threshold"].as_f64(),
+        backend: parse::<Backend>("backend", &text("backend", "auto"))?,
+        precision: parse::<Precision>("precision", &text("precision", "auto"))?,
+        kinks: parse::<KinkPolicy>("kinks", &text("kinks", "exclude"))?,
+        stencil: opts["stencil"].as_u64().unwrap_or(2),
+        ..Plan::default()
+    };
+    let report = py.detach(|| plan.check(&problem)).map_err(value_error)?;
     Ok((
         gradcheck::report::render_json(&report),
         gradcheck::report::render_text(&report),

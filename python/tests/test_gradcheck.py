@@ -200,7 +200,7 @@ def test_notebook_argument_order_and_option_types_are_named(seed):
         gradcheck.check(params, X, Y, buggy, epsilon="1e-3")
     with pytest.raises(TypeError, match="stencil must be"):
         gradcheck.check(params, X, Y, buggy, stencil=4.0)
-    with pytest.raises(ValueError, match="stencil = 260"):
+    with pytest.raises(ValueError, match="stencil = 260: must be 2"):
         gradcheck.check(params, X, Y, buggy, stencil=260)
     half = {k: v.astype(np.float16) for k, v in buggy.items()}
     with pytest.raises(ValueError, match="float16"):
@@ -232,3 +232,11 @@ def test_a_nan_gradient_renders_and_prints(seed, capsys):
     d = gradcheck.gradient_check_n(params, nan, X, Y, print_msg=True)
     assert "mistake" in capsys.readouterr().out
     assert d != d or d > 2e-7
+
+
+def test_bad_values_get_the_librarys_message(seed):
+    params, X, Y, _, fixed = seed
+    with pytest.raises(ValueError, match=r"epsilon = 5: must be a number in \(0, 1\] \(or auto\)"):
+        gradcheck.check(params, X, Y, fixed, epsilon=5.0)
+    with pytest.raises(ValueError, match=r"stencil = 260: must be 2 or 4"):
+        gradcheck.check(params, X, Y, fixed, stencil=260)

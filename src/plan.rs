@@ -1,0 +1,276 @@
+//! The one call: a [`Problem`] and a [`Plan`] → a [`Report`]. Every front end (the CLI's
+//! `check` and `merge`, batch jobs, shards, Python) parses its inputs into these two and
+//! renders what comes back; the rules of a check live here, once — ε in (0, 1] or auto,
+//! the stencil, the fast mode's directions, shards and their stencil, the notebook's own
+//! examples in its arithmetic, and every note a report carries. Nothing writes into a
+//! report after this module returns it.
+//!
+//! May use: `check` (the engine), `sweep` (auto-ε), `shard`, `problem`, `diagnose`,
+//! `eval`. Front ends sit above.
+
+use crate::check::{Backend, GradCheck, KinkPolicy, Precision, Report, Timings};
+use crate::error::{Error, Result};
+use crate::eval::Threads;
+use crate::problem::Problem;
+use crate::shard::Partial;
+
+/// ε of a plan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Epsilon {
+    /// The precision's default (1e-7 in f64, 1e-4 in f32, 1e-3 in f32-plain).
+    Default,
+    /// This ε, in (0, 1].
+    Value(f64),
+    /// A short sweep at the check's precision picks it ([`crate::sweep::auto_epsilon`]).
+    Auto,
+}
+
+/// The fast mode: K random ±1 directions first; the full check only when they do not pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fast {
+    /// K, 1 … [`MAX_FAST_DIRECTIONS`].
+    pub directions: u64,
+    /// Seed of the directions (reported, so that a run can be repeated).
+    pub seed: u64,
+}
+
+/// The most directions the fast mode takes (beyond, the full check is cheaper).
+pub const MAX_FAST_DIRECTIONS: u64 = 10_000;
+
+/// How to check a problem: every setting a front end can give. [`Plan::validate`] is the
+/// one place they are checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// ε.
+    pub epsilon: Epsilon,
+    /// The notebook's threshold (reported beside the verdict); `None` = the precision's.
+    pub threshold: Option<f64>,
+    /// Evaluator.
+    pub backend: Backend,
+    /// Precision and arithmetic (`Auto`: f64; the notebook's examples: f64-plain).
+    pub precision: Precision,
+    /// Kink policy.
+    pub kinks: KinkPolicy,
+    /// Worst elements listed per tensor.
+    pub top_k: usize,
+    /// 2 (central difference) or 4 (Richardson); any other number is refused.
+    pub stencil: u64,
+    /// Substring of the GPU adapter's name.
+    pub adapter: Option<String>,
+    /// Per-kernel GPU times in the report.
+    pub kernel_timings: bool,
+    /// The fast mode, when asked for.
+    pub fast: Option<Fast>,
+    /// Re-check once at the ε that cures an inconclusive verdict.
+    pub auto_epsilon: bool,
+    /// CPU threading.
+    pub threads: Threads,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            epsilon: Epsilon::Default,
+            threshold: None,
+            backend: Backend::Auto,
+            precision: Precision::Auto,
+            kinks: KinkPolicy::Exclude,
+            top_k: 3,
+            stencil: 2,
+            adapter: None,
+            kernel_timings: false,
+            fast: None,
+            auto_epsilon: true,
+            threads: Threads::Parallel,
+        }
+    }
+}
+
+impl Plan {
+    /// Checks every setting; the messages are the same from every front end.
+    pub fn validate(&self) -> Result<()> {
+        if let Epsilon::Value(e) = self.epsilon {
+            // A step larger than 1 moves the parameters by more than a typical weight and
+            // overflows costs: it is never a gradient check.
+            if !(e.is_finite() && e > 0.0 && e <= 1.0) {
+                return Err(Error::Config(format!(
+                    "epsilon = {e}: must be a number in (0, 1] (or auto)"
+                )));
+            }
+        }
+        if let Some(t) = self.threshold {
+            crate::check::validate_threshold(t)?;
+        }
+        if !matches!(self.stencil, 2 | 4) {
+            return Err(Error::Config(format!(
+                "stencil = {}: must be 2 or 4 (2: central differences, 4: Richardson)",
+                self.stencil
+            )));
+        }
+        if let Some(f) = self.fast {
+            if !(1..=MAX_FAST_DIRECTIONS).contains(&f.directions) {
+                return Err(Error::Config(format!(
+                    "fast = {}: must be 1 … {MAX_FAST_DIRECTIONS} directions",
+                    f.directions
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine for `problem`: the settings, the gradients' precision, and the
+    /// notebook's arithmetic for the notebook's own examples (what reproduces its digits).
+    pub fn engine(&self, problem: &Problem) -> GradCheck {
+        let mut gc = GradCheck::new()
+            .backend(self.backend)
+            .precision(self.precision)
+            .kinks(self.kinks);
+        if problem.notebook && self.precision == Precision::Auto {
+            gc.precision = Precision::F64Plain;
+        }
+        gc.epsilon = match self.epsilon {
+            Epsilon::Value(e) => Some(e),
+            _ => None,
+        };
+        gc.threshold = self.threshold;
+        gc.top_k = self.top_k;
+        gc.stencil = self.stencil as u8;
+        gc.adapter = self.adapter.clone();
+        gc.kernel_timings = self.kernel_timings;
+        gc.auto_epsilon = self.auto_epsilon;
+        gc.threads = self.threads;
+        gc.gradient_roundoff = problem.grad_roundoff;
+        gc
+    }
+
+    /// Checks `problem`: the whole report, notes included.
+    pub fn check(&self, problem: &Problem) -> Result<Report> {
+        self.validate()?;
+        let mut gc = self.engine(problem);
+        let mut notes = problem.notes.clone();
+        let mut late_notes = Vec::new();
+        if self.epsilon == Epsilon::Auto {
+            let (best, note) = crate::sweep::auto_epsilon(&gc, problem)?;
+            gc.epsilon = Some(best);
+            late_notes.push(note);
+        }
+        let (model, params, data, grads) = (
+            &problem.model,
+            &problem.params,
+            &problem.data,
+            &problem.grads,
+        );
+        let fast = match self.fast {
+            Some(f) => Some(gc.fast(model, params, data, grads, f.directions as usize, f.seed)?),
+            None => None,
+        };
+        let mut r = match fast {
+            Some(f) if f.passed => f,
+            _ => {
+                let mut r = gc.run(model, params, data, grads)?;
+                if let Some(f) = fast.and_then(|f| f.fast) {
+                    r.notes.push(format!(
+                        "the fast check ({} directions, seed {}) did not pass (difference {:e}); the full check localises it",
+                        f.directions.len(),
+                        f.seed,
+                        f.difference
+                    ));
+                    r.mode = "full (after the fast check did not pass)".into();
+                    r.fast = Some(f);
+                }
+                r
+            }
+        };
+        if self.kernel_timings && r.timings.kernels.is_empty() {
+            late_notes.push(
+                "--timings: no kernel times (evaluated on the CPU, or the adapter has no timestamp queries)".into(),
+            );
+        }
+        notes.append(&mut r.notes);
+        notes.append(&mut late_notes);
+        r.notes = notes;
+        r.builtin_gradients = problem.builtin_grads;
+        r.timings.load_s = problem.load_s;
+        Ok(r)
+    }
+
+    /// The notebook's 1-D example J(θ) = θ·x (not a network: no problem to load).
+    pub fn check_one_d(&self) -> Result<Report> {
+        self.validate()?;
+        let mut gc = GradCheck::new().kinks(self.kinks);
+        gc.epsilon = match self.epsilon {
+            Epsilon::Value(e) => Some(e),
+            _ => None,
+        };
+        gc.threshold = self.threshold;
+        gc.top_k = self.top_k;
+        gc.stencil = self.stencil as u8;
+        crate::examples::one_d_report(&gc)
+    }
+
+    /// The I-th of N shards of `problem` (1-based I), for [`Plan::merge`].
+    pub fn shard(&self, problem: &Problem, i: usize, n: usize) -> Result<Partial> {
+        self.validate()?;
+        if self.epsilon == Epsilon::Auto {
+            return Err(Error::Config(
+                "--shard with --epsilon auto: every shard must use the same ε; give it as a number"
+                    .into(),
+            ));
+        }
+        if self.stencil != 2 {
+            return Err(Error::Config(
+                "--shard with --stencil 4: the merge judges both from the same two evaluations; shard with the default stencil and merge with --stencil 4".into(),
+            ));
+        }
+        crate::shard::evaluate_shard(&self.engine(problem), problem, i, n)
+    }
+
+    /// The report one run would give, from the partials of every shard (the plan's
+    /// threshold, stencil and kink policy judge them).
+    pub fn merge(
+        &self,
+        problem: &Problem,
+        parts: &[Partial],
+        mix_backends: bool,
+    ) -> Result<Report> {
+        self.validate()?;
+        let (eval, wide, epsilon) = crate::shard::merge(parts, problem, mix_backends)?;
+        let gc = self.engine(problem);
+        let (_, threshold) = gc.defaults_for(&eval.precision);
+        crate::check::validate_threshold(threshold)?;
+        let mut r = gc.judge(&crate::check::Evidence {
+            layout: problem.model.layout(),
+            grad: problem.grads.as_slice(),
+            eval: &eval,
+            wide: Some(&wide),
+            epsilon,
+            threshold,
+            m: problem.data.m(),
+            growth: crate::verdict::growth(problem.model.layout()),
+            terms: Some(&crate::eval::cpu::term_sizes(
+                &problem.model,
+                &problem.params,
+                &problem.data,
+            )),
+        });
+        crate::diagnose::dropout_slips(
+            &problem.model,
+            &problem.params,
+            &problem.data,
+            problem.grads.as_slice(),
+            &mut r.tensors,
+        );
+        r.builtin_gradients = problem.builtin_grads;
+        r.notes.splice(0..0, problem.notes.iter().cloned());
+        r.timings = Timings {
+            load_s: problem.load_s,
+            ..Timings::default()
+        };
+        Ok(r)
+    }
+}
+
+/// [`Plan::check`]: the one call.
+pub fn check(problem: &Problem, plan: &Plan) -> Result<Report> {
+    plan.check(problem)
+}
