@@ -17,26 +17,40 @@ use gradcheck::report;
 #[command(
     name = "gradcheck",
     version,
-    about = "Prove that a neural network's backpropagation is right: every central difference, batched on the GPU, compared in f64."
+    about = "Prove that a neural network's backpropagation is right: every central difference, batched on the GPU, compared in f64.",
+    after_help = VERDICT_EXIT
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// The exit statuses of the commands that judge gradients.
+const VERDICT_EXIT: &str = "Exit status: 0 every gradient passed, 1 a gradient is wrong, 2 bad input or usage, 3 inconclusive (central differences could not decide; the report says why).";
+/// The exit statuses of the other commands.
+const PLAIN_EXIT: &str = "Exit status: 0 done, 2 bad input or usage.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Check gradients against central differences of the cost.
+    #[command(after_help = VERDICT_EXIT)]
     Check(CheckArgs),
     /// GPU vs CPU numerics: J±, gradapprox and differences per precision and tensor.
+    #[command(after_help = PLAIN_EXIT)]
     Compare(CompareArgs),
-    /// Run every check of a TOML manifest: JSON and JUnit reports, exit 0/1/2.
+    /// Run every check of a TOML manifest: JSON and JUnit reports, exit 0/1/2/3.
+    #[command(
+        after_help = "Exit status: 0 every job passed, 1 a job found a wrong gradient, 2 a job could not run (bad input; before 1) or bad usage, 3 a job was inconclusive (and none failed)."
+    )]
     Batch(BatchArgs),
     /// The difference against ε over decades, per precision: table, JSON, SVG plot.
+    #[command(after_help = PLAIN_EXIT)]
     Sweep(SweepArgs),
     /// Join the partials of `check --shard I/N` into the report one run would give.
+    #[command(after_help = VERDICT_EXIT)]
     Merge(MergeArgs),
     /// List GPU adapters, their f64 support and limits.
+    #[command(after_help = PLAIN_EXIT)]
     Devices,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
@@ -119,9 +133,9 @@ struct CheckArgs {
     #[arg(long, value_enum, default_value = "auto")]
     backend: Backend,
     /// Precision and arithmetic: f64 (the Δ path), f64-plain (the notebook's), f32 (Δ),
-    /// f32-plain; auto = f64, or f32 on a GPU without f64 [default for the built-in
-    /// examples: f64-plain].
-    #[arg(long, value_enum, default_value = "auto")]
+    /// f32-plain; auto = f64, or f32 on a GPU without f64, and f64-plain for the built-in
+    /// examples [default: auto].
+    #[arg(long, value_enum, default_value = "auto", hide_default_value = true)]
     precision: Precision,
     /// Kinks: `exclude` judges a kinked element by the one-sided difference that does not
     /// cross; `include` uses the central difference anyway (the notebook's behaviour).
@@ -249,8 +263,13 @@ struct SweepArgs {
     #[arg(long, value_enum)]
     precision: Option<Precision>,
     /// Kinks: `exclude` leaves kinked elements out of each point's difference; `include`
-    /// counts them.
-    #[arg(long, value_enum, default_value = "exclude")]
+    /// counts them [possible values: exclude, include].
+    #[arg(
+        long,
+        value_enum,
+        default_value = "exclude",
+        hide_possible_values = true
+    )]
     kinks: KinkPolicy,
     /// GPU adapter: a substring of its name.
     #[arg(long)]
@@ -431,9 +450,7 @@ pub fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Manpage => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut out)?;
-            stdout(&String::from_utf8_lossy(&out))?;
+            stdout(&man_page()?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices => {
@@ -441,6 +458,39 @@ pub fn run() -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One man page: the commands listed with where their options are (`gradcheck CMD
+/// --help`; no per-command pages are shipped, so none is referred to), and the exit status.
+fn man_page() -> Result<String> {
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    let roff = |t: &str| t.replace('\\', "\\\\").replace('-', "\\-");
+    let mut text = String::from_utf8_lossy(&out).into_owned();
+    text.push_str(".SH COMMANDS\n");
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        text.push_str(&format!(
+            ".TP\n\\fBgradcheck {}\\fR\n{}. Options: \\fBgradcheck {} \\-\\-help\\fR.\n",
+            sub.get_name(),
+            roff(&about),
+            sub.get_name()
+        ));
+    }
+    text.push_str(&format!(
+        ".SH \"EXIT STATUS\"\n{}\n.PP\nbatch: 0 every job passed, 1 a job found a wrong gradient, 2 a job could not run (this before 1), 3 a job was inconclusive (and none failed).\n.PP\n{}\n",
+        roff(VERDICT_EXIT.trim_start_matches("Exit status: ")),
+        roff(&format!("compare, sweep, devices: {}", PLAIN_EXIT.trim_start_matches("Exit status: ")))
+    ));
+    let mut tail = Vec::new();
+    man.render_version_section(&mut tail)?;
+    text.push_str(&String::from_utf8_lossy(&tail));
+    Ok(text)
 }
 
 fn load(inputs: &Inputs) -> Result<Problem> {

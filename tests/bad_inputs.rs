@@ -262,3 +262,42 @@ fn completions_and_man_page_are_generated() {
     let (code, _, _) = gradcheck(&["completions", "nosh"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn every_exit_code_is_in_every_help_and_the_man_page() {
+    let verdict = ["0 every", "1 a", "2 ", "3 "];
+    for (sub, codes) in [
+        ("check", &verdict[..]),
+        ("batch", &verdict[..]),
+        ("merge", &verdict[..]),
+        ("compare", &["0 done", "2 bad"][..]),
+        ("sweep", &["0 done", "2 bad"][..]),
+        ("devices", &["0 done", "2 bad"][..]),
+    ] {
+        let (code, out, _) = gradcheck(&[sub, "--help"]);
+        assert_eq!(code, 0);
+        let exit = out
+            .lines()
+            .find(|l| l.starts_with("Exit status:"))
+            .unwrap_or_else(|| panic!("{sub} --help has no exit status:\n{out}"));
+        for c in codes {
+            assert!(exit.contains(c), "{sub}: {c:?} missing from {exit:?}");
+        }
+    }
+    let (_, out, _) = gradcheck(&["--help"]);
+    assert!(out.contains("Exit status: 0"), "{out}");
+    let (_, man, _) = gradcheck(&["manpage"]);
+    assert!(man.contains(".SH \"EXIT STATUS\""), "{man}");
+    // No page is referred to that is not shipped.
+    assert!(!man.contains("(1)"), "{man}");
+    let (_, out, _) = gradcheck(&["check", "--help"]);
+    let precision = out
+        .lines()
+        .find(|l| l.contains("--precision"))
+        .unwrap_or("");
+    assert!(out.contains("[default: auto]"), "{out}");
+    assert!(
+        !precision.contains("[default: auto] [default"),
+        "{precision}"
+    );
+}

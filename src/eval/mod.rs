@@ -22,7 +22,9 @@ pub use cpu::{KINK_MINUS, KINK_PLUS, Threads};
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// The GPU when an adapter is there, otherwise the CPU (and the report says so).
+    /// A hardware GPU when one is there, otherwise the CPU: a software adapter (llvmpipe)
+    /// is slower than the CPU evaluator and is used only when named (the report says which
+    /// ran and why).
     Auto,
     /// The CPU f64 reference.
     Cpu,
