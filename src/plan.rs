@@ -191,6 +191,9 @@ impl Plan {
         r.notes = notes;
         r.builtin_gradients = problem.builtin_grads;
         r.timings.load_s = problem.load_s;
+        if problem.model_guessed {
+            judge_the_guess(problem, &mut r);
+        }
         Ok(r)
     }
 
@@ -266,8 +269,121 @@ impl Plan {
             load_s: problem.load_s,
             ..Timings::default()
         };
+        if problem.model_guessed {
+            judge_the_guess(problem, &mut r);
+        }
         Ok(r)
     }
+}
+
+/// A guessed model never yields a confident FAIL: when every tensor fails against it, the
+/// model — not the backprop — is the likelier mismatch. The verdict is then INCONCLUSIVE,
+/// and the model families the shapes allow are tried: one whose built-in backprop gives
+/// the user's gradients (to 1e-6) is named.
+fn judge_the_guess(problem: &Problem, r: &mut Report) {
+    let model = &problem.model;
+    let describe = |spec: &crate::model::ModelSpec| {
+        let hidden = spec.activations[..spec.activations.len() - 1]
+            .first()
+            .map_or(String::new(), |a| format!("{a} hidden layers, "));
+        let out = spec
+            .activations
+            .last()
+            .map_or(String::new(), |a| a.to_string());
+        format!("{hidden}{out} output, {}", loss_name(spec.loss))
+    };
+    r.model_guessed = Some(describe(model.spec()));
+    let all_fail = !r.tensors.is_empty()
+        && r.tensors
+            .iter()
+            .all(|t| t.verdict == crate::check::Verdict::Fail);
+    if problem.builtin_grads || !all_fail {
+        return;
+    }
+    let fit = fitting_model(problem);
+    let why = match &fit {
+        Some((spec, d)) => format!(
+            "the model was guessed ({}) and every tensor fails against it, but your gradients are those of {} (difference {d:.1e}): give that model with --model (activations {:?}, loss {:?})",
+            describe(model.spec()),
+            describe(spec),
+            spec.activations
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>(),
+            serde_json::to_value(spec.loss)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        ),
+        None => format!(
+            "the model was guessed ({}) and every tensor fails against it: the model, not necessarily your backprop, is the likely mismatch; give yours with --model (no other activation/cost of these shapes fits your gradients either)",
+            describe(model.spec())
+        ),
+    };
+    r.reasons.insert(0, why);
+    r.verdict = crate::check::Verdict::Inconclusive;
+    r.passed = false;
+}
+
+fn loss_name(l: crate::model::Loss) -> &'static str {
+    match l {
+        crate::model::Loss::BinaryCrossEntropy => "binary cross-entropy",
+        crate::model::Loss::SoftmaxCrossEntropy => "softmax cross-entropy",
+        crate::model::Loss::MeanSquaredError => "mean squared error",
+    }
+}
+
+/// The model of the problem's shapes (one hidden activation for every hidden layer, an
+/// output and cost) whose built-in backprop is nearest the user's gradients, when within
+/// 1e-6 (the notebook's difference).
+fn fitting_model(problem: &Problem) -> Option<(crate::model::ModelSpec, f64)> {
+    use crate::model::{Activation, Data, Loss, Model, ModelSpec, Params};
+    let sizes = problem.model.sizes().to_vec();
+    let depth = sizes.len() - 1;
+    let hidden = [
+        Activation::Relu,
+        Activation::Tanh,
+        Activation::Sigmoid,
+        Activation::LeakyRelu(0.01),
+        Activation::Identity,
+    ];
+    let outputs = [
+        (Activation::Sigmoid, Loss::BinaryCrossEntropy),
+        (Activation::Softmax, Loss::SoftmaxCrossEntropy),
+        (Activation::Identity, Loss::MeanSquaredError),
+        (Activation::Sigmoid, Loss::MeanSquaredError),
+    ];
+    let mut best: Option<(ModelSpec, f64)> = None;
+    for h in hidden.iter().take(if depth > 1 { hidden.len() } else { 1 }) {
+        for &(out, loss) in &outputs {
+            let mut activations = vec![*h; depth - 1];
+            activations.push(out);
+            let spec = ModelSpec {
+                layers: sizes.clone(),
+                activations,
+                loss,
+                l2: 0.0,
+                dropout: None,
+            };
+            let Ok(model) = Model::new(spec.clone()) else {
+                continue;
+            };
+            let Ok(params) =
+                Params::new(model.layout().clone(), problem.params.as_slice().to_vec())
+            else {
+                continue;
+            };
+            let Ok(data) = Data::new(&model, problem.data.x.clone(), problem.data.y.clone()) else {
+                continue;
+            };
+            let g = crate::eval::cpu::backprop(&model, &params, &data);
+            let d = crate::metric::difference(g.as_slice(), problem.grads.as_slice());
+            if d <= 1e-6 && best.as_ref().is_none_or(|(_, b)| d < *b) {
+                best = Some((spec, d));
+            }
+        }
+    }
+    best
 }
 
 /// [`Plan::check`]: the one call.

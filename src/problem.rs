@@ -31,6 +31,9 @@ pub struct Problem {
     pub notebook: bool,
     /// Seconds spent reading and validating the files (0 for built-in examples).
     pub load_s: f64,
+    /// The model was guessed from the weight shapes (no spec was given): the notebook's
+    /// relu hidden layers, sigmoid output and binary cross-entropy.
+    pub model_guessed: bool,
 }
 
 impl Problem {
@@ -82,6 +85,7 @@ impl Problem {
             grad_roundoff,
             notebook: false,
             load_s: 0.0,
+            model_guessed: inferred,
         })
     }
 

@@ -71,6 +71,12 @@ pub fn render_text(r: &Report) -> String {
         py_repr(r.epsilon),
         r.timings.total_s
     );
+    if let Some(m) = &r.model_guessed {
+        let _ = writeln!(
+            s,
+            "MODEL GUESSED from the weight shapes: {m} (give yours with --model)"
+        );
+    }
     for n in &r.notes {
         let _ = writeln!(s, "note: {n}");
     }

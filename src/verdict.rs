@@ -364,6 +364,10 @@ pub struct Report {
     pub suggested_epsilon: Option<f64>,
     /// Facts the user should know (model inferred, backend fallback, …).
     pub notes: Vec<String>,
+    /// The model the gradients were judged against when it was guessed from the weight
+    /// shapes (no spec given), e.g. "relu hidden layers, sigmoid output, binary
+    /// cross-entropy"; `None` when the user gave the model.
+    pub model_guessed: Option<String>,
     /// Wall-clock time.
     pub timings: Timings,
     /// Which check decided: "full", "fast", or "full (after the fast check failed)".
@@ -771,6 +775,7 @@ impl Rules {
             reasons,
             suggested_epsilon,
             notes: eval.notes.clone(),
+            model_guessed: None,
             timings: Timings::default(),
             mode: "full".into(),
             stencil: if self.stencil == 4 && ev.wide.is_some() {

@@ -85,6 +85,8 @@ class Report:
         self.precision: str = d["precision"]
         self.reasons: list = d["reasons"]
         self.notes: list = d["notes"]
+        # The model judged against, when it was guessed from the weight shapes.
+        self.model_guessed: Optional[str] = d.get("model_guessed")
         self.tensors = [
             Tensor(
                 name=t["name"],
@@ -138,8 +140,14 @@ class Report:
             "(‖bounds‖ / ‖gradient‖); a pass needs it below 0.25 %, so that a 1 % error "
             "would have shown"
         )
+        guess = (
+            f'<p style="color:#9a6700"><b>Model guessed</b> from the weight shapes: '
+            f"{html.escape(self.model_guessed)} (give yours with <code>model=</code>)</p>"
+            if self.model_guessed
+            else ""
+        )
         return (
-            f'<div class="gradcheck gradcheck-{self.verdict}">'
+            f'<div class="gradcheck gradcheck-{self.verdict}">{guess}'
             f'<p><b style="color:{color.get(self.verdict, "black")}">'
             f"{self.verdict.upper()}</b> — difference {self.difference!r} "
             f"(ε = {self.epsilon:g}, {html.escape(self.backend)}, {html.escape(self.precision)})</p>"
