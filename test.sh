@@ -34,6 +34,8 @@ PATH="$PWD/$venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target/python" MATURIN_PEP517
     "$venv/bin/pip" install -q --no-build-isolation ./python
 mkdir -p target/tmp
 set +e
+# The package-vs-CLI test finds the binary through this (CARGO_TARGET_DIR may be set).
+export GRADCHECK_BIN="${CARGO_TARGET_DIR:-$PWD/target}/release/gradcheck"
 "$venv/bin/python" -m pytest python/tests -q -p no:cacheprovider -rs | tee target/tmp/pytest.txt
 code=${PIPESTATUS[0]}
 set -e

@@ -568,7 +568,7 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
         let bar = if a.quiet {
             Progress::none()
         } else {
-            progress(&p, &plan)
+            progress(&p)
         };
         let r = plan.check(&p);
         bar.finish();
@@ -687,32 +687,26 @@ impl Progress {
     }
 }
 
-fn progress(p: &Problem, plan: &Plan) -> Progress {
-    let gc = plan.engine(p);
+fn progress(p: &Problem) -> Progress {
     use std::io::IsTerminal as _;
     use std::sync::atomic::Ordering;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if !std::io::stderr().is_terminal() {
         return Progress { stop, thread: None };
     }
+    // The report's own first line says what is checked; the bar says only how far.
     let n = p.model.n_params() as u64;
-    eprintln!(
-        "gradcheck: {} parameters, m = {}, backend {}, precision {} …",
-        n,
-        p.data.m(),
-        match gc.backend {
-            Backend::Auto => "auto",
-            Backend::Cpu => "cpu",
-            Backend::Gpu => "gpu",
-        },
-        gc.precision.label()
-    );
-    // Two evaluations (ε and 2ε) of 2N perturbations each.
+    // 2N perturbations at ε, and 2N more at 2ε (the truncation estimate).
     let bar = indicatif::ProgressBar::new(4 * n);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} perturbations {per_sec} ETA {eta} ({elapsed})",
+            "{bar:30} {pos}/{len} perturbations (2N at ε and at 2ε) {rate} ETA {eta} ({elapsed})",
         )
+        .map(|s| {
+            s.with_key("rate", |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}/s", st.per_sec());
+            })
+        })
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let start = gradcheck::eval::cpu::PERTURBATIONS_DONE.load(Ordering::Relaxed);

@@ -429,9 +429,7 @@ pub fn evaluator(
                 }
                 Err(e) => Err(e),
                 Ok(g) if g.context.is_software() && adapter.is_none() => Ok(on_cpu(format!(
-                    "the only GPU adapter, {}, is a software emulator running on the CPU \
-                     (slower than the native CPU evaluator): evaluated on the CPU \
-                     (--backend gpu uses it anyway)",
+                    "evaluated on the CPU: the only GPU adapter, {}, is a software emulator (--backend gpu uses it anyway)",
                     g.context.adapter_name()
                 ))),
                 Ok(g) => Ok(Box::new(GpuOrCpu { gpu: g, cpu })),
