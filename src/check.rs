@@ -254,7 +254,29 @@ impl GradCheck {
             &mut kernels,
         )?;
         if report.verdict == Verdict::Inconclusive && self.auto_epsilon {
-            if let Some(e2) = report.suggested_epsilon {
+            // Re-check at the ε each inconclusive report suggests, until decided or the
+            // budget is spent (a suggestion can itself be only half a cure: ε = 1e-12 in
+            // plain f64 → 1e-9 → 1e-6).
+            let why = match report.reasons.as_slice() {
+                [] => String::new(),
+                [one] => one.clone(),
+                [one, rest @ ..] => format!("{one}; and {} more", rest.len()),
+            };
+            let mut tried = vec![epsilon];
+            let mut last = report.clone();
+            let mut decided = None;
+            for _ in 0..MAX_RECHECKS {
+                let prev = *tried.last().expect("ε tried");
+                // Not an ε tried already, and no still smaller one for kinks a 1000×
+                // smaller ε did not separate: θ sits on those exactly.
+                let kinks_stayed = prev < epsilon && last.unresolved > 0;
+                let seen = |e: f64| tried.iter().any(|t| (t - e).abs() <= 1e-9 * t);
+                let Some(e2) = last
+                    .suggested_epsilon
+                    .filter(|&e| !(seen(e) || (kinks_stayed && e < prev)))
+                else {
+                    break;
+                };
                 let retry = self.run_at(
                     &*evaluator,
                     model,
@@ -266,36 +288,42 @@ impl GradCheck {
                     &mut spent,
                     &mut kernels,
                 )?;
-                let why = match report.reasons.as_slice() {
-                    [] => String::new(),
-                    [one] => one.clone(),
-                    [one, rest @ ..] => format!("{one}; and {} more", rest.len()),
-                };
+                tried.push(e2);
                 if retry.verdict != Verdict::Inconclusive {
-                    let mut r = retry;
+                    decided = Some(retry);
+                    break;
+                }
+                report.notes.push(format!(
+                    "re-checked at ε = {e2:e}: still inconclusive ({})",
+                    retry.reasons.first().cloned().unwrap_or_default()
+                ));
+                last = retry;
+            }
+            let steps: Vec<String> = tried.iter().map(|e| format!("{e:e}")).collect();
+            match decided {
+                Some(mut r) => {
                     r.notes.push(format!(
-                        "at ε = {epsilon:e} the check was inconclusive ({why}); re-checked at ε = {e2:e}"
+                        "at ε = {epsilon:e} the check was inconclusive ({why}); re-checked at ε = {}",
+                        steps[1..].join(", then ")
                     ));
                     report = r;
-                } else {
-                    report.notes.push(format!(
-                        "re-checked at ε = {e2:e}: still inconclusive ({})",
-                        retry.reasons.first().cloned().unwrap_or_default()
-                    ));
-                    // Suggest only an ε not tried yet, and no still smaller one for kinks
-                    // a 1000× smaller ε did not separate: θ sits on those exactly.
-                    let tried = |e: f64| [epsilon, e2].iter().any(|t| (t - e).abs() <= 1e-9 * t);
-                    let kinks_stayed = e2 < epsilon && retry.unresolved > 0;
-                    report.suggested_epsilon = retry
+                }
+                None if tried.len() > 1 => {
+                    let prev = *tried.last().expect("ε tried");
+                    let kinks_stayed = prev < epsilon && last.unresolved > 0;
+                    let seen = |e: f64| tried.iter().any(|t| (t - e).abs() <= 1e-9 * t);
+                    report.suggested_epsilon = last
                         .suggested_epsilon
-                        .filter(|&e| !(tried(e) || (kinks_stayed && e < e2)));
-                    if report.suggested_epsilon.is_none() && retry.unresolved > 0 {
+                        .filter(|&e| !(seen(e) || (kinks_stayed && e < prev)));
+                    if report.suggested_epsilon.is_none() && last.unresolved > 0 {
                         report.notes.push(format!(
-                            "{} element(s) stayed unresolved at ε = {epsilon:e} and {e2:e}: a smaller ε does not separate an exact kink (a unit at z = 0); there the one-sided derivatives bound the valid subgradients, and --kinks include judges the central difference anyway",
-                            retry.unresolved
+                            "{} element(s) stayed unresolved at ε = {}: a smaller ε does not separate an exact kink (a unit at z = 0); there the one-sided derivatives bound the valid subgradients, and --kinks include judges the central difference anyway",
+                            last.unresolved,
+                            steps.join(" and ")
                         ));
                     }
                 }
+                None => {}
             }
         }
         let total_s = t0.elapsed().as_secs_f64();
@@ -344,6 +372,9 @@ impl GradCheck {
         Ok(report)
     }
 }
+
+/// How many times an inconclusive check is re-checked at the ε it suggests.
+const MAX_RECHECKS: usize = 3;
 
 /// float32's unit roundoff, 2⁻²⁴.
 const F32_ROUNDOFF: f64 = f32::EPSILON as f64 / 2.0;

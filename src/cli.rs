@@ -703,9 +703,12 @@ fn progress(p: &Problem) -> Progress {
             "{bar:30} {pos}/{len} perturbations (2N at ε and at 2ε) {rate} ETA {eta} ({elapsed})",
         )
         .map(|s| {
-            s.with_key("rate", |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.0}/s", st.per_sec());
-            })
+            s.with_key(
+                "rate",
+                |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", st.per_sec());
+                },
+            )
         })
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );

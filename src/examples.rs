@@ -87,6 +87,8 @@ pub fn seed_problem(buggy: bool) -> Result<Problem> {
     };
     let mut prob = Problem::from_npz(&p, &d, Some(&g), None)?;
     prob.notebook = true;
+    // The notebook's own model: known, not guessed.
+    prob.model_guessed = false;
     prob.notes.clear();
     prob.notes.push(format!(
         "built-in example: the seed notebook's 4-5-3-1 network, {} gradients",

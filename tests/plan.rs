@@ -102,3 +102,25 @@ fn cli_and_batch_refuse_with_the_librarys_message() {
         .collect();
     assert_eq!(errors, [EPS_MSG, STENCIL_MSG]);
 }
+
+#[test]
+fn an_inconclusive_check_is_rechecked_until_decided() {
+    // ε = 1e-12 in the notebook's arithmetic: rounding swamps everything; its suggestion
+    // (1e-9) is only half a cure, the next one (1e-6) decides. One run, not three.
+    let p = seed_problem(false).unwrap();
+    let r = Plan {
+        epsilon: Epsilon::Value(1e-12),
+        ..Plan::default()
+    }
+    .check(&p)
+    .unwrap();
+    assert_eq!(r.verdict, gradcheck::check::Verdict::Pass, "{:?}", r.notes);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("re-checked at ε = 1e-9, then 1e-6")),
+        "{:?}",
+        r.notes
+    );
+    assert!(r.model_guessed.is_none(), "the notebook's model is known");
+}
