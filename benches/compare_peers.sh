@@ -1,74 +1,70 @@
 #!/usr/bin/env bash
-# Side-by-side timing against the numpy peers in ../shared/peers, in one run, on the same
-# cases (seconds for all N central differences, loading excluded; gradcheck's number is
-# the report's evaluate_s, which includes its base forward pass).
+# Side-by-side timing against the numpy peers (benches/peers/numpy_peer.py: the notebook's
+# loop and the strongest vectorised version), in one run, on the same cases, from a clone:
+# it needs only python3 with venv (numpy goes into a virtual environment it makes).
 #
-#     benches/compare_peers.sh [LAYERS M ...]     default: the three issue cases
+#     benches/compare_peers.sh [LAYERS M ...]     default: the README's cases
+#
+# Every figure is whole-process wall time (what a user waits for: loading, the checks at ε
+# and 2ε), three runs each, printed as min–max; the machine, its load and the date head
+# the table. GPU columns run whenever an adapter answers (llvmpipe included).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-peers=${PEERS:-$root/../shared/peers}
 work=${WORK:-$(mktemp -d)}
-py=$(PEERS_VENV=${PEERS_VENV:-$work/venv} "$peers/setup.sh")
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-bin=$root/target/release/gradcheck
+venv=${PEERS_VENV:-$work/venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+"$venv/bin/pip" install -q numpy
+py=$venv/bin/python
+peer=$root/benches/peers/numpy_peer.py
+cargo build --release --locked --quiet --manifest-path "$root/Cargo.toml"
+bin=${CARGO_TARGET_DIR:-$root/target}/release/gradcheck
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(4,5,3,1 3 784,64,32,1 64 128,128,128,128,1 32 784,512,256,1 64)
-# Whole-process wall time, best of 3 (what a user waits for: loading, both evaluations).
-best3() {
-    local best=""
+[ ${#cases[@]} -gt 0 ] || cases=(4,5,3,1 3 64,32,16,1 32 784,64,32,1 64 784,512,256,1 64)
+# Three runs: "min–max" seconds.
+range3() {
+    local ts=()
     for _ in 1 2 3; do
         local t0 t1
         t0=$(date +%s.%N)
         "$@" >/dev/null 2>&1 || true
         t1=$(date +%s.%N)
-        best=$("$py" -c "a='$best'; t=$t1-$t0; print('%.3f' % (t if not a else min(float(a), t)))")
+        ts+=("$t1-$t0")
+    done
+    "$py" -c "t=[${ts[0]}, ${ts[1]}, ${ts[2]}]; a, b = min(t), max(t); print(('%.3g' % a) if b < 1.1 * a else '%.3g–%.3g' % (a, b))"
+}
+# The peer's own time for its N central differences (its JSON), min of three.
+peer3() {
+    local best=""
+    for _ in 1 2 3; do
+        local t
+        t=$("$py" "$peer" "$@" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["seconds"])')
+        best=$("$py" -c "a='$best'; print('%.3g' % (float('$t') if not a else min(float(a), float('$t'))))")
     done
     echo "$best"
 }
-soft=$("$bin" devices | grep -c ', Cpu\]' || true)
-# GPU columns whenever an adapter answers (llvmpipe included: it is what CI has).
-gpu_ok=$("$bin" devices >/dev/null 2>&1 && echo 1 || echo 0)
-printf '%-20s %-4s %8s %12s %12s %12s %10s %10s %10s\n' layers m N numpy-prefix cpu-f64 cpu-f64-plain speedup gpu-f64 gpu-f32
+gpu_ok=$("$bin" devices 2>/dev/null | grep -q 'f64:' && echo 1 || echo 0)
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load $(cut -d' ' -f1-3 /proc/loadavg) at start, $(date -u +%Y-%m-%d)"
+[ "$gpu_ok" = 1 ] && echo "gpu: $("$bin" devices | head -n 1)"
+printf '%-16s %-4s %8s %10s %10s %12s %12s %12s %12s\n' layers m N numpy-loop numpy-pfx "cpu (f64)" "default" "gpu f64" "gpu f32"
 for ((k = 0; k < ${#cases[@]}; k += 2)); do
     layers=${cases[k]} m=${cases[k+1]}
     dir=$work/case-${layers//,/-}-$m
-    "$py" "$peers/make_case.py" --layers "$layers" --m "$m" --seed 0 --out "$dir" >/dev/null
+    "$py" "$peer" case --layers "$layers" --m "$m" --seed 0 --out "$dir"
     n=$("$py" -c "import json; print(json.load(open('$dir/meta.json'))['n_params'])")
-    np_t=$(best3 "$py" "$peers/bench_numpy_batched.py" "$dir" --mode prefix)
-    args=(check --params "$dir/params.npz" --data "$dir/data.npz" --grads "$dir/grads.npz" --backend cpu)
-    f64=$(best3 "$bin" "${args[@]}" --precision f64)
-    plain=$(best3 "$bin" "${args[@]}" --precision f64-plain)
+    # The loop peer only where it finishes in reasonable time (2N full forward passes).
+    loop=n/a
+    [ "$n" -le 60000 ] && loop=$(peer3 loop "$dir")
+    pfx=$(peer3 prefix "$dir")
+    args=(check --params "$dir/params.npz" --data "$dir/data.npz" --grads "$dir/grads.npz" --quiet)
+    cpu=$(range3 "$bin" "${args[@]}" --backend cpu)
+    dflt=$(range3 "$bin" "${args[@]}")
     g64=n/a g32=n/a
     if [ "$gpu_ok" = 1 ]; then
-        gargs=(check --params "$dir/params.npz" --data "$dir/data.npz" --grads "$dir/grads.npz" --backend gpu)
-        g64=$(best3 "$bin" "${gargs[@]}" --precision f64)
-        g32=$(best3 "$bin" "${gargs[@]}" --precision f32)
+        g64=$(range3 "$bin" "${args[@]}" --backend gpu --precision f64)
+        g32=$(range3 "$bin" "${args[@]}" --backend gpu --precision f32)
     fi
-    printf '%-20s %-4s %8s %12s %12s %12s %9.1fx %10s %10s\n' "$layers" "$m" "$n" "$np_t" "$f64" "$plain" \
-        "$("$py" -c "print($np_t / max($f64, 1e-9))")" "$g64" "$g32"
+    printf '%-16s %-4s %8s %10s %10s %12s %12s %12s %12s\n' "$layers" "$m" "$n" "$loop" "$pfx" "$cpu" "$dflt" "$g64" "$g32"
 done
-[ "$gpu_ok" = 1 ] && echo "gpu columns: $("$bin" devices | head -n 1)"
-echo "(seconds, whole process, best of 3; cpu-f64 evaluates at ε and 2ε for the error bounds)"
-if [ "$soft" != 0 ] || ! "$bin" devices | grep -q 'f64: '; then
-    echo "no hardware GPU adapter: the GPU f32 accuracy table needs one (llvmpipe is a CPU emulator)"
-    exit 0
-fi
-# f32 accuracy on the same cases, correct gradients: the peers' best f32 (numpy batched at
-# its best ε 1e-3) against gradcheck's f32 Δ path (ε 1e-4) and f32-plain (ε 1e-3). Overall
-# difference as the notebook computes it (kinks included on both sides), then ours with
-# kinked elements left out as the verdict does.
-printf '\n%-16s %-4s %12s %12s %12s %12s\n' layers m numpy-f32 gpu-f32 "(no kinks)" gpu-f32-plain
-for ((k = 0; k < ${#cases[@]}; k += 2)); do
-    layers=${cases[k]} m=${cases[k+1]}
-    dir=$work/case-${layers//,/-}-$m
-    np32=$("$py" "$peers/bench_numpy_batched.py" "$dir" --mode prefix --dtype float32 --eps 1e-3 \
-        | "$py" -c 'import json,sys; print("%.3e" % json.loads(sys.stdin.read().strip().splitlines()[-1])["difference"])')
-    diff() {
-        "$bin" check --params "$dir/params.npz" --data "$dir/data.npz" --grads "$dir/grads.npz" --backend gpu "$@" --json - 2>/dev/null \
-            | "$py" -c 'import json,sys; r = json.load(sys.stdin); print("%.3e %.3e" % (r["difference"], r["difference_counted"]))' || echo "n/a n/a"
-    }
-    read -r d32 d32c <<<"$(diff --precision f32)"
-    read -r p32 _ <<<"$(diff --precision f32-plain)"
-    printf '%-16s %-4s %12s %12s %12s %12s\n' "$layers" "$m" "$np32" "$d32" "$d32c" "$p32"
-done
-echo "gpu adapter: $("$bin" devices | head -n 1)"
+echo "load $(cut -d' ' -f1-3 /proc/loadavg) at end"
+echo "(seconds; numpy: its N central differences at ε, best of 3; gradcheck: whole process at ε and 2ε with every element's error bound, 3 runs, min–max; default = no --backend)"

@@ -124,3 +124,25 @@ fn an_inconclusive_check_is_rechecked_until_decided() {
     );
     assert!(r.model_guessed.is_none(), "the notebook's model is known");
 }
+
+#[test]
+fn auto_takes_the_cpu_for_a_small_problem_without_looking_for_a_gpu() {
+    let p = seed_problem(false).unwrap();
+    let r = Plan::default().check(&p).unwrap();
+    assert_eq!(r.backend, "cpu");
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("without looking for a GPU")),
+        "{:?}",
+        r.notes
+    );
+    // Named or asked for, the GPU is still looked for.
+    let r = Plan {
+        backend: gradcheck::check::Backend::Cpu,
+        ..Plan::default()
+    }
+    .check(&p)
+    .unwrap();
+    assert!(r.notes.iter().all(|n| !n.contains("without looking")));
+}
