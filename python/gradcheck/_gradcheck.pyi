@@ -16,3 +16,6 @@ def check(
 
 def version() -> str:
     """The version of the Rust library."""
+
+def progress() -> int:
+    """Perturbations the CPU evaluator has done in this process so far."""

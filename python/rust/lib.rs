@@ -96,6 +96,13 @@ fn check(
     ))
 }
 
+/// Perturbations the CPU evaluator has done in this process so far (a progress display
+/// polls it from another thread while a check runs).
+#[pyfunction]
+fn progress() -> usize {
+    gradcheck::eval::cpu::PERTURBATIONS_DONE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The version of the Rust library underneath.
 #[pyfunction]
 fn version() -> &'static str {
@@ -106,5 +113,6 @@ fn version() -> &'static str {
 fn _gradcheck(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
+    m.add_function(wrap_pyfunction!(progress, m)?)?;
     Ok(())
 }
