@@ -374,20 +374,25 @@ fn run_batch(a: BatchArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let (mut perturbations, t0) = (0usize, std::time::Instant::now());
-    // Each finished job is in the JSON file at once (rewritten whole), so an interrupted
-    // batch still leaves a report of what ran.
+    // The finished jobs are in the JSON file (rewritten whole) at most a second after they
+    // end, so an interrupted batch still leaves a report of what ran — at most one rewrite
+    // a second, so that thousands of quick jobs cost linear time, not quadratic.
     let mut done: Vec<batch::JobResult> = Vec::new();
     let interim = a.json.as_ref().filter(|p| p.as_os_str() != "-");
+    let mut last_write: Option<std::time::Instant> = None;
     let report = batch::run(&manifest, a.adapter.as_deref(), |_, job| {
         perturbations += job.report.as_ref().map_or(0, |r| 2 * r.n_params);
         let rate = perturbations as f64 / t0.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("{perturbations} perturbations, {rate:.3e}/s"));
+        bar.set_message(format!("{perturbations} perturbations, {rate:.0}/s"));
         bar.inc(1);
         if let Some(path) = interim {
             done.push(job.clone());
-            let partial = serde_json::json!({"complete": false, "jobs": done});
-            if let Ok(text) = serde_json::to_string_pretty(&partial) {
-                let _ = write_file(path, text.as_bytes());
+            if last_write.is_none_or(|t| t.elapsed().as_secs_f64() >= 1.0) {
+                let partial = serde_json::json!({"complete": false, "jobs": done});
+                if let Ok(text) = serde_json::to_string_pretty(&partial) {
+                    let _ = write_file(path, text.as_bytes());
+                }
+                last_write = Some(std::time::Instant::now());
             }
         }
     });
@@ -622,14 +627,59 @@ fn stdout(text: &str) -> Result<()> {
 /// Writes a report file whole or not at all: into a temporary file beside it, synced,
 /// then renamed over the path, so a full disk never leaves a truncated report or
 /// destroys an earlier good one.
+/// Where an output goes.
+enum Sink {
+    /// `-`.
+    Stdout,
+    /// An existing device, FIFO or socket, written straight through: renaming a file over
+    /// it would replace the node (`--junit /dev/null` as root would break /dev/null for the
+    /// whole machine) or lose the output (`--json /dev/stdout`).
+    Through(PathBuf),
+    /// A regular file, new or replaced whole (a temporary file beside it, renamed): the
+    /// target of a symlink, not the link.
+    Atomic(PathBuf),
+}
+
+fn sink_of(path: &std::path::Path) -> Result<Sink> {
+    if path.as_os_str() == "-" {
+        return Ok(Sink::Stdout);
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => bail!("{}: is a directory, not a file to write", path.display()),
+        Ok(m) if !m.is_file() => Ok(Sink::Through(path.to_owned())),
+        Ok(_) => Ok(Sink::Atomic(
+            std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?,
+        )),
+        Err(_) => match std::fs::read_link(path) {
+            // A dangling link: write its target.
+            Ok(target) => Ok(Sink::Atomic(match path.parent() {
+                Some(dir) if target.is_relative() => dir.join(target),
+                _ => target,
+            })),
+            Err(_) => Ok(Sink::Atomic(path.to_owned())),
+        },
+    }
+}
+
 fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write as _;
-    let tmp = temp_beside(path);
+    let path = match sink_of(path)? {
+        Sink::Stdout => return stdout(&String::from_utf8_lossy(bytes)),
+        Sink::Through(p) => {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(bytes))
+                .with_context(|| format!("writing {}", p.display()));
+        }
+        Sink::Atomic(p) => p,
+    };
+    let tmp = temp_beside(&path);
     let written = std::fs::File::create(&tmp).and_then(|mut f| {
         f.write_all(bytes)?;
         f.sync_all()
     });
-    let done = written.and_then(|()| std::fs::rename(&tmp, path));
+    let done = written.and_then(|()| std::fs::rename(&tmp, &path));
     if let Err(e) = done {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", path.display()));
@@ -637,27 +687,33 @@ fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A short temporary name in the same folder (the rename must not cross file systems; a
+/// name built from the target's could exceed NAME_MAX).
 fn temp_beside(path: &std::path::Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map_or_else(|| "report".into(), |n| n.to_string_lossy().into_owned());
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    path.with_file_name(format!(
+        ".gradcheck-{}-{}.tmp",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Fails before any work when an output path cannot be written (its folder missing or
 /// read-only, or it is a folder itself); `-` is stdout.
 fn preflight(paths: &[Option<&PathBuf>]) -> Result<()> {
     for p in paths.iter().flatten() {
-        if p.as_os_str() == "-" {
-            continue;
+        match sink_of(p)? {
+            // Opening a FIFO here would hand its reader an empty stream (and block until
+            // one comes): a device or FIFO is opened once, to write the report.
+            Sink::Stdout | Sink::Through(_) => {}
+            Sink::Atomic(f) => {
+                let tmp = temp_beside(&f);
+                std::fs::File::create(&tmp)
+                    .with_context(|| format!("{}: cannot be written", p.display()))?;
+                let _ = std::fs::remove_file(&tmp);
+            }
         }
-        if p.is_dir() {
-            bail!("{}: is a directory, not a file to write", p.display());
-        }
-        let tmp = temp_beside(p);
-        std::fs::File::create(&tmp)
-            .with_context(|| format!("{}: cannot be written", p.display()))?;
-        let _ = std::fs::remove_file(&tmp);
     }
     Ok(())
 }

@@ -96,17 +96,159 @@ impl Dtype {
     }
 }
 
-/// The value of `'key': …` in a numpy header dict (a quoted string, True/False, or a
-/// parenthesised tuple), as text.
-fn header_field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
-    let at = header.find(&format!("'{key}'"))? + key.len() + 2;
-    let rest = header[at..].trim_start().strip_prefix(':')?.trim_start();
-    let end = match rest.chars().next()? {
-        '(' => rest.find(')')? + 1,
-        '\'' => rest[1..].find('\'')? + 2,
-        _ => rest.find([',', '}'])?,
-    };
-    Some(rest[..end].trim())
+/// A .npy header: the Python dict literal numpy writes, e.g.
+/// `{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }`, parsed by its grammar
+/// (not searched for substrings: a `'descr': '<f4'` inside another key's string is not a
+/// key). Exactly the keys descr, fortran_order and shape, each once.
+#[derive(Debug, PartialEq)]
+struct NpyHeader {
+    descr: String,
+    fortran_order: bool,
+    shape: Vec<usize>,
+}
+
+/// A value of the header's dict.
+#[derive(Debug, PartialEq)]
+enum Literal {
+    Str(String),
+    Bool(bool),
+    Tuple(Vec<usize>),
+}
+
+/// A cursor over the header text.
+struct HeaderCursor<'a> {
+    rest: &'a str,
+}
+
+impl HeaderCursor<'_> {
+    fn skip_ws(&mut self) {
+        self.rest = self.rest.trim_start();
+    }
+    fn eat(&mut self, c: char) -> bool {
+        self.skip_ws();
+        match self.rest.strip_prefix(c) {
+            Some(r) => {
+                self.rest = r;
+                true
+            }
+            None => false,
+        }
+    }
+    fn expect(&mut self, c: char) -> std::result::Result<(), String> {
+        if self.eat(c) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the .npy header is not a Python dict: expected {c:?} at {:?}",
+                self.peek()
+            ))
+        }
+    }
+    fn peek(&self) -> String {
+        self.rest.chars().take(12).collect()
+    }
+    fn string(&mut self) -> std::result::Result<String, String> {
+        self.skip_ws();
+        let q = self.rest.chars().next().filter(|c| *c == '\'' || *c == '"');
+        let q =
+            q.ok_or_else(|| format!("the .npy header: expected a string at {:?}", self.peek()))?;
+        let body = &self.rest[1..];
+        let end = body
+            .find(q)
+            .ok_or("the .npy header has an unterminated string")?;
+        let s = body[..end].to_string();
+        if s.contains('\\') {
+            return Err("the .npy header has an escape in a string".into());
+        }
+        self.rest = &body[end + 1..];
+        Ok(s)
+    }
+    fn value(&mut self) -> std::result::Result<Literal, String> {
+        self.skip_ws();
+        if self.rest.starts_with(['\'', '"']) {
+            return self.string().map(Literal::Str);
+        }
+        for (word, v) in [("True", true), ("False", false)] {
+            if let Some(r) = self.rest.strip_prefix(word) {
+                self.rest = r;
+                return Ok(Literal::Bool(v));
+            }
+        }
+        self.expect('(')?;
+        let mut dims = Vec::new();
+        loop {
+            if self.eat(')') {
+                return Ok(Literal::Tuple(dims));
+            }
+            self.skip_ws();
+            let digits = self
+                .rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(self.rest.len());
+            if digits == 0 {
+                return Err(format!("unreadable shape at {:?}", self.peek()));
+            }
+            let d = self.rest[..digits]
+                .parse::<usize>()
+                .map_err(|_| format!("unreadable shape at {:?}", self.peek()))?;
+            self.rest = self.rest[digits..]
+                .strip_prefix('L')
+                .unwrap_or(&self.rest[digits..]);
+            dims.push(d);
+            if !self.eat(',') {
+                self.expect(')')?;
+                return Ok(Literal::Tuple(dims));
+            }
+        }
+    }
+}
+
+impl NpyHeader {
+    fn parse(text: &str) -> std::result::Result<NpyHeader, String> {
+        let mut c = HeaderCursor { rest: text };
+        c.expect('{')?;
+        let (mut descr, mut fortran, mut shape) = (None, None, None);
+        loop {
+            if c.eat('}') {
+                break;
+            }
+            let key = c.string()?;
+            c.expect(':')?;
+            let value = c
+                .value()
+                .map_err(|e| format!("the .npy header's {key:?}: {e}"))?;
+            let slot_taken = match (key.as_str(), value) {
+                ("descr", Literal::Str(v)) => descr.replace(v).is_some(),
+                ("fortran_order", Literal::Bool(v)) => fortran.replace(v).is_some(),
+                ("shape", Literal::Tuple(v)) => shape.replace(v).is_some(),
+                ("descr" | "fortran_order" | "shape", v) => {
+                    return Err(format!(
+                        "the .npy header's {key:?} is {v:?}, not what numpy writes"
+                    ));
+                }
+                _ => return Err(format!("the .npy header has an unknown key {key:?}")),
+            };
+            if slot_taken {
+                return Err(format!("the .npy header has {key:?} twice"));
+            }
+            if !c.eat(',') {
+                c.expect('}')?;
+                break;
+            }
+        }
+        c.skip_ws();
+        if !c.rest.is_empty() {
+            return Err(format!(
+                "the .npy header has text after its dict: {:?}",
+                c.peek()
+            ));
+        }
+        Ok(NpyHeader {
+            descr: descr.ok_or("the .npy header has no 'descr'")?,
+            fortran_order: fortran.ok_or("the .npy header has no 'fortran_order'")?,
+            shape: shape.ok_or("the .npy header has no 'shape'")?,
+        })
+    }
 }
 
 /// Reads one .npy stream of at most `declared` bytes: header first, the shape checked
@@ -146,22 +288,14 @@ fn read_npy(
     r.read_exact(&mut header)
         .map_err(|_| "truncated .npy header".to_string())?;
     let header = String::from_utf8_lossy(&header);
-    let descr = header_field(&header, "descr")
-        .ok_or("the .npy header has no 'descr'")?
-        .trim_matches('\'');
-    let (dtype, big) = Dtype::parse(descr).ok_or_else(|| {
+    let NpyHeader {
+        descr,
+        fortran_order: fortran,
+        shape,
+    } = NpyHeader::parse(&header)?;
+    let (dtype, big) = Dtype::parse(&descr).ok_or_else(|| {
         format!("dtype {descr}; expected float64 or float32 (or integer/bool labels)")
     })?;
-    let fortran = header_field(&header, "fortran_order") == Some("True");
-    let shape_text = header_field(&header, "shape").ok_or("the .npy header has no 'shape'")?;
-    let shape = shape_text
-        .trim_matches(|c| c == '(' || c == ')')
-        .split(',')
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(|t| t.trim_end_matches('L').parse::<usize>())
-        .collect::<std::result::Result<Vec<usize>, _>>()
-        .map_err(|_| format!("unreadable shape {shape_text}"))?;
     let count = shape
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -213,6 +347,15 @@ fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
         path: path.to_owned(),
         msg,
     };
+    let mut reader = reader;
+    // The zip reader keeps one entry per name: a second member of the same name would be
+    // dropped silently, so the central directory is read here first.
+    if let Some(name) = duplicate_member(&mut reader) {
+        return Err(fmt(format!(
+            "{} appears twice in the archive (which copy is meant is undefined)",
+            name.strip_suffix(".npy").unwrap_or(&name)
+        )));
+    }
     let mut zip =
         zip::ZipArchive::new(reader).map_err(|e| fmt(format!("not a numpy .npz archive ({e})")))?;
     let mut arrays: Vec<(String, ArrayD<f64>)> = Vec::with_capacity(zip.len());
@@ -231,6 +374,12 @@ fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
         let declared = entry.size();
         let (arr, was_f32) =
             read_npy(&mut entry, declared, &mut budget).map_err(|m| fmt(format!("{name}: {m}")))?;
+        // Reading to the entry's end is what makes the zip reader compare its CRC-32.
+        std::io::copy(&mut entry, &mut std::io::sink()).map_err(|e| {
+            fmt(format!(
+                "{name}: the data does not match its CRC-32 checksum: a damaged file ({e})"
+            ))
+        })?;
         if was_f32 {
             f32_keys.push(name.clone());
         }
@@ -241,6 +390,63 @@ fn read_all<R: Read + Seek>(path: &Path, reader: R) -> Result<Npz> {
         arrays,
         f32_keys,
     })
+}
+
+/// The first member name that appears twice in a zip's central directory (read directly:
+/// the zip crate keeps one entry per name). `None` when there is none, or when the
+/// directory cannot be read this way (zip64; the zip reader then judges the archive).
+fn duplicate_member<R: Read + Seek>(r: &mut R) -> Option<String> {
+    use std::io::SeekFrom;
+    let le16 = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]) as usize;
+    let le32 =
+        |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]) as usize;
+    let found = (|| -> std::io::Result<Option<String>> {
+        let len = r.seek(SeekFrom::End(0))?;
+        let tail_len = len.min(22 + 65_535);
+        r.seek(SeekFrom::Start(len - tail_len))?;
+        let mut tail = vec![0u8; tail_len as usize];
+        r.read_exact(&mut tail)?;
+        let Some(eocd) = (0..tail.len().saturating_sub(21))
+            .rev()
+            .find(|&i| tail[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])
+        else {
+            return Ok(None);
+        };
+        let (entries, size, offset) = (
+            le16(&tail, eocd + 10),
+            le32(&tail, eocd + 12),
+            le32(&tail, eocd + 16),
+        );
+        if entries == 0xFFFF || size == 0xFFFF_FFFF || offset == 0xFFFF_FFFF || size > 64 << 20 {
+            return Ok(None);
+        }
+        r.seek(SeekFrom::Start(offset as u64))?;
+        let mut dir = vec![0u8; size];
+        r.read_exact(&mut dir)?;
+        let mut names = std::collections::HashSet::new();
+        let mut at = 0;
+        for _ in 0..entries {
+            if at + 46 > dir.len() || dir[at..at + 4] != [0x50, 0x4b, 0x01, 0x02] {
+                return Ok(None);
+            }
+            let (n, extra, comment) = (
+                le16(&dir, at + 28),
+                le16(&dir, at + 30),
+                le16(&dir, at + 32),
+            );
+            let Some(raw) = dir.get(at + 46..at + 46 + n) else {
+                return Ok(None);
+            };
+            let name = String::from_utf8_lossy(raw).into_owned();
+            if !names.insert(name.clone()) {
+                return Ok(Some(name));
+            }
+            at += 46 + n + extra + comment;
+        }
+        Ok(None)
+    })();
+    let _ = r.seek(std::io::SeekFrom::Start(0));
+    found.ok().flatten()
 }
 
 /// Opens a regular file (a FIFO or a device would block or never end) of at most `cap`

@@ -479,3 +479,323 @@ fn a_full_filesystem_keeps_the_earlier_report_whole() {
     assert!(err.contains("report.json"), "{err}");
     assert_eq!(after, earlier, "the earlier report survives whole");
 }
+
+/// The seed's parameters as (name, .npy bytes, float64, C order), for archives built here.
+fn seed_param_entries() -> Vec<(String, Vec<u8>)> {
+    let z = Npz::open(std::path::Path::new(&seed("seed_params.npz"))).unwrap();
+    z.arrays
+        .iter()
+        .map(|(name, a)| {
+            let shape = format!(
+                "({})",
+                a.shape()
+                    .iter()
+                    .map(|d| format!("{d}, "))
+                    .collect::<String>()
+            );
+            let data: Vec<u8> = a.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (name.clone(), npy("<f8", &shape, &data))
+        })
+        .collect()
+}
+
+fn check_params(path: &std::path::Path) -> (i32, String, String) {
+    run(
+        &[
+            "check",
+            "--params",
+            path.to_str().unwrap(),
+            "--data",
+            &seed("seed_data.npz"),
+            "--grads",
+            &seed("seed_grads_fixed.npz"),
+            "--backend",
+            "cpu",
+        ],
+        &[],
+        Duration::from_secs(20),
+    )
+}
+
+#[test]
+fn an_archive_with_a_member_twice_is_refused_by_name() {
+    let dir = tempdir("dup-member");
+    let mut entries = seed_param_entries();
+    // A second W1 under a placeholder name of the same length, renamed in the bytes.
+    let w1 = entries.iter().find(|(n, _)| n == "W1").unwrap().1.clone();
+    entries.push(("Q1".into(), w1));
+    let refs: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    let path = dir.join("p.npz");
+    npz(&path, &refs, false);
+    let bytes = std::fs::read(&path).unwrap();
+    let renamed: Vec<u8> = {
+        let mut b = bytes.clone();
+        let pat = b"Q1.npy";
+        let mut i = 0;
+        while i + pat.len() <= b.len() {
+            if &b[i..i + pat.len()] == pat {
+                b[i] = b'W';
+            }
+            i += 1;
+        }
+        b
+    };
+    std::fs::write(&path, renamed).unwrap();
+    let (code, _, err) = check_params(&path);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("W1 appears twice"), "{err}");
+}
+
+#[test]
+fn a_member_whose_crc_does_not_match_is_refused() {
+    let dir = tempdir("crc");
+    let entries = seed_param_entries();
+    let refs: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.clone()))
+        .collect();
+    for deflate in [false, true] {
+        let path = dir.join("p.npz");
+        npz(&path, &refs, deflate);
+        let mut bytes = std::fs::read(&path).unwrap();
+        if deflate {
+            // A bit of the first member's compressed stream.
+            let (n, e) = (
+                u16::from_le_bytes([bytes[26], bytes[27]]) as usize,
+                u16::from_le_bytes([bytes[28], bytes[29]]) as usize,
+            );
+            bytes[30 + n + e + 40] ^= 0x04;
+        } else {
+            // A bit of the first array's last value (stored: its raw bytes).
+            let w1 = &entries[0].1;
+            let at = bytes
+                .windows(w1.len())
+                .position(|w| w == w1.as_slice())
+                .unwrap();
+            bytes[at + w1.len() - 2] ^= 0x10;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let (code, _, err) = check_params(&path);
+        assert_eq!(
+            code, 2,
+            "deflate={deflate}: a damaged member was accepted: {err}"
+        );
+        if !deflate {
+            assert!(err.contains("CRC-32"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn npy_headers_are_parsed_as_the_literal_they_are() {
+    let dir = tempdir("npy-header");
+    let entries = seed_param_entries();
+    let w1_data: Vec<u8> = {
+        let z = Npz::open(std::path::Path::new(&seed("seed_params.npz"))).unwrap();
+        let a = &z.arrays.iter().find(|(n, _)| n == "W1").unwrap().1;
+        a.iter().flat_map(|v| v.to_le_bytes()).collect()
+    };
+    let raw = |header: &str| {
+        let mut h = header.to_string();
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((h.len() as u16).to_le_bytes());
+        b.extend(h.as_bytes());
+        b.extend(&w1_data);
+        b
+    };
+    for (header, needle) in [
+        // 'descr': '<f4' inside another key's string used to be read as the dtype.
+        (
+            "{'note': \"'descr': '<f4', 'fortran_order': True\", 'descr': '<f8', 'fortran_order': False, 'shape': (5, 4), }",
+            "unknown key \"note\"",
+        ),
+        (
+            "{'descr': '<f8', 'fortran_order': False, 'shape': (5, 4), 'descr': '<f4', }",
+            "\"descr\" twice",
+        ),
+        ("{'descr': '<f8', 'shape': (5, 4), }", "no 'fortran_order'"),
+        (
+            "{'descr': '<f8', 'fortran_order': 0, 'shape': (5, 4), }",
+            "fortran_order",
+        ),
+    ] {
+        let mut refs: Vec<(&str, Vec<u8>)> = entries
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.clone()))
+            .collect();
+        refs[0] = ("W1", raw(header));
+        let path = dir.join("p.npz");
+        npz(&path, &refs, true);
+        let (code, _, err) = check_params(&path);
+        assert_eq!(code, 2, "{header}: {err}");
+        assert!(err.contains(needle), "{header}: {err}");
+    }
+    // numpy's own spelling, with and without the trailing comma, still reads.
+    for header in [
+        "{'descr': '<f8', 'fortran_order': False, 'shape': (5, 4), }",
+        "{\"descr\": \"<f8\", \"fortran_order\": False, \"shape\": (5, 4)}",
+    ] {
+        let mut refs: Vec<(&str, Vec<u8>)> = entries
+            .iter()
+            .map(|(n, b)| (n.as_str(), b.clone()))
+            .collect();
+        refs[0] = ("W1", raw(header));
+        let path = dir.join("p.npz");
+        npz(&path, &refs, true);
+        let (code, out, err) = check_params(&path);
+        assert_eq!(code, 0, "{header}: {out}{err}");
+    }
+}
+
+/// Runs `check --example seed-fixed` with extra output arguments.
+fn check_writing(args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["check", "--example", "seed-fixed", "--backend", "cpu"];
+    all.extend_from_slice(args);
+    gradcheck(&all)
+}
+
+#[test]
+fn outputs_to_devices_fifos_links_stdout_and_long_names() {
+    use std::os::unix::fs::FileTypeExt as _;
+    let dir = tempdir("out-paths");
+    // `--junit -` is stdout, like `--json -`.
+    let (code, out, err) = check_writing(&["--junit", "-"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("<testsuite"), "{out}");
+    assert!(
+        !std::path::Path::new("-").exists(),
+        "a file named '-' was written"
+    );
+    // A symlink: the target is replaced, the link stays a link.
+    let target = dir.join("target.json");
+    std::fs::write(&target, "stale").unwrap();
+    let link = dir.join("link.json");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (code, _, err) = check_writing(&["--json", link.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&target).unwrap()).unwrap();
+    assert_eq!(v["verdict"], "pass");
+    // A legal 250-byte name (the temporary name must not exceed NAME_MAX).
+    let long = dir.join(format!("{}.json", "r".repeat(245)));
+    let (code, _, err) = check_writing(&["--json", long.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(long.exists());
+    // A FIFO: written straight through to its reader.
+    let fifo = dir.join("fifo");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if made {
+        let f = fifo.clone();
+        let reader = std::thread::spawn(move || std::fs::read_to_string(f).unwrap());
+        let (code, _, err) = check_writing(&["--json", fifo.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        assert!(reader.join().unwrap().contains("\"verdict\""));
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    } else {
+        eprintln!("skipping the FIFO case: mkfifo failed");
+    }
+    // A character device (a private copy of /dev/null, where mknod is allowed): written
+    // through, still a device afterwards.
+    let null = dir.join("null");
+    let made = Command::new("mknod")
+        .args([null.to_str().unwrap(), "c", "1", "3"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if made {
+        for flag in ["--json", "--junit"] {
+            let (code, _, err) = check_writing(&[flag, null.to_str().unwrap()]);
+            assert_eq!(code, 0, "{flag}: {err}");
+            assert!(
+                std::fs::metadata(&null)
+                    .unwrap()
+                    .file_type()
+                    .is_char_device(),
+                "{flag} replaced the device node with a regular file"
+            );
+        }
+    } else {
+        // No mknod here. Not root: the real /dev/null (which this user cannot replace)
+        // must still be writable through. Root without mknod: skipped — never risk the
+        // machine's /dev/null.
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(true);
+        if root {
+            eprintln!("skipping the device-node case: mknod is not allowed here");
+        } else {
+            let (code, _, err) = check_writing(&["--json", "/dev/null"]);
+            assert_eq!(code, 0, "{err}");
+        }
+    }
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+}
+
+#[test]
+fn shortcut_tables_over_the_memory_budget_fall_back_to_the_layer_by_layer_path() {
+    // A valid 64-4096-256 net at m = 2,048 needed 17 GB of tables and aborted; here a
+    // tiny budget stands in for it: the layers over it go layer by layer, with a note, and
+    // the numbers are the same.
+    let args = [
+        "check",
+        "--example",
+        "seed-fixed",
+        "--backend",
+        "cpu",
+        "--precision",
+        "f64",
+        "--json",
+        "-",
+    ];
+    let (code, whole, err) = run(&args, &[], Duration::from_secs(20));
+    assert_eq!(code, 0, "{err}");
+    let (code, small, err) = run(
+        &args,
+        &[("GRADCHECK_MAX_TABLE_BYTES", "300")],
+        Duration::from_secs(20),
+    );
+    assert_eq!(code, 0, "{err}");
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(&whole).unwrap(),
+        serde_json::from_str(&small).unwrap(),
+    );
+    assert!(
+        b["notes"].to_string().contains("exceed 0 MiB"),
+        "{}",
+        b["notes"]
+    );
+    let diff = |v: &serde_json::Value| v["difference"].as_f64().unwrap();
+    // Both are rounding noise of correct gradients (≈ 1e-16): equal to well below 1e-14.
+    assert!(
+        (diff(&a) - diff(&b)).abs() <= 1e-14,
+        "{} vs {}",
+        diff(&a),
+        diff(&b)
+    );
+    assert_eq!(a["verdict"], "pass");
+    assert_eq!(b["verdict"], "pass");
+}

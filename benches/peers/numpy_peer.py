@@ -103,27 +103,37 @@ def prefix(case, eps=1e-7, chunk=256):
     _, cache = forward(p, X, L)
     Zs = [None] + [p[f"W{l}"] @ cache[l - 1] + p[f"b{l}"] for l in range(1, L + 1)]
 
-    def finish(Z, l):
-        # Z: (K, n_l, m) pre-activations of layer l for K perturbations → J (K,).
-        for q in range(l, L + 1):
-            if q > l:
-                Z = np.matmul(p[f"W{q}"], A) + p[f"b{q}"]
-            A = 1 / (1 + np.exp(-Z)) if q == L else np.maximum(0, Z)
-        return np.sum(-np.log(A[:, 0, :]) * Y - np.log(1 - A[:, 0, :]) * (1 - Y), axis=1) / m
+    def act(Z, q):
+        return 1 / (1 + np.exp(-Z)) if q == L else np.maximum(0, Z)
+
+    def cost_of(AL):
+        return np.sum(-np.log(AL[:, 0, :]) * Y - np.log(1 - AL[:, 0, :]) * (1 - Y), axis=1) / m
 
     approx = []
     for l in range(1, L + 1):
         rows, cols = p[f"W{l}"].shape
-        steps = [(r, cache[l - 1][c]) for r in range(rows) for c in range(cols)]
-        steps += [(r, np.ones(m)) for r in range(rows)]
-        for s in range(0, len(steps), chunk):
-            part = steps[s:s + chunk]
-            K = len(part)
-            Zp = np.repeat(Zs[l][None], 2 * K, axis=0)
-            for k, (r, x) in enumerate(part):
-                Zp[k, r] += eps * x
-                Zp[K + k, r] -= eps * x
-            J = finish(Zp, l)
+        # Each step: (row r of Z_l, its change ±ε·A_{l−1}[c, :] or ±ε).
+        r_all = np.concatenate([np.repeat(np.arange(rows), cols), np.arange(rows)])
+        c_all = np.concatenate([np.tile(np.arange(cols), rows), np.full(rows, -1)])
+        for s in range(0, r_all.size, chunk):
+            r, c = r_all[s:s + chunk], c_all[s:s + chunk]
+            x = np.where(c[:, None] >= 0, cache[l - 1][np.maximum(c, 0)], 1.0)  # (K, m)
+            r2 = np.concatenate([r, r])
+            d = np.concatenate([eps * x, -eps * x])  # (2K, m)
+            zrow = Zs[l][r2] + d  # the changed row of Z_l
+            if l == L:
+                Z = np.repeat(Zs[L][None], r2.size, axis=0)
+                Z[np.arange(r2.size), r2] = zrow
+                J = cost_of(act(Z, L))
+            else:
+                # Layer l + 1 sees a rank-1 change: W_{l+1}[:, r] ⊗ ΔA_l[r, :].
+                dA = act(zrow, l) - cache[l][r2]
+                Z = Zs[l + 1][None] + p[f"W{l + 1}"][:, r2].T[:, :, None] * dA[:, None, :]
+                A = act(Z, l + 1)
+                for q in range(l + 2, L + 1):
+                    A = act(np.matmul(p[f"W{q}"], A) + p[f"b{q}"], q)
+                J = cost_of(A)
+            K = r.size
             approx.extend((J[:K] - J[K:]) / (2 * eps))
     return time.perf_counter() - t0, np.array(approx), flat(g, names, "d")
 

@@ -1096,6 +1096,29 @@ pub const UNBOUNDED: f64 = 1e300;
 /// the rounding of t and of the bounds (≤ a few ulps in f64) off the kink.
 pub const SHORTCUT_MARGIN: f64 = 1e-9;
 
+/// Bytes the shortcut tables of one layer may take ([`Shortcut`]: n_{l+1}·m·(nL + 2)
+/// values): 2 GiB, or `GRADCHECK_MAX_TABLE_BYTES`. A layer over it takes the
+/// layer-by-layer Δ path (the same numbers, more work per sample) instead of exhausting
+/// memory (a 64-4096-256 net at m = 2,048 would need 17 GB).
+pub fn shortcut_table_budget() -> u64 {
+    std::env::var("GRADCHECK_MAX_TABLE_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2 << 30)
+}
+
+/// The bytes of layer l's shortcut tables.
+pub fn shortcut_table_bytes(model: &Model, data: &Data, l: usize) -> u64 {
+    let sizes = model.sizes();
+    let per_row = (*sizes.last().expect("a model has layers") as u64 + 2) * 8;
+    sizes[l + 1] as u64 * data.m() as u64 * per_row
+}
+
+/// Whether layer l's shortcut tables fit [`shortcut_table_budget`].
+pub fn shortcut_fits(model: &Model, data: &Data, l: usize) -> bool {
+    shortcut_table_bytes(model, data, l) <= shortcut_table_budget()
+}
+
 /// Whether t lies inside the open interval (lo, hi) by the relative `margin`.
 pub fn inside(t: f64, lo: f64, hi: f64, margin: f64) -> bool {
     t > lo + margin * lo.abs() && t < hi - margin * hi.abs()
@@ -1186,7 +1209,8 @@ impl<'a> DeltaCtx<'a> {
                         Activation::Relu | Activation::LeakyRelu(_) | Activation::Identity
                     )
                 });
-                (l + 1 < depth && linear && shortcuts).then(|| ctx.shortcut_of(l))
+                (l + 1 < depth && linear && shortcuts && shortcut_fits(model, data, l))
+                    .then(|| ctx.shortcut_of(l))
             })
             .collect();
         ctx

@@ -255,6 +255,25 @@ impl CpuEvaluator {
             all
         });
         let mut notes = Vec::new();
+        if !plain {
+            let over: Vec<String> = (0..model.depth().saturating_sub(1))
+                .filter(|&l| !cpu::shortcut_fits(model, data, l))
+                .map(|l| {
+                    format!(
+                        "{} ({} MiB)",
+                        l + 1,
+                        cpu::shortcut_table_bytes(model, data, l) >> 20
+                    )
+                })
+                .collect();
+            if !over.is_empty() {
+                notes.push(format!(
+                    "the shortcut tables of layer(s) {} exceed {} MiB (GRADCHECK_MAX_TABLE_BYTES): those layers' perturbations went layer by layer (same numbers, slower)",
+                    over.join(", "),
+                    cpu::shortcut_table_budget() >> 20
+                ));
+            }
+        }
         if matches!(self.precision, Precision::F32 | Precision::F32Plain) {
             notes.push(format!(
                 "--precision {} applies to the GPU; the CPU evaluated the f64 Δ path",
