@@ -756,7 +756,27 @@ pub fn write_masks(path: &Path, model: &Model, data: &Data) -> Result<usize> {
 /// Reads a JSON file into `T`; `what` names the expected content in the error.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T> {
     let text = read_text(path)?;
-    serde_json::from_str(&text).map_err(|e| Error::Format {
+    parse_json(path, what, &text)
+}
+
+/// [`read_json`] of a file of at most `cap` bytes.
+pub fn read_json_capped<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    what: &str,
+    cap: u64,
+) -> Result<T> {
+    let mut text = String::new();
+    open_regular(path, cap)?
+        .read_to_string(&mut text)
+        .map_err(|e| Error::Format {
+            path: path.to_owned(),
+            msg: format!("not a valid {what}: {e}"),
+        })?;
+    parse_json(path, what, &text)
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| Error::Format {
         path: path.to_owned(),
         msg: format!("not a valid {what}: {e}"),
     })

@@ -21,8 +21,10 @@ use crate::problem::Problem;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Slice {
     /// J(θ + ε·e_i) for i in the range (minus J(θ) when `deltas`).
+    #[serde(with = "lossless")]
     pub plus: Vec<f64>,
     /// J(θ − ε·e_i) for i in the range (minus J(θ) when `deltas`).
+    #[serde(with = "lossless")]
     pub minus: Vec<f64>,
     /// Whether plus/minus are changes from J(θ) (the Δ paths).
     pub deltas: bool,
@@ -58,11 +60,78 @@ pub struct Partial {
     /// Precision.
     pub precision: String,
     /// J(θ).
+    #[serde(with = "lossless_one")]
     pub cost: f64,
     /// At ε.
     pub at: Slice,
     /// At 2ε (the truncation estimate).
     pub wide: Slice,
+}
+
+/// J± as JSON keeps them: finite values as numbers (round-trip precision), ±∞ and NaN as
+/// the strings "inf", "-inf", "NaN" (JSON has no such numbers: written as null, an
+/// infinite J± of a saturated output came back unknown and the merge refused what the
+/// single run judged).
+mod lossless {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum Num {
+        Finite(f64),
+        Text(String),
+        Missing(()),
+    }
+
+    pub(super) fn to_num(v: f64) -> Num {
+        if v.is_finite() {
+            Num::Finite(v)
+        } else if v.is_nan() {
+            Num::Text("NaN".into())
+        } else if v > 0.0 {
+            Num::Text("inf".into())
+        } else {
+            Num::Text("-inf".into())
+        }
+    }
+
+    pub(super) fn from_num<E: serde::de::Error>(n: Num) -> Result<f64, E> {
+        match n {
+            Num::Finite(v) => Ok(v),
+            Num::Text(t) => match t.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "NaN" => Ok(f64::NAN),
+                other => Err(E::custom(format!("{other:?} is not a number"))),
+            },
+            // Partials written before non-finite values were kept.
+            Num::Missing(()) => Ok(f64::NAN),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(v: &[f64], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|&x| to_num(x)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+        Vec::<Num>::deserialize(d)?
+            .into_iter()
+            .map(from_num)
+            .collect()
+    }
+}
+
+/// [`lossless`] for one value.
+mod lossless_one {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        super::lossless::to_num(*v).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        super::lossless::from_num(super::lossless::Num::deserialize(d)?)
+    }
 }
 
 /// Parses "I/N" (1 ≤ I ≤ N).
@@ -172,8 +241,10 @@ pub fn evaluate_shard(gc: &GradCheck, p: &Problem, i: usize, n: usize) -> Result
 }
 
 /// Reads a partial written by `check --shard`.
+/// Part files are as large as their J± (47 MiB for half of a 533,505-parameter net):
+/// capped by the input budget ([`crate::io::input_budget`]), not the 16 MiB of a spec.
 pub fn load_partial(path: &Path) -> Result<Partial> {
-    crate::io::read_json(path, "gradcheck shard")
+    crate::io::read_json_capped(path, "gradcheck shard", crate::io::input_budget())
 }
 
 /// Joins partials covering 0..N exactly once, all of problem `p`, into the evaluations at
@@ -286,6 +357,31 @@ pub fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn non_finite_values_survive_the_json() {
+        let slice = Slice {
+            plus: vec![1.5, f64::INFINITY, f64::NEG_INFINITY, f64::NAN, -0.0],
+            minus: vec![0.1; 5],
+            deltas: false,
+            kinks: vec![0; 5],
+            cost_scale: 1.0,
+            unit_roundoff: 1e-16,
+            steps: None,
+            magnitudes: None,
+            step_errors: None,
+        };
+        let text = serde_json::to_string(&slice).unwrap();
+        assert!(text.contains("\"inf\"") && text.contains("\"-inf\"") && text.contains("\"NaN\""));
+        let back: Slice = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.plus[..3], slice.plus[..3]);
+        assert!(back.plus[3].is_nan());
+        assert!(back.plus[4] == 0.0 && back.plus[4].is_sign_negative());
+        // Partials of earlier versions wrote null: read as unknown, not refused.
+        let old = text.replace("\"inf\"", "null");
+        let back: Slice = serde_json::from_str(&old).unwrap();
+        assert!(back.plus[1].is_nan());
+    }
 
     #[test]
     fn shards_partition_the_parameters() {
