@@ -684,7 +684,7 @@ pub fn data_from(npz: &Npz, model: &Model) -> Result<Data> {
     keys.extend(mask_keys.iter().cloned());
     npz.only(&keys)?;
     let x = npz.matrix("X", false)?;
-    let y = npz.matrix("Y", false)?;
+    let y = class_labels_one_hot(npz, model, npz.matrix("Y", false)?, x.ncols())?;
     let mut masks = Vec::new();
     for (l, key) in mask_keys.iter().enumerate() {
         if npz.arrays.iter().any(|(k, _)| k == key) {
@@ -708,6 +708,33 @@ pub fn data_from(npz: &Npz, model: &Model) -> Result<Data> {
         Error::Shape(s) => Error::Shape(format!("{}: {s}", npz.path.display())),
         other => other,
     })
+}
+
+/// Softmax cross-entropy labels given as class indices — Y of shape (m,) or 1 × m holding
+/// integers 0 … C − 1, what every classifier has — become the one-hot C × m matrix the cost
+/// is written for. An index outside 0 … C − 1 is refused naming the sample. Anything else
+/// (a C × m Y, or another cost) is returned as it is.
+fn class_labels_one_hot(npz: &Npz, model: &Model, y: Array2<f64>, m: usize) -> Result<Array2<f64>> {
+    let classes = *model.sizes().last().expect("a model has layers");
+    let indices = model.loss() == crate::model::Loss::SoftmaxCrossEntropy
+        && classes > 1
+        && y.nrows() == 1
+        && y.ncols() == m;
+    if !indices {
+        return Ok(y);
+    }
+    let mut one_hot = Array2::zeros((classes, m));
+    for (j, &c) in y.iter().enumerate() {
+        if c.fract() != 0.0 || c < 0.0 || c >= classes as f64 {
+            return Err(Error::Shape(format!(
+                "{}: Y holds class indices (1 × m) but sample {j} has {c}: the output has {classes} classes, 0 … {}",
+                npz.path.display(),
+                classes - 1
+            )));
+        }
+        one_hot[[c as usize, j]] = 1.0;
+    }
+    Ok(one_hot)
 }
 
 /// Writes the dropout masks of `data` (D1, D2, … as 0/1, n_l × m, float64) to an .npz

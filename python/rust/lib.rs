@@ -89,11 +89,36 @@ fn check(
         stencil: opts["stencil"].as_u64().unwrap_or(2),
         ..Plan::default()
     };
-    let report = py.detach(|| plan.check(&problem)).map_err(value_error)?;
+    let report = if forked() {
+        // A fork()ed child (multiprocessing's default on Linux): the parent's thread pool
+        // and GPU context do not exist here. A pool of its own, and the CPU.
+        let plan = match plan.backend {
+            Backend::Gpu => {
+                return Err(value_error(
+                    "backend=\"gpu\" in a fork()ed process: the parent's GPU context cannot be used after fork(); use multiprocessing's \"spawn\" start method, or backend=\"cpu\"",
+                ));
+            }
+            _ => Plan {
+                backend: Backend::Cpu,
+                ..plan
+            },
+        };
+        py.detach(|| gradcheck::eval::cpu::with_own_thread_pool(|| plan.check(&problem)))
+    } else {
+        py.detach(|| plan.check(&problem))
+    }
+    .map_err(value_error)?;
     Ok((
         gradcheck::report::render_json(&report),
         gradcheck::report::render_text(&report),
     ))
+}
+
+/// The process the module was loaded in; a different PID later means a fork()ed child.
+static LOADED_IN: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+fn forked() -> bool {
+    LOADED_IN.get().is_some_and(|&pid| pid != std::process::id())
 }
 
 /// Perturbations the CPU evaluator has done in this process so far (a progress display
@@ -111,6 +136,7 @@ fn version() -> &'static str {
 
 #[pymodule]
 fn _gradcheck(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let _ = LOADED_IN.set(std::process::id());
     m.add_function(wrap_pyfunction!(check, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;
     m.add_function(wrap_pyfunction!(progress, m)?)?;

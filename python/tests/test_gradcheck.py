@@ -243,3 +243,80 @@ def test_bad_values_get_the_librarys_message(seed):
         gradcheck.check(params, X, Y, fixed, epsilon=5.0)
     with pytest.raises(ValueError, match=r"stencil = 260: must be 2 or 4"):
         gradcheck.check(params, X, Y, fixed, stencil=260)
+
+
+def _check_in_child(queue, params, X, Y, grads):
+    queue.put(gradcheck.check(params, X, Y, grads).verdict)
+
+
+def test_a_check_in_a_forked_child_after_one_in_the_parent(seed):
+    # The parent's thread pool does not survive fork(): the child's check used to hang.
+    import multiprocessing
+
+    params, X, Y, _, fixed = seed
+    assert gradcheck.check(params, X, Y, fixed).verdict == "pass"
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_check_in_child, args=(queue, params, X, Y, fixed))
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the check in the forked child hung")
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == "pass"
+
+
+def test_class_index_labels_for_softmax():
+    # y as class indices (m,), what every classifier has: the same report as one-hot.
+    rng = np.random.default_rng(2)
+    n0, n1, C, m = 3, 4, 3, 6
+    P = {"W1": rng.normal(size=(n1, n0)), "b1": rng.normal(size=(n1, 1)),
+         "W2": rng.normal(size=(C, n1)), "b2": rng.normal(size=(C, 1))}
+    X = rng.normal(size=(n0, m))
+    y = rng.integers(0, C, size=m)
+    Y = np.eye(C)[:, y]
+    model = {"layers": [n0, n1, C], "activations": ["tanh", "softmax"], "loss": "softmax_cross_entropy"}
+    a = gradcheck.check(P, X, Y, model=model, backend="cpu")
+    b = gradcheck.check(P, X, y, model=model, backend="cpu")
+    assert a.verdict == b.verdict == "pass"
+    assert a.difference == b.difference
+    with pytest.raises(ValueError, match="sample 0 has 7"):
+        gradcheck.check(P, X, np.r_[7, y[1:]], model=model, backend="cpu")
+
+
+def test_ctrl_c_interrupts_a_long_check_at_once(tmp_path):
+    # The check runs in a worker thread (the GIL released): the caller's thread waits
+    # interruptibly, so KeyboardInterrupt arrives at once, not when the check ends.
+    import signal
+    import sys
+    import time
+
+    script = tmp_path / "long.py"
+    script.write_text(
+        "import numpy as np, gradcheck\n"
+        "rng = np.random.default_rng(0)\n"
+        "sizes = [784, 256, 128, 1]\n"
+        "P = {}\n"
+        "for l in range(1, 4):\n"
+        "    P[f'W{l}'] = rng.normal(size=(sizes[l], sizes[l-1])) * 0.05\n"
+        "    P[f'b{l}'] = np.zeros((sizes[l], 1))\n"
+        "X = rng.normal(size=(784, 64)); Y = (rng.random((1, 64)) < 0.5) * 1.0\n"
+        "print('started', flush=True)\n"
+        "gradcheck.check(P, X, Y, backend='cpu', precision='f64-plain')\n"
+        "print('finished', flush=True)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("Ctrl-C did not interrupt the check within 10 s")
+    waited = time.monotonic() - t0
+    assert "finished" not in out, "the check ran to its end before the interrupt"
+    assert "KeyboardInterrupt" in err, err
+    assert waited < 2.0, f"{waited:.2f} s from Ctrl-C to exit"

@@ -485,6 +485,17 @@ pub enum Threads {
     Parallel,
 }
 
+/// Runs `f` with a thread pool of its own (every parallel loop inside it uses that pool).
+/// After `fork()` the child has only the forking thread while the global pool believes its
+/// workers exist — a parallel loop there would wait forever; a pool built in the child
+/// has real threads. Falls back to running `f` on the global pool if none can be built.
+pub fn with_own_thread_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match rayon::ThreadPoolBuilder::new().build() {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
+    }
+}
+
 /// Evaluates every J(θ ± ε·e_i), i ∈ `range`, on the CPU in f64.
 ///
 /// The perturbed parameter is fl(θ_i ± ε), as the notebook's `theta_plus[i] += epsilon`.
