@@ -266,15 +266,7 @@ impl GradCheck {
             let mut last = report.clone();
             let mut decided = None;
             for _ in 0..MAX_RECHECKS {
-                let prev = *tried.last().expect("ε tried");
-                // Not an ε tried already, and no still smaller one for kinks a 1000×
-                // smaller ε did not separate: θ sits on those exactly.
-                let kinks_stayed = prev < epsilon && last.unresolved > 0;
-                let seen = |e: f64| tried.iter().any(|t| (t - e).abs() <= 1e-9 * t);
-                let Some(e2) = last
-                    .suggested_epsilon
-                    .filter(|&e| !(seen(e) || (kinks_stayed && e < prev)))
-                else {
+                let Some(e2) = untried_suggestion(&last, &tried) else {
                     break;
                 };
                 let retry = self.run_at(
@@ -309,12 +301,7 @@ impl GradCheck {
                     report = r;
                 }
                 None if tried.len() > 1 => {
-                    let prev = *tried.last().expect("ε tried");
-                    let kinks_stayed = prev < epsilon && last.unresolved > 0;
-                    let seen = |e: f64| tried.iter().any(|t| (t - e).abs() <= 1e-9 * t);
-                    report.suggested_epsilon = last
-                        .suggested_epsilon
-                        .filter(|&e| !(seen(e) || (kinks_stayed && e < prev)));
+                    report.suggested_epsilon = untried_suggestion(&last, &tried);
                     if report.suggested_epsilon.is_none() && last.unresolved > 0 {
                         report.notes.push(format!(
                             "{} element(s) stayed unresolved at ε = {}: a smaller ε does not separate an exact kink (a unit at z = 0); there the one-sided derivatives bound the valid subgradients, and --kinks include judges the central difference anyway",
@@ -371,6 +358,17 @@ impl GradCheck {
         diagnose::dropout_slips(model, params, data, grad, &mut report.tensors);
         Ok(report)
     }
+}
+
+/// The ε `last` (the report at the last ε of `tried`) suggests, unless it was tried
+/// already, or is a still smaller one for kinks that a 1000× smaller ε did not separate
+/// (θ sits on those exactly: no ε separates them).
+fn untried_suggestion(last: &Report, tried: &[f64]) -> Option<f64> {
+    let (first, prev) = (tried[0], *tried.last().expect("ε tried"));
+    let kinks_stayed = prev < first && last.unresolved > 0;
+    let seen = |e: f64| tried.iter().any(|t| (t - e).abs() <= 1e-9 * t);
+    last.suggested_epsilon
+        .filter(|&e| !(seen(e) || (kinks_stayed && e < prev)))
 }
 
 /// How many times an inconclusive check is re-checked at the ε it suggests.
