@@ -41,7 +41,7 @@ pub const MAX_FAST_DIRECTIONS: u64 = 10_000;
 /// parameter, every sample) on the CPU without asking for a GPU at all: below it the CPU's
 /// Δ path finishes in well under the ~0.1–0.5 s a GPU context costs to open (measured on
 /// this project's 2-core machine: 64-32-16-1 at m = 32, 3.4e5, in 9 ms; 784-64-32-1 at
-/// m = 64, 1.3e7, in ≈ 0.3 s).
+/// m = 64, 1.3e7, in 0.14 s; whole processes, benches/compare_peers.sh).
 pub const AUTO_CPU_WORK: f64 = 2e7;
 
 /// How to check a problem: every setting a front end can give. [`Plan::validate`] is the
