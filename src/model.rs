@@ -61,6 +61,16 @@ impl Activation {
         }
     }
 
+    /// |g''| through a = g(z) (0 for the piecewise-linear ones): how much a rounding error
+    /// δz of the forward pass moves g'.
+    pub fn second_derivative_size(self, a: f64) -> f64 {
+        match self {
+            Activation::Sigmoid => (a * (1.0 - a) * (1.0 - 2.0 * a)).abs(),
+            Activation::Tanh => (2.0 * a * (1.0 - a * a)).abs(),
+            _ => 0.0,
+        }
+    }
+
     /// g'(z) expressed through z and a = g(z) (whichever is cheaper/more accurate).
     pub fn derivative(self, z: f64, a: f64) -> f64 {
         match self {

@@ -357,6 +357,32 @@ pub struct TermSizes {
     pub numeric: Vec<f64>,
 }
 
+/// F_l, the size of what a forward pass sums into each Z_l: |W_l|·(|A_{l−1}| + |g'|·F_{l−1})
+/// plus |b_l|, the input's own error carried through |g'|. u·F_l bounds (up to the growth
+/// factor) how far a forward pass's rounding can move Z_l.
+fn forward_sums(model: &Model, params: &Params, data: &Data, fwd: &Forward) -> Vec<Array2<f64>> {
+    let mut sums: Vec<Array2<f64>> = Vec::with_capacity(model.depth());
+    for l in 0..model.depth() {
+        let input = if l == 0 {
+            data.x.mapv(f64::abs)
+        } else {
+            let g = model.activation(l - 1);
+            let mut inp = fwd.a[l - 1].mapv(f64::abs);
+            ndarray::Zip::from(&mut inp)
+                .and(&fwd.z[l - 1])
+                .and(&sums[l - 1])
+                .for_each(|v, &z, &f| *v += g.derivative(z, g.apply(z)).abs() * f);
+            if let Some(mk) = mask(data, l - 1) {
+                inp *= &mk.mapv(f64::abs);
+            }
+            inp
+        };
+        let b = params.bias(l).mapv(f64::abs).insert_axis(Axis(1));
+        sums.push(params.weight(l).mapv(f64::abs).dot(&input) + &b);
+    }
+    sums
+}
+
 /// [`TermSizes`] of every parameter at θ.
 pub fn term_sizes(model: &Model, params: &Params, data: &Data) -> TermSizes {
     let fwd = forward(model, params, data);
@@ -379,6 +405,14 @@ fn abs_backprop(
     let out = depth - 1;
     let (zl, al) = (&fwd.z[out], &fwd.a[out]);
     let g_out = model.activation(out);
+    // The analytic side also ran its own forward pass: its Z_l are off by rounding relative
+    // to what was summed into them (F_l), which moves every g' and dZ_L by g''·δz — for a
+    // confident output (a ≈ y) a large relative change of a − y.
+    let sums = if formula_terms {
+        forward_sums(model, params, data, fwd)
+    } else {
+        Vec::new()
+    };
     // |dJ/dZ_L|·m, or the sizes of what it is formed from.
     let mut dz: Array2<f64> = Array2::zeros(zl.raw_dim());
     for j in 0..zl.ncols() {
@@ -390,12 +424,20 @@ fn abs_backprop(
             let (z, a, y) = (zl[[i, j]], al[[i, j]], data.y[[i, j]]);
             dz[[i, j]] = match (model.loss(), formula_terms) {
                 (Loss::BinaryCrossEntropy, false) => (a - y).abs(),
-                (Loss::BinaryCrossEntropy, true) => a.abs() + y.abs(),
+                (Loss::BinaryCrossEntropy, true) => {
+                    a.abs() + y.abs() + a * (1.0 - a) * sums[out][[i, j]]
+                }
                 (Loss::SoftmaxCrossEntropy, false) => ((z - mx).exp() / se * ysum - y).abs(),
-                (Loss::SoftmaxCrossEntropy, true) => ((z - mx).exp() / se * ysum).abs() + y.abs(),
+                (Loss::SoftmaxCrossEntropy, true) => {
+                    let p = (z - mx).exp() / se;
+                    (p * ysum).abs() + y.abs() + p * (1.0 - p) * ysum.abs() * sums[out][[i, j]]
+                }
                 (Loss::MeanSquaredError, false) => (a - y).abs() * g_out.derivative(z, a).abs(),
                 (Loss::MeanSquaredError, true) => {
+                    let g1 = g_out.derivative(z, a).abs();
                     (a.abs() + y.abs()) * g_out.derivative_term_size(z, a)
+                        + (g1 * g1 + (a - y).abs() * g_out.second_derivative_size(a))
+                            * sums[out][[i, j]]
                 }
             };
         }
@@ -426,12 +468,14 @@ fn abs_backprop(
             if let Some(f) = mask(data, l - 1) {
                 da *= &f.mapv(f64::abs);
             }
-            ndarray::Zip::from(&mut da)
+            let none = Array2::zeros((0, 0));
+            let f = if formula_terms { &sums[l - 1] } else { &none };
+            ndarray::Zip::indexed(&mut da)
                 .and(&fwd.z[l - 1])
-                .for_each(|d, &z| {
+                .for_each(|(i, j), d, &z| {
                     let a = g.apply(z);
                     *d *= if formula_terms {
-                        g.derivative_term_size(z, a)
+                        g.derivative_term_size(z, a) + g.second_derivative_size(a) * f[[i, j]]
                     } else {
                         g.derivative(z, a).abs()
                     };
