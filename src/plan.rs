@@ -125,19 +125,12 @@ impl Plan {
         Ok(())
     }
 
-    /// The engine for `problem`: the settings, the gradients' precision, and the
-    /// notebook's arithmetic for the notebook's own examples (what reproduces its digits).
-    pub fn engine(&self, problem: &Problem) -> GradCheck {
+    /// The engine configured with the plan's settings alone (no problem: the 1-D example).
+    fn settings(&self) -> GradCheck {
         let mut gc = GradCheck::new()
             .backend(self.backend)
             .precision(self.precision)
             .kinks(self.kinks);
-        if problem.notebook && self.precision == Precision::Auto {
-            gc.precision = Precision::F64Plain;
-        }
-        if self.cpu_certainly_wins(problem) {
-            gc.backend = Backend::Cpu;
-        }
         gc.epsilon = match self.epsilon {
             Epsilon::Value(e) => Some(e),
             _ => None,
@@ -149,6 +142,19 @@ impl Plan {
         gc.kernel_timings = self.kernel_timings;
         gc.auto_epsilon = self.auto_epsilon;
         gc.threads = self.threads;
+        gc
+    }
+
+    /// The engine for `problem`: the settings, the gradients' precision, and the
+    /// notebook's arithmetic for the notebook's own examples (what reproduces its digits).
+    pub fn engine(&self, problem: &Problem) -> GradCheck {
+        let mut gc = self.settings();
+        if problem.notebook && self.precision == Precision::Auto {
+            gc.precision = Precision::F64Plain;
+        }
+        if self.cpu_certainly_wins(problem) {
+            gc.backend = Backend::Cpu;
+        }
         gc.gradient_roundoff = problem.grad_roundoff;
         gc
     }
@@ -229,15 +235,7 @@ impl Plan {
     /// The notebook's 1-D example J(θ) = θ·x (not a network: no problem to load).
     pub fn check_one_d(&self) -> Result<Report> {
         self.validate()?;
-        let mut gc = GradCheck::new().kinks(self.kinks);
-        gc.epsilon = match self.epsilon {
-            Epsilon::Value(e) => Some(e),
-            _ => None,
-        };
-        gc.threshold = self.threshold;
-        gc.top_k = self.top_k;
-        gc.stencil = self.stencil as u8;
-        crate::examples::one_d_report(&gc)
+        crate::examples::one_d_report(&self.settings())
     }
 
     /// The I-th of N shards of `problem` (1-based I), for [`Plan::merge`].
