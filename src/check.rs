@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::diagnose;
 use crate::error::{Error, Result};
 pub use crate::eval::{Backend, Evaluation, Precision, check_fn, validate_epsilon};
-use crate::eval::{Evaluator, Threads, cpu};
+use crate::eval::{Evaluator, Threads};
 use crate::metric::difference;
 use crate::model::{Data, Grads, Model, ParamLayout, Params};
 pub use crate::verdict::{
@@ -353,7 +353,7 @@ impl GradCheck {
             threshold,
             m: data.m(),
             growth: crate::verdict::growth(model.layout()),
-            terms: Some(&cpu::term_sizes(model, params, data)),
+            terms: crate::eval::term_sizes(model, params, data).as_ref(),
         });
         diagnose::dropout_slips(model, params, data, grad, &mut report.tensors);
         Ok(report)
@@ -420,8 +420,7 @@ impl GradCheck {
         let t0 = Instant::now();
         let mut rng = crate::rng::Rng(seed);
         let n = model.n_params();
-        let fwd = cpu::forward(model, params, data);
-        let cost = cpu::stable_cost(model, &fwd, data);
+        let (cost, scale) = crate::eval::cost_and_scale(model, params, data);
         let mut shifted = params.clone();
         let (mut analytic, mut at, mut wide) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..k {
@@ -438,12 +437,11 @@ impl GradCheck {
                 {
                     *s = t + step * u;
                 }
-                cpu::stable_cost(model, &cpu::forward(model, &shifted, data), data)
+                crate::eval::cost_and_scale(model, &shifted, data).0
             };
             at.push((cost_at(epsilon), cost_at(-epsilon)));
             wide.push((cost_at(2.0 * epsilon), cost_at(-2.0 * epsilon)));
         }
-        let scale = crate::eval::cpu::noise_scale(model, &fwd, data);
         // Every direction moves every coordinate: the worst coordinate's gap between the
         // step taken and the nominal one, the same for all K.
         let worst_gap = crate::eval::nominal_step_errors(params.as_slice(), epsilon)

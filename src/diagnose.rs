@@ -352,6 +352,8 @@ mod tests {
             rows,
             cols,
             offset: 0,
+            shape: vec![rows, cols],
+            fan_in: cols,
         }
     }
 

@@ -93,6 +93,8 @@ pub enum GpuErrorKind {
     OutOfMemory,
     /// A shader or API validation error: a bug.
     Internal,
+    /// The model has layer types without GPU kernels (conv2d, pooling): the CPU runs it.
+    Unsupported,
 }
 
 impl GpuErrorKind {
@@ -100,7 +102,10 @@ impl GpuErrorKind {
     pub fn cpu_may_stand_in(self) -> bool {
         matches!(
             self,
-            GpuErrorKind::NoAdapter | GpuErrorKind::MissingFeature | GpuErrorKind::Limit
+            GpuErrorKind::NoAdapter
+                | GpuErrorKind::MissingFeature
+                | GpuErrorKind::Limit
+                | GpuErrorKind::Unsupported
         )
     }
 }

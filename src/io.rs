@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
-use crate::model::{Data, Grads, MAX_ELEMENTS, Model, ModelSpec, Params};
+use crate::model::{Data, Grads, MAX_ELEMENTS, Model, ModelSpec, Params, Spec};
 
 /// The tensors of one .npz file, converted to f64.
 #[derive(Debug, Clone)]
@@ -645,8 +645,18 @@ fn flat_from(npz: &Npz, model: &Model, prefix: &str) -> Result<Vec<f64>> {
 
 /// Parameters (and the model, from the spec or inferred from the shapes). Returns the
 /// model, the parameters, and whether the model was inferred.
-pub fn params_from(npz: &Npz, spec: Option<ModelSpec>) -> Result<(Model, Params, bool)> {
+pub fn params_from(npz: &Npz, spec: Option<Spec>) -> Result<(Model, Params, bool)> {
     npz.require_finite()?;
+    let spec = match spec {
+        Some(Spec::Net(net)) => {
+            let model = crate::net::build(&net)?;
+            let values = flat_from_layered(npz, &model, "")?;
+            let params = Params::new(model.layout().clone(), values)?;
+            return Ok((model, params, false));
+        }
+        Some(Spec::Mlp(s)) => Some(s),
+        None => None,
+    };
     let inferred = spec.is_none();
     // A given spec is validated (sizes, memory) before anything else is read.
     let given = spec.map(Model::new).transpose()?;
@@ -669,9 +679,51 @@ pub fn params_from(npz: &Npz, spec: Option<ModelSpec>) -> Result<(Model, Params,
     Ok((model, params, inferred))
 }
 
+/// A layered network's tensors `prefix`NAME in the user's shapes (a bias may also come
+/// as (C,) or with its unit axes: (1, 1, 1, C), (1, n)).
+fn flat_from_layered(npz: &Npz, model: &Model, prefix: &str) -> Result<Vec<f64>> {
+    let layout = model.layout();
+    let expected: Vec<String> = layout
+        .tensors()
+        .iter()
+        .map(|t| format!("{prefix}{}", t.name))
+        .collect();
+    let mut values = vec![0.0; layout.len()];
+    for (slot, key) in layout.tensors().iter().zip(&expected) {
+        let a = npz.get(key)?;
+        let squeezed = |s: &[usize]| -> Vec<usize> { s.iter().copied().filter(|&d| d != 1).collect() };
+        let fits = a.shape() == slot.shape.as_slice()
+            || (slot.kind == crate::model::TensorKind::Bias
+                && squeezed(a.shape()) == squeezed(&slot.shape));
+        if !fits {
+            return Err(Error::Shape(format!(
+                "{}: {key} has shape {:?} but {} is {:?} in the model spec{}",
+                npz.path.display(),
+                a.shape(),
+                slot.name,
+                slot.shape,
+                if prefix.is_empty() {
+                    ""
+                } else {
+                    " (gradients must have their parameter's shape)"
+                }
+            )));
+        }
+        for (v, x) in values[slot.range()].iter_mut().zip(a.iter()) {
+            *v = *x;
+        }
+    }
+    npz.only(&expected)?;
+    Ok(values)
+}
+
 /// Gradients dW1, db1, … for the model.
 pub fn grads_from(npz: &Npz, model: &Model) -> Result<Grads> {
-    let values = flat_from(npz, model, "d")?;
+    let values = if model.net().is_some() {
+        flat_from_layered(npz, model, "d")?
+    } else {
+        flat_from(npz, model, "d")?
+    };
     Grads::new(model.layout().clone(), values)
 }
 
@@ -679,6 +731,9 @@ pub fn grads_from(npz: &Npz, model: &Model) -> Result<Grads> {
 /// hidden layers that have them.
 pub fn data_from(npz: &Npz, model: &Model) -> Result<Data> {
     npz.require_finite()?;
+    if let Some(net) = model.net() {
+        return layered_data_from(npz, model, net);
+    }
     let mask_keys: Vec<String> = (1..model.depth()).map(|l| format!("D{l}")).collect();
     let mut keys = vec!["X".to_string(), "Y".to_string()];
     keys.extend(mask_keys.iter().cloned());
@@ -705,6 +760,75 @@ pub fn data_from(npz: &Npz, model: &Model) -> Result<Data> {
     }
     Data::with_masks(model, x, y, masks).map_err(|e| match e {
         Error::Spec(s) => Error::Spec(format!("{}: {s}", npz.path.display())),
+        Error::Shape(s) => Error::Shape(format!("{}: {s}", npz.path.display())),
+        other => other,
+    })
+}
+
+/// A layered network's data, samples first: X (m, *input_shape), Y (m, n_out), (m,) or
+/// class indices (m,) for softmax cross-entropy; converted to the channels-last columns
+/// the network computes on.
+fn layered_data_from(npz: &Npz, model: &Model, net: &crate::model::Net) -> Result<Data> {
+    npz.only(&["X".to_string(), "Y".to_string()])?;
+    let x = npz.get("X")?;
+    let shape = x.shape();
+    if shape.len() != net.input_shape.len() + 1 || shape[1..] != net.input_shape[..] {
+        return Err(Error::Shape(format!(
+            "{}: X has shape {shape:?} but the model takes (m, {}) (samples first, input_shape {:?} in the {:?} layout)",
+            npz.path.display(),
+            net.input_shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
+            net.input_shape,
+            net.array_layout
+        )));
+    }
+    let m = shape[0];
+    let n_in = model.sizes()[0];
+    let n_out = model.sizes()[1];
+    if m.saturating_mul(net.layers.iter().map(|l| l.out_len()).sum::<usize>() + n_in) > MAX_ELEMENTS {
+        return Err(Error::Shape(format!(
+            "{}: m = {m} samples would need more than {MAX_ELEMENTS} activations in memory",
+            npz.path.display()
+        )));
+    }
+    let flat: Vec<f64> = x.iter().copied().collect();
+    // Columns: one sample each, channels-last.
+    let mut cols = Array2::zeros((n_in, m));
+    let nchw = net.array_layout == crate::model::ArrayLayout::Nchw && net.input_shape.len() == 3;
+    for j in 0..m {
+        let sample = &flat[j * n_in..(j + 1) * n_in];
+        for (k, &v) in sample.iter().enumerate() {
+            let at = if nchw {
+                let (c, hw) = (net.input_shape[0], net.input_shape[1] * net.input_shape[2]);
+                (k % hw) * c + k / hw
+            } else {
+                k
+            };
+            cols[[at, j]] = v;
+        }
+    }
+    let y = npz.get("Y")?;
+    let y2 = match y.shape() {
+        [r, c] if *r == m && *c == n_out => {
+            Array2::from_shape_vec((m, n_out), y.iter().copied().collect()).expect("sizes agree").reversed_axes()
+        }
+        [r] if *r == m && n_out == 1 => Array2::from_shape_vec((1, m), y.iter().copied().collect()).expect("sizes agree"),
+        [r] if *r == m && model.loss() == crate::model::Loss::SoftmaxCrossEntropy => {
+            Array2::from_shape_vec((1, m), y.iter().copied().collect()).expect("sizes agree")
+        }
+        other => {
+            return Err(Error::Shape(format!(
+                "{}: Y has shape {other:?} but must be (m, {n_out}) = ({m}, {n_out}) (samples first){}",
+                npz.path.display(),
+                if model.loss() == crate::model::Loss::SoftmaxCrossEntropy {
+                    format!(", or class indices ({m},)")
+                } else {
+                    String::new()
+                }
+            )));
+        }
+    };
+    let y2 = class_labels_one_hot(npz, model, y2.as_standard_layout().to_owned(), m)?;
+    Data::new(model, cols, y2).map_err(|e| match e {
         Error::Shape(s) => Error::Shape(format!("{}: {s}", npz.path.display())),
         other => other,
     })
@@ -809,7 +933,11 @@ fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str, text: &st
     })
 }
 
-/// Reads a JSON model spec.
-pub fn spec_from_file(path: &Path) -> Result<ModelSpec> {
-    read_json(path, "model spec")
+/// Reads a JSON model spec (the MLP shorthand, or a network of layer types).
+pub fn spec_from_file(path: &Path) -> Result<Spec> {
+    let text = read_text(path)?;
+    Spec::from_json(&text).map_err(|msg| Error::Format {
+        path: path.to_owned(),
+        msg: format!("not a valid model spec: {msg}"),
+    })
 }

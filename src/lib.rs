@@ -11,7 +11,8 @@
 //! | layer | module | holds |
 //! |---|---|---|
 //! | base | [`error`], [`metric`], [`rng`] | the error type, the difference formula, the RNG |
-//! | model | [`model`] | network, activations, losses, parameter layout, data and masks |
+//! | model | [`model`] | networks (the MLP shorthand, or layer types: the [`model::Layer`] trait), activations, losses, parameter layout, data and masks |
+//! | net | [`net`] | the reference math: built-in layer types (conv2d, pooling, flatten, dense), forward, built-in backprop, closed-form Δ |
 //! | eval | [`eval`], [`eval::cpu`], `eval::gpu` | the [`eval::Evaluator`] trait, the CPU f64 reference, the GPU (feature `gpu`) |
 //! | verdict | [`verdict`] | central differences against the gradient: differences, pass/fail |
 //! | diagnose | [`diagnose`] | what kind of mistake a failing tensor is |
@@ -33,6 +34,7 @@ pub mod metric;
 pub mod rng;
 
 pub mod model;
+pub mod net;
 
 pub mod eval;
 

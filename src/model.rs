@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+pub mod layer;
+
+pub use layer::{ArrayLayout, Layer, LayerSpec, NetSpec, ParamShape, Slip, Tensors};
+
 /// An element-wise activation applied after a layer's affine map (or, for
 /// [`Activation::Softmax`], a column-wise one, allowed only on the output layer).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -268,15 +272,75 @@ impl ModelSpec {
     }
 }
 
+/// A model spec file: the MLP shorthand ([`ModelSpec`]) or a network of layer types
+/// ([`NetSpec`], recognised by its `input_shape`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spec {
+    /// `{"layers": [4, 5, 3, 1], "activations": [...], "loss": ...}`.
+    Mlp(ModelSpec),
+    /// `{"input_shape": [16, 16, 3], "layers": [{"type": "conv2d", ...}, ...], "loss": ...}`.
+    Net(NetSpec),
+}
+
+impl Spec {
+    /// Parses a spec from JSON; the error says which of the two forms was read.
+    pub fn from_json(text: &str) -> Result<Spec, String> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if value.get("input_shape").is_some() {
+            serde_json::from_value(value)
+                .map(Spec::Net)
+                .map_err(|e| format!("a network of layer types (it has input_shape): {e}"))
+        } else {
+            serde_json::from_value(value)
+                .map(Spec::Mlp)
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+impl From<ModelSpec> for Spec {
+    fn from(s: ModelSpec) -> Self {
+        Spec::Mlp(s)
+    }
+}
+
 /// The largest parameter or activation count accepted; beyond it the job could not fit
 /// in memory and is refused before anything is allocated.
 pub const MAX_ELEMENTS: usize = 1 << 31;
 
-/// A validated model: sizes, activations, cost and the parameter layout.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated model: sizes, activations, cost and the parameter layout — a fully
+/// connected net (the MLP shorthand), or any sequence of [`Layer`]s ([`Model::net`]).
+#[derive(Debug, Clone)]
 pub struct Model {
     spec: ModelSpec,
     layout: ParamLayout,
+    net: Option<std::sync::Arc<Net>>,
+}
+
+impl PartialEq for Model {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+            && self.layout == other.layout
+            && format!("{:?}", self.net) == format!("{:?}", other.net)
+    }
+}
+
+/// A network given as a sequence of layers (conv2d, pooling, flatten, dense, or a layer
+/// type of the caller's), ending in the output activation and the cost.
+#[derive(Debug)]
+pub struct Net {
+    /// The spec it was built from (`None` for a network assembled in code).
+    pub spec: Option<NetSpec>,
+    /// One sample's shape as the user's X has it (without m).
+    pub input_shape: Vec<usize>,
+    /// How the user's arrays are laid out.
+    pub array_layout: ArrayLayout,
+    /// The layers, input to output (the output activation is not one of them).
+    pub layers: Vec<std::sync::Arc<dyn Layer>>,
+    /// The output activation, applied inside the cost.
+    pub output: Activation,
+    /// Per layer, its tensors' indices in [`ParamLayout::tensors`].
+    pub tensors: Vec<std::ops::Range<usize>>,
 }
 
 impl Model {
@@ -351,10 +415,86 @@ impl Model {
             }
         }
         let layout = ParamLayout::new(&spec.layers)?;
-        Ok(Model { spec, layout })
+        Ok(Model {
+            spec,
+            layout,
+            net: None,
+        })
     }
 
-    /// The spec this model was built from.
+    /// A network of `layers` (each one's input must be the previous one's output) whose
+    /// last layer's output goes through `output` into `loss`. Tensors are named by `names`
+    /// (one per tensor, flat order) or W1, b1, W2, b2, … in order of the layers that have
+    /// parameters (a dense layer without bias: W only).
+    pub fn layered(
+        layers: Vec<std::sync::Arc<dyn Layer>>,
+        output: Activation,
+        loss: Loss,
+        l2: f64,
+        names: Option<Vec<String>>,
+        input_shape: Vec<usize>,
+        array_layout: ArrayLayout,
+        spec: Option<NetSpec>,
+    ) -> Result<Self, Error> {
+        let bad = |msg: String| Err(Error::Spec(msg));
+        let (Some(first), Some(last)) = (layers.first(), layers.last()) else {
+            return bad("the network has no layers".into());
+        };
+        let n_in: usize = input_shape.iter().product();
+        if first.in_len() != n_in {
+            return bad(format!(
+                "the input shape {input_shape:?} has {n_in} values but the first layer ({}) takes {}",
+                first.kind(),
+                first.in_len()
+            ));
+        }
+        for (k, pair) in layers.windows(2).enumerate() {
+            if pair[0].out_len() != pair[1].in_len() {
+                return bad(format!(
+                    "layer {} ({}) gives {} values per sample but layer {} ({}) takes {}",
+                    k + 1,
+                    pair[0].kind(),
+                    pair[0].out_len(),
+                    k + 2,
+                    pair[1].kind(),
+                    pair[1].in_len()
+                ));
+            }
+        }
+        let summary = ModelSpec {
+            layers: vec![n_in, last.out_len()],
+            activations: vec![output],
+            loss,
+            l2,
+            dropout: None,
+        };
+        // The output activation and the cost must fit each other as for an MLP.
+        let mut check = summary.clone();
+        check.layers = vec![1, 1];
+        Model::new(check)?;
+        let (layout, tensors) = ParamLayout::of_layers(&layers, names)?;
+        Ok(Model {
+            spec: summary,
+            layout,
+            net: Some(std::sync::Arc::new(Net {
+                spec,
+                input_shape,
+                array_layout,
+                layers,
+                output,
+                tensors,
+            })),
+        })
+    }
+
+    /// The network as a sequence of layers, when it was given as one (conv nets, …);
+    /// `None` for the MLP shorthand, whose dedicated evaluators are faster.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_deref()
+    }
+
+    /// The spec this model was built from (for a layered network, its summary: input and
+    /// output sizes, output activation, cost, λ; see [`Model::net`]).
     pub fn spec(&self) -> &ModelSpec {
         &self.spec
     }
@@ -363,7 +503,7 @@ impl Model {
     pub fn dropout(&self) -> Option<&Dropout> {
         self.spec.dropout.as_ref()
     }
-    /// Layer sizes n0 … nL.
+    /// Layer sizes n0 … nL (a layered network: inputs and outputs per sample).
     pub fn sizes(&self) -> &[usize] {
         &self.spec.layers
     }
@@ -412,12 +552,17 @@ pub struct TensorSlot {
     pub layer: usize,
     /// Weight or bias.
     pub kind: TensorKind,
-    /// Rows (n_l).
+    /// Rows (n_l; a layered network's tensor: the product of all axes but the last).
     pub rows: usize,
-    /// Columns (n_{l−1} for weights, 1 for biases).
+    /// Columns (n_{l−1} for weights, 1 for biases; a layered network's: the last axis).
     pub cols: usize,
     /// Offset of element (0, 0) in the flat vector.
     pub offset: usize,
+    /// The shape as the user indexes it: (n_l, n_{l−1}) and (n_l) for the MLP shorthand,
+    /// e.g. (f, f, C_prev, C) for a course-layout convolution.
+    pub shape: Vec<usize>,
+    /// Products summed into each output this tensor feeds (error growth; 1 for biases).
+    pub fan_in: usize,
 }
 
 impl TensorSlot {
@@ -480,6 +625,12 @@ impl ParamLayout {
                     rows,
                     cols: c,
                     offset,
+                    shape: if kind == TensorKind::Weight {
+                        vec![rows, c]
+                    } else {
+                        vec![rows]
+                    },
+                    fan_in: c,
                 });
                 offset += n;
                 if offset > MAX_ELEMENTS {
@@ -505,9 +656,94 @@ impl ParamLayout {
                 rows,
                 cols,
                 offset: 0,
+                shape: vec![rows, cols],
+                fan_in: cols,
             }],
             len: rows * cols,
         }
+    }
+
+    /// The layout of a layered network's tensors (flat order: layer by layer, each
+    /// layer's tensors in its order, each row-major in the user's shape) and, per layer,
+    /// the indices of its tensors. `names` (one per tensor) replaces W1, b1, W2, ….
+    pub fn of_layers(
+        layers: &[std::sync::Arc<dyn Layer>],
+        names: Option<Vec<String>>,
+    ) -> Result<(Self, Vec<std::ops::Range<usize>>), Error> {
+        let mut tensors: Vec<TensorSlot> = Vec::new();
+        let mut per_layer = Vec::with_capacity(layers.len());
+        let mut offset = 0usize;
+        let mut numbered = 0;
+        for (l, layer) in layers.iter().enumerate() {
+            let first = tensors.len();
+            let shapes = layer.params();
+            if !shapes.is_empty() {
+                numbered += 1;
+            }
+            for p in shapes {
+                let len = p
+                    .shape
+                    .iter()
+                    .try_fold(1usize, |a, &d| a.checked_mul(d))
+                    .filter(|&n| n <= MAX_ELEMENTS && n > 0)
+                    .ok_or_else(|| {
+                        Error::Spec(format!(
+                            "layer {} ({}): a tensor of shape {:?} is empty or has more than {MAX_ELEMENTS} elements",
+                            l + 1,
+                            layer.kind(),
+                            p.shape
+                        ))
+                    })?;
+                let letter = if p.kind == TensorKind::Weight { "W" } else { "b" };
+                let cols = *p.shape.last().unwrap_or(&1);
+                tensors.push(TensorSlot {
+                    name: format!("{letter}{numbered}"),
+                    layer: l,
+                    kind: p.kind,
+                    rows: len / cols,
+                    cols,
+                    offset,
+                    shape: p.shape,
+                    fan_in: p.fan_in,
+                });
+                offset += len;
+                if offset > MAX_ELEMENTS {
+                    return Err(Error::Spec(format!(
+                        "the network has more than {MAX_ELEMENTS} parameters"
+                    )));
+                }
+            }
+            per_layer.push(first..tensors.len());
+        }
+        if tensors.is_empty() {
+            return Err(Error::Spec("the network has no parameters to check".into()));
+        }
+        if let Some(names) = names {
+            if names.len() != tensors.len() {
+                return Err(Error::Spec(format!(
+                    "{} tensor names given for {} tensors",
+                    names.len(),
+                    tensors.len()
+                )));
+            }
+            for (k, name) in names.iter().enumerate() {
+                if name.is_empty() || names[..k].contains(name) {
+                    return Err(Error::Spec(format!(
+                        "tensor name {name:?} is empty or given twice"
+                    )));
+                }
+            }
+            for (t, name) in tensors.iter_mut().zip(names) {
+                t.name = name;
+            }
+        }
+        Ok((
+            ParamLayout {
+                tensors,
+                len: offset,
+            },
+            per_layer,
+        ))
     }
 
     /// All tensors in flat order.
@@ -551,15 +787,20 @@ impl ParamLayout {
         let t = &self.tensors[p.tensor];
         t.offset + p.row * t.cols + p.col
     }
-    /// Human name of a flat index, e.g. `W2[1,4]`.
+    /// Human name of a flat index as the user indexes it, e.g. `W2[1,4]`, `b1[3]`,
+    /// `W1[0,2,1,5]`.
     pub fn element_name(&self, index: usize) -> String {
         match self.locate(index) {
             Some(p) => {
                 let t = &self.tensors[p.tensor];
-                match t.kind {
-                    TensorKind::Weight => format!("{}[{},{}]", t.name, p.row, p.col),
-                    TensorKind::Bias => format!("{}[{}]", t.name, p.row),
+                let mut rest = index - t.offset;
+                let mut at = vec![0; t.shape.len()];
+                for (a, &d) in at.iter_mut().zip(&t.shape).rev() {
+                    *a = rest % d.max(1);
+                    rest /= d.max(1);
                 }
+                let at: Vec<String> = at.iter().map(usize::to_string).collect();
+                format!("{}[{}]", t.name, at.join(","))
             }
             None => format!("#{index}"),
         }

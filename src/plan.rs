@@ -277,11 +277,8 @@ impl Plan {
             threshold,
             m: problem.data.m(),
             growth: crate::verdict::growth(problem.model.layout()),
-            terms: Some(&crate::eval::cpu::term_sizes(
-                &problem.model,
-                &problem.params,
-                &problem.data,
-            )),
+            terms: crate::eval::term_sizes(&problem.model, &problem.params, &problem.data)
+                .as_ref(),
         });
         crate::diagnose::dropout_slips(
             &problem.model,

@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::eval::cpu;
 use crate::io::{Npz, data_from, grads_from, params_from, spec_from_file};
-use crate::model::{Data, Grads, Model, ModelSpec, Params};
+use crate::model::{Data, Grads, Model, Params, Spec};
 
 /// Everything a check needs, loaded and cross-validated.
 #[derive(Debug, Clone)]
@@ -42,7 +42,7 @@ impl Problem {
         params: &Npz,
         data: &Npz,
         grads: Option<&Npz>,
-        spec: Option<ModelSpec>,
+        spec: Option<Spec>,
     ) -> Result<Problem> {
         let (model, params, inferred) = params_from(params, spec)?;
         let data = data_from(data, &model)?;
@@ -61,11 +61,14 @@ impl Problem {
                 notes.push(
                     "no gradients given: checking gradapprox against the built-in backprop".into(),
                 );
-                cpu::backprop(&model, &params, &data)
+                builtin_backprop(&model, &params, &data)
             }
         };
         // Through softplus / log-sum-exp: finite even where σ(z) = 1.0 in f64.
-        let j = cpu::stable_cost(&model, &cpu::forward(&model, &params, &data), &data);
+        let j = match model.net() {
+            Some(net) => crate::net::forward(&model, net, &params, &data).cost,
+            None => cpu::stable_cost(&model, &cpu::forward(&model, &params, &data), &data),
+        };
         if !j.is_finite() {
             return Err(Error::Config(format!(
                 "the cost at θ is {j}: central differences cannot be taken there"
@@ -104,5 +107,13 @@ impl Problem {
         let mut problem = Problem::from_npz(&p, &d, g.as_ref(), spec)?;
         problem.load_s = t0.elapsed().as_secs_f64();
         Ok(problem)
+    }
+}
+
+/// The built-in backprop's gradient of any model (the "known good" one).
+pub fn builtin_backprop(model: &Model, params: &Params, data: &Data) -> Grads {
+    match model.net() {
+        Some(net) => crate::net::backprop_with(model, net, params, data, None),
+        None => cpu::backprop(model, params, data),
     }
 }

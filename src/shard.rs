@@ -180,11 +180,11 @@ impl Fnv {
 /// the settings that change J±.
 pub fn fingerprint(p: &Problem, epsilon: f64, precision: &str) -> String {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
-    h.bytes(
-        serde_json::to_string(p.model.spec())
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    let spec = match p.model.net().and_then(|n| n.spec.as_ref()) {
+        Some(net) => serde_json::to_string(net),
+        None => serde_json::to_string(p.model.spec()),
+    };
+    h.bytes(spec.unwrap_or_default().as_bytes());
     h.floats(p.params.as_slice());
     h.floats(p.data.x.iter());
     h.floats(p.data.y.iter());

@@ -103,7 +103,7 @@ pub fn growth(layout: &ParamLayout) -> f64 {
     weights.len().max(1) as f64
         + weights
             .iter()
-            .map(|t| (t.cols as f64).sqrt())
+            .map(|t| (t.fan_in as f64).sqrt())
             .sum::<f64>()
             .max(1.0)
 }

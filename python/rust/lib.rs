@@ -72,7 +72,7 @@ fn check(
 ) -> PyResult<(String, String)> {
     let opts: serde_json::Value = serde_json::from_str(&options).map_err(value_error)?;
     let spec = model
-        .map(|m| serde_json::from_str(&m).map_err(|e| value_error(format!("model spec: {e}"))))
+        .map(|m| gradcheck::model::Spec::from_json(&m).map_err(|e| value_error(format!("model spec: {e}"))))
         .transpose()?;
     let params = npz("parameters", parameters)?;
     let data = npz("data", data)?;

@@ -16,6 +16,10 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::{Activation, Data, Grads, Loss, Model, Params, TensorKind};
+pub use crate::net::math::{
+    act_delta, loss_delta, sample_loss, sample_loss_stable, sigmoid, softplus, tanh_complement,
+};
+use crate::net::math::{expm1, log1p};
 
 /// The base forward pass, kept for the perturbations.
 #[derive(Debug, Clone)]
@@ -107,42 +111,6 @@ fn affine_kernel(w: &[f64], xt: &[f64], n: usize, m: usize, z: &mut [f64]) {
     }
 }
 
-/// The loss of one sample from its output pre-activations `z` (nL values) and targets `y`.
-pub fn sample_loss(loss: Loss, out: Activation, z: &[f64], y: &[f64]) -> f64 {
-    match loss {
-        Loss::BinaryCrossEntropy => {
-            // The notebook's expression, operation for operation.
-            let mut s = 0.0;
-            for (&zi, &yi) in z.iter().zip(y) {
-                let a = out.apply(zi);
-                s += (-a.ln()) * yi + (-(1.0 - a).ln()) * (1.0 - yi);
-            }
-            s
-        }
-        Loss::SoftmaxCrossEntropy => {
-            let mx = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let mut se = 0.0;
-            for &zi in z {
-                se += (zi - mx).exp();
-            }
-            let lse = mx + se.ln();
-            let mut s = 0.0;
-            for (&zi, &yi) in z.iter().zip(y) {
-                s += yi * (lse - zi);
-            }
-            s
-        }
-        Loss::MeanSquaredError => {
-            let mut s = 0.0;
-            for (&zi, &yi) in z.iter().zip(y) {
-                let d = out.apply(zi) - yi;
-                s += 0.5 * d * d;
-            }
-            s
-        }
-    }
-}
-
 /// J from the per-sample losses (summed in sample order) and the weights' sum of squares.
 fn total_cost(model: &Model, m: usize, losses: &[f64], weight_sumsq: f64) -> f64 {
     let mut s = 0.0;
@@ -213,13 +181,7 @@ pub fn noise_scale(model: &Model, fwd: &Forward, data: &Data) -> f64 {
         let mut s = fwd.sample_loss[j].abs();
         for i in 0..fwd.z[out].nrows() {
             let (z, a, y) = (fwd.z[out][[i, j]], fwd.a[out][[i, j]], data.y[[i, j]]);
-            s += match model.loss() {
-                Loss::BinaryCrossEntropy => {
-                    y.abs() + (1.0 - y).abs() * a / (1.0 - a).max(f64::MIN_POSITIVE)
-                }
-                Loss::SoftmaxCrossEntropy => y.abs() * (1.0 + z.abs()),
-                Loss::MeanSquaredError => (a - y).abs() * (a.abs() + z.abs()),
-            };
+            s += crate::net::math::loss_conditioning(model.loss(), z, a, y);
         }
         total += s;
     }
@@ -516,7 +478,7 @@ pub const KINK_PLUS: u8 = 1;
 pub const KINK_MINUS: u8 = 2;
 
 /// The kink flags of a perturbation from whether its +ε and −ε steps crossed.
-fn kink_bits(plus: bool, minus: bool) -> u8 {
+pub(crate) fn kink_bits(plus: bool, minus: bool) -> u8 {
     (u8::from(plus) * KINK_PLUS) | (u8::from(minus) * KINK_MINUS)
 }
 
@@ -570,7 +532,7 @@ pub fn perturbed_costs(
 }
 
 /// A parameter range must lie inside 0..N.
-fn check_range(model: &Model, range: &Range<usize>) -> Result<()> {
+pub(crate) fn check_range(model: &Model, range: &Range<usize>) -> Result<()> {
     if range.end > model.n_params() || range.start > range.end {
         return Err(Error::Config(format!(
             "parameter range {range:?} is outside 0..{}",
@@ -582,7 +544,7 @@ fn check_range(model: &Model, range: &Range<usize>) -> Result<()> {
 
 /// `one(scratch, i)` for every i of the range, serially or on rayon's pool (one scratch
 /// per work split; the order of the results is the range's either way), counting progress.
-fn each_parameter<T: Send>(
+pub(crate) fn each_parameter<T: Send>(
     range: Range<usize>,
     threads: Threads,
     one: impl Fn(&mut Scratch, usize) -> T + Sync + Send,
@@ -607,7 +569,7 @@ fn each_parameter<T: Send>(
 
 /// The per-parameter rows (ΔJ⁺ or J⁺, ΔJ⁻ or J⁻, kink flags, magnitudes) as a
 /// [`Perturbed`]; the magnitudes kept only for the Δ path.
-fn assemble(
+pub(crate) fn assemble(
     cost: f64,
     cost_scale: f64,
     rows: Vec<(f64, f64, u8, [f64; 2])>,
@@ -642,7 +604,7 @@ struct Ctx<'a> {
 
 /// Per-thread buffers, reused across perturbations.
 #[derive(Default)]
-struct Scratch {
+pub(crate) struct Scratch {
     /// Samples whose values changed, and the changed value of the perturbed row there.
     cols: Vec<usize>,
     vals: Vec<f64>,
@@ -806,62 +768,6 @@ impl Ctx<'_> {
 // `sample_loss_delta`), in the host's f64 with std's exp_m1/ln_1p.
 // ---------------------------------------------------------------------------------------
 
-/// softplus(z) = log(1 + e^z), without overflow or cancellation.
-pub fn softplus(z: f64) -> f64 {
-    z.max(0.0) + (-z.abs()).exp().ln_1p()
-}
-
-/// σ(z) without overflow for large |z|.
-pub fn sigmoid(z: f64) -> f64 {
-    if z >= 0.0 {
-        1.0 / (1.0 + (-z).exp())
-    } else {
-        let e = z.exp();
-        e / (1.0 + e)
-    }
-}
-
-/// 1 − |tanh z| = 2/(1 + e^{2|z|}), without cancellation.
-pub fn tanh_complement(z: f64) -> f64 {
-    2.0 / (1.0 + (2.0 * z.abs()).exp())
-}
-
-/// g(z0 + dz) − g(z0) without subtracting two nearly equal rounded values.
-#[inline(always)]
-pub fn act_delta(g: Activation, z0: f64, dz: f64) -> f64 {
-    let z1 = z0 + dz;
-    match g {
-        Activation::Relu | Activation::LeakyRelu(_) => {
-            if z0 > 0.0 && z1 > 0.0 {
-                dz
-            } else if z0 <= 0.0 && z1 <= 0.0 {
-                g.slope() * dz
-            } else {
-                // A crossing (flagged as a kink): one side is exactly slope·z.
-                g.apply(z1) - g.apply(z0)
-            }
-        }
-        // σ(z + d) − σ(z) = σ(z + d)·σ(−z)·(1 − e^−d).
-        Activation::Sigmoid => sigmoid(z1) * sigmoid(-z0) * (-expm1(-dz)),
-        // tanh a − tanh b = (1 − tanh a·tanh b)·tanh(a − b).
-        Activation::Tanh => {
-            let t0 = z0.tanh();
-            let c = if (z0 >= 0.0) == (z1 >= 0.0) {
-                tanh_complement(z0) + t0.abs() * tanh_complement(z1)
-            } else {
-                1.0 + (t0 * z1.tanh()).abs()
-            };
-            c * if dz.abs() < 1e-4 {
-                // tanh d = d − d³/3 + 2d⁵/15: exact in f64 here.
-                dz * (1.0 - dz * dz / 3.0)
-            } else {
-                dz.tanh()
-            }
-        }
-        Activation::Identity | Activation::Softmax => dz,
-    }
-}
-
 /// tanh(z0 + dz) − tanh(z0) from the base pass's t0 = tanh z0 and c0 = 1 − |t0|
 /// (tables: no transcendental per call for a small step). On one side of 0 and for
 /// |dz| < 1e-4, 1 − |tanh z1| = c0/(1 + (1 − c0/2)·expm1(2·dz·sgn z0)) exactly (with
@@ -889,86 +795,6 @@ fn sigmoid_delta(s0: f64, n0: f64, z0: f64, dz: f64) -> f64 {
     s0 / (1.0 + n0 * e) * n0 * (-e)
 }
 
-/// e^x − 1 − x, accurate for small x.
-fn exp_tail(x: f64) -> f64 {
-    if x.abs() < 1e-3 {
-        x * x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0 + x / 120.0)))
-    } else {
-        x.exp_m1() - x
-    }
-}
-
-/// log(1 + s) − s, accurate for small s.
-fn log1p_tail(s: f64) -> f64 {
-    if s.abs() < 1e-3 {
-        s * s * (-0.5 + s * (1.0 / 3.0 + s * (-0.25 + s * (0.2 - s / 6.0))))
-    } else {
-        s.ln_1p() - s
-    }
-}
-
-/// The loss of one sample through softplus of the logit (BCE) or log-sum-exp (softmax CE):
-/// finite and accurate where the notebook's −log(1 − σ(z)) gives inf (σ(z) = 1 in f64).
-pub fn sample_loss_stable(loss: Loss, out: Activation, z: &[f64], y: &[f64]) -> f64 {
-    match loss {
-        Loss::BinaryCrossEntropy => z
-            .iter()
-            .zip(y)
-            .map(|(&zi, &yi)| yi * softplus(-zi) + (1.0 - yi) * softplus(zi))
-            .sum(),
-        _ => sample_loss(loss, out, z, y),
-    }
-}
-
-/// loss(z0 + Δz) − loss(z0) of one sample in closed forms (the GPU's `sample_loss_delta`).
-pub fn loss_delta(loss: Loss, out: Activation, z0: &[f64], dz: &[f64], y: &[f64]) -> f64 {
-    match loss {
-        // softplus(u + d) − softplus(u) = log1p(σ(u)·expm1(d)).
-        Loss::BinaryCrossEntropy => z0
-            .iter()
-            .zip(dz)
-            .zip(y)
-            .map(|((&z, &d), &y)| {
-                y * (sigmoid(-z) * (-d).exp_m1()).ln_1p()
-                    + (1.0 - y) * (sigmoid(z) * d.exp_m1()).ln_1p()
-            })
-            .sum(),
-        // Δloss = Σ (Y·p_c − y_c)·Δz_c + Y·(Q + log1p_tail(S)), S = Σ p_c·expm1(Δz_c),
-        // Q = Σ p_c·exp_tail(Δz_c), Y = Σ y_c; Y·p_c − y_c from the "others" sums, summed
-        // afresh when one term dominates (exact zeros for one-hot y).
-        Loss::SoftmaxCrossEntropy => {
-            let mx = z0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let e: Vec<f64> = z0.iter().map(|z| (z - mx).exp()).collect();
-            let se: f64 = e.iter().sum();
-            let yy: f64 = y.iter().sum();
-            let (mut lin, mut sm, mut q) = (0.0, 0.0, 0.0);
-            for c in 0..z0.len() {
-                let (ec, yc) = (e[c], y[c]);
-                let (mut other_e, mut other_y) = (se - ec, yy - yc);
-                if 2.0 * ec > se || 2.0 * yc > yy {
-                    other_e = (0..z0.len()).filter(|&d| d != c).map(|d| e[d]).sum();
-                    other_y = (0..z0.len()).filter(|&d| d != c).map(|d| y[d]).sum();
-                }
-                lin += (other_y * ec - yc * other_e) / se * dz[c];
-                let pc = ec / se;
-                sm += pc * dz[c].exp_m1();
-                q += pc * exp_tail(dz[c]);
-            }
-            lin + yy * (q + log1p_tail(sm))
-        }
-        // ½(a + Δa − y)² − ½(a − y)² = Δa·((a − y) + Δa/2).
-        Loss::MeanSquaredError => z0
-            .iter()
-            .zip(dz)
-            .zip(y)
-            .map(|((&z, &d), &y)| {
-                let da = act_delta(out, z, d);
-                da * ((out.apply(z) - y) + 0.5 * da)
-            })
-            .sum(),
-    }
-}
-
 /// J(θ) with the losses in their stable forms ([`sample_loss_stable`]).
 pub fn stable_cost(model: &Model, fwd: &Forward, data: &Data) -> f64 {
     let out = model.depth() - 1;
@@ -985,13 +811,13 @@ pub fn stable_cost(model: &Model, fwd: &Forward, data: &Data) -> f64 {
 
 /// Neumaier's compensated sum.
 #[derive(Default)]
-struct Compensated {
+pub(crate) struct Compensated {
     sum: f64,
     carry: f64,
 }
 
 impl Compensated {
-    fn add(&mut self, v: f64) {
+    pub(crate) fn add(&mut self, v: f64) {
         let t = self.sum + v;
         if self.sum.abs() >= v.abs() {
             self.carry += (self.sum - t) + v;
@@ -1000,7 +826,7 @@ impl Compensated {
         }
         self.sum = t;
     }
-    fn value(&self) -> f64 {
+    pub(crate) fn value(&self) -> f64 {
         self.sum + self.carry
     }
 }
@@ -1052,26 +878,6 @@ fn deltas(
     });
     let scale = noise_scale(model, &fwd, data);
     Ok(assemble(stable_cost(model, &fwd, data), scale, rows, true))
-}
-
-/// e^x − 1: a four-term series where it is exact in f64 (|x| < 1e-4: the next term is
-/// below 1e-18 relative), std's exp_m1 elsewhere. The Δ path calls it per sample and
-/// perturbation, mostly with tiny arguments.
-fn expm1(x: f64) -> f64 {
-    if x.abs() < 1e-4 {
-        x * (1.0 + x * (0.5 + x * (1.0 / 6.0 + x * (1.0 / 24.0))))
-    } else {
-        x.exp_m1()
-    }
-}
-
-/// log(1 + x), likewise (|x| < 1e-4: next term below 2e-17 relative).
-fn log1p(x: f64) -> f64 {
-    if x.abs() < 1e-4 {
-        x * (1.0 + x * (-0.5 + x * (1.0 / 3.0 + x * (-0.25))))
-    } else {
-        x.ln_1p()
-    }
 }
 
 /// Σ a_t·b_t with four accumulators (the Δ path's dot products: vectorisable; their

@@ -5,6 +5,7 @@
 //! May use: `model`, `metric`, `rng`, `error`. Never `check` or anything above.
 
 pub mod cpu;
+pub mod layered;
 #[cfg(feature = "gpu")]
 pub mod gpu;
 
@@ -237,7 +238,14 @@ impl CpuEvaluator {
         validate_epsilon(epsilon)?;
         let n = model.n_params();
         let plain = self.precision == Precision::F64Plain;
-        let p = if plain {
+        if let (Some(_), true) = (model.net(), plain) {
+            return Err(Error::Config(
+                "--precision f64-plain is the notebook's arithmetic for fully connected nets; a layered network (conv2d, pooling, …) is evaluated on the f64 Δ path (--precision f64)".into(),
+            ));
+        }
+        let p = if let Some(net) = model.net() {
+            layered::perturbed_deltas(model, net, params, data, epsilon, range.clone(), self.threads)?
+        } else if plain {
             cpu::perturbed_costs(model, params, data, epsilon, range.clone(), self.threads)?
         } else {
             cpu::perturbed_deltas(model, params, data, epsilon, range.clone(), self.threads)?
@@ -255,7 +263,7 @@ impl CpuEvaluator {
             all
         });
         let mut notes = Vec::new();
-        if !plain {
+        if !plain && model.net().is_none() {
             let over: Vec<String> = (0..model.depth().saturating_sub(1))
                 .filter(|&l| !cpu::shortcut_fits(model, data, l))
                 .map(|l| {
@@ -473,7 +481,33 @@ pub fn evaluator(
 
 /// The magnitude whose rounding is the noise in J± ([`cpu::noise_scale`]).
 pub fn cost_scale(model: &Model, params: &Params, data: &Data) -> f64 {
-    cpu::noise_scale(model, &cpu::forward(model, params, data), data)
+    cost_and_scale(model, params, data).1
+}
+
+/// J(θ) in the stable forms and the noise scale of a plain J, for any model.
+pub fn cost_and_scale(model: &Model, params: &Params, data: &Data) -> (f64, f64) {
+    match model.net() {
+        Some(net) => {
+            let fwd = crate::net::forward(model, net, params, data);
+            (fwd.cost, crate::net::noise_scale(model, net, params, &fwd))
+        }
+        None => {
+            let fwd = cpu::forward(model, params, data);
+            (
+                cpu::stable_cost(model, &fwd, data),
+                cpu::noise_scale(model, &fwd, data),
+            )
+        }
+    }
+}
+
+/// Per-element term sizes of both sides ([`cpu::term_sizes`]) where the evaluator has
+/// them (the MLP shorthand); `None` lets the verdict use each tensor's RMS term size.
+pub fn term_sizes(model: &Model, params: &Params, data: &Data) -> Option<cpu::TermSizes> {
+    model
+        .net()
+        .is_none()
+        .then(|| cpu::term_sizes(model, params, data))
 }
 
 /// ε must be a finite number > 0.

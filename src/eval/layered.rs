@@ -1,0 +1,137 @@
+//! The f64 Δ path of a network given as layer types (conv nets, …): for each perturbation
+//! and sample, the changed layer's output change in closed form ([`Layer::param_delta`]:
+//! one output channel of a conv layer, one unit of a dense one), carried layer by layer by
+//! each type's Δ form ([`Layer::delta`]: sparse in the entries that changed, kinks
+//! flagged), into the loss's closed-form change; ΔJ± summed over samples with Neumaier's
+//! compensation. No J± is formed, so nothing cancels, whatever ε is.
+//!
+//! May use: `net`, `model`, `eval::cpu` (the shared driver: threads, progress, results).
+
+use std::ops::Range;
+
+use crate::error::Result;
+use crate::model::{Data, Model, Net, Params, TensorKind};
+use crate::net::{self, math::loss_delta};
+
+use super::cpu::{
+    Compensated, Perturbed, Threads, assemble, check_range, each_parameter, kink_bits,
+};
+
+/// Every ΔJ± = J(θ ± ε·e_i) − J(θ), i ∈ `range`, with their magnitudes and kink flags.
+pub fn perturbed_deltas(
+    model: &Model,
+    net: &Net,
+    params: &Params,
+    data: &Data,
+    epsilon: f64,
+    range: Range<usize>,
+    threads: Threads,
+) -> Result<Perturbed> {
+    check_range(model, &range)?;
+    let fwd = net::forward(model, net, params, data);
+    let ctx = Ctx {
+        model,
+        net,
+        params,
+        fwd: &fwd,
+        epsilon,
+        owner: owners(model, net),
+        tensors: (0..net.layers.len())
+            .map(|l| net::tensors_of(model, net, params.as_slice(), l))
+            .collect(),
+        widest: net
+            .layers
+            .iter()
+            .map(|l| l.out_len())
+            .max()
+            .unwrap_or(0),
+    };
+    let rows = each_parameter(range, threads, |_, i| {
+        let (p, mp, kp) = ctx.eval(i, 1.0);
+        let (q, mq, kq) = ctx.eval(i, -1.0);
+        (p, q, kink_bits(kp, kq), [mp, mq])
+    });
+    let scale = net::noise_scale(model, net, params, &fwd);
+    Ok(assemble(fwd.cost, scale, rows, true))
+}
+
+/// Per tensor: the layer that owns it and its index among that layer's tensors.
+fn owners(model: &Model, net: &Net) -> Vec<(usize, usize)> {
+    let mut owner = vec![(0, 0); model.layout().tensors().len()];
+    for (l, r) in net.tensors.iter().enumerate() {
+        for (k, t) in r.clone().enumerate() {
+            owner[t] = (l, k);
+        }
+    }
+    owner
+}
+
+struct Ctx<'a> {
+    model: &'a Model,
+    net: &'a Net,
+    params: &'a Params,
+    fwd: &'a net::Forward,
+    epsilon: f64,
+    owner: Vec<(usize, usize)>,
+    /// Per layer, its tensors of θ.
+    tensors: Vec<Vec<&'a [f64]>>,
+    widest: usize,
+}
+
+impl Ctx<'_> {
+    /// ΔJ of θ_i += sign·ε, Σ_j|Δloss_j|/m + |ΔL2|, and whether a kink was crossed.
+    fn eval(&self, i: usize, sign: f64) -> (f64, f64, bool) {
+        let (model, net, fwd) = (self.model, self.net, self.fwd);
+        let layout = model.layout();
+        let pos = layout.locate(i).expect("range checked");
+        let slot = &layout.tensors()[pos.tensor];
+        let (l, t) = self.owner[pos.tensor];
+        let step = sign * self.epsilon;
+        let values = self.params.as_slice();
+        let n_out = model.sizes()[1];
+        let last = net.layers.len() - 1;
+        let (mut cur, mut next) = (vec![0.0; self.widest], vec![0.0; self.widest]);
+        let (mut sum, mut mag, mut kink) = (Compensated::default(), 0.0, false);
+        for j in 0..fwd.m {
+            let layer = &net.layers[l];
+            let width = layer.out_len();
+            layer.param_delta(
+                &self.tensors[l],
+                fwd.input(net, l, j),
+                t,
+                i - slot.offset,
+                step,
+                &mut cur[..width],
+            );
+            for k in l + 1..net.layers.len() {
+                let layer = &net.layers[k];
+                kink |= layer.delta(
+                    &self.tensors[k],
+                    fwd.input(net, k, j),
+                    fwd.output(net, k, j),
+                    &cur[..layer.in_len()],
+                    &mut next[..layer.out_len()],
+                );
+                std::mem::swap(&mut cur, &mut next);
+            }
+            let z0 = fwd.output(net, last, j);
+            let dz = &cur[..n_out];
+            if net.output.has_kink() {
+                kink |= z0.iter().zip(dz).any(|(&z, &d)| (z > 0.0) != (z + d > 0.0));
+            }
+            let dl = loss_delta(model.loss(), net.output, z0, dz, fwd.target(n_out, j));
+            sum.add(dl);
+            mag += dl.abs();
+        }
+        let m = fwd.m as f64;
+        let mut dj = sum.value() * (1.0 / m);
+        mag *= 1.0 / m;
+        if slot.kind == TensorKind::Weight && model.l2() != 0.0 {
+            let th = values[i];
+            let dl2 = model.l2() / (2.0 * m) * step * (2.0 * th + step);
+            dj += dl2;
+            mag += dl2.abs();
+        }
+        (dj, mag, kink)
+    }
+}

@@ -1,0 +1,256 @@
+//! Networks as a sequence of layer types: the [`Layer`] trait every layer type implements
+//! (its parameter tensors and its math on one sample), the JSON spec of such a network
+//! ([`NetSpec`]: conv2d, pooling, flatten, dense) and the array layouts users bring.
+//!
+//! The trait is defined here, below every evaluator; the built-in layer types implement it
+//! in `net` (their CPU f64 math), and a new layer type is one more implementation — check,
+//! verdict, report and the front ends see only the trait and the flat parameter layout.
+//!
+//! Activations inside a layered network are `[channels-last]`: a sample's values are laid
+//! out (h, w, c) row-major whatever layout the user's arrays came in; loading converts.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Activation, Loss, TensorKind};
+
+/// One parameter tensor of a layer, as the user indexes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamShape {
+    /// Weight (counted in the L2 term) or bias.
+    pub kind: TensorKind,
+    /// The shape as the user's arrays have it, e.g. (f, f, C_prev, C) or (C_out, C_in, f, f).
+    pub shape: Vec<usize>,
+    /// How many products are summed into each output it feeds (error growth of the sums).
+    pub fan_in: usize,
+}
+
+/// The parameter tensors of one layer, each a slice of the flat θ (or of the gradient).
+pub type Tensors<'a> = [&'a [f64]];
+
+/// A layer type: its parameter tensors and its math on one sample, in f64.
+///
+/// `x` is the layer's input for one sample (`in_len` values), `y` its output
+/// (`out_len`), `p` its parameter tensors in the order of [`Layer::params`]. Every
+/// method is the reference math of the layer: the built-in backprop, the plain forward pass
+/// and the Δ path are all made of these calls.
+pub trait Layer: fmt::Debug + Send + Sync {
+    /// The type's name in specs and messages, e.g. "conv2d".
+    fn kind(&self) -> &'static str;
+    /// Values per sample going in.
+    fn in_len(&self) -> usize;
+    /// Values per sample coming out.
+    fn out_len(&self) -> usize;
+    /// Its parameter tensors (none for activations, pooling, flatten).
+    fn params(&self) -> Vec<ParamShape> {
+        Vec::new()
+    }
+    /// y = layer(x).
+    fn forward(&self, p: &Tensors<'_>, x: &[f64], y: &mut [f64]);
+    /// Backpropagation through the layer: writes dJ/dx into `dx` and adds dJ/dp into `dp`
+    /// (one slice per tensor, summed over samples by the caller's calls). `slip` selects
+    /// one of [`Layer::slips`] (a classic mistake, for the diagnoses); `None` is correct.
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &self,
+        p: &Tensors<'_>,
+        x: &[f64],
+        y: &[f64],
+        dy: &[f64],
+        dx: &mut [f64],
+        dp: &mut [&mut [f64]],
+        slip: Option<usize>,
+    );
+    /// The Δ form: the change of the output when the input changes by `dx` (y(x + dx) −
+    /// y(x), computed without subtracting two rounded outputs). Returns whether the change
+    /// crossed a kink (a ReLU unit across 0, a max-pool window's winner). Entries of `dx`
+    /// that are exactly 0 cost nothing: a perturbation's change is sparse early on.
+    fn delta(&self, p: &Tensors<'_>, x: &[f64], y: &[f64], dx: &[f64], dy: &mut [f64]) -> bool;
+    /// The change of the output when element `index` of tensor `tensor` changes by `step`
+    /// (all the layers with parameters are affine in each parameter, so this is exact).
+    fn param_delta(
+        &self,
+        _p: &Tensors<'_>,
+        _x: &[f64],
+        _tensor: usize,
+        _index: usize,
+        _step: f64,
+        _dy: &mut [f64],
+    ) {
+    }
+    /// The classic backprop mistakes of this layer type, by name (index = `slip`).
+    fn slips(&self) -> &'static [Slip] {
+        &[]
+    }
+}
+
+/// A classic backprop mistake of a layer type, which the diagnosis tests a failing tensor
+/// against (the built-in backprop with the mistake, compared with the user's gradient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slip {
+    /// Short name, e.g. "kernel_flipped".
+    pub name: &'static str,
+    /// What the user's code did, in words.
+    pub says: &'static str,
+}
+
+/// How the user's arrays are laid out (the network inside is channels-last either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArrayLayout {
+    /// The course's: samples first, channels last. X (m, H, W, C) or (m, n); conv W
+    /// (f, f, C_prev, C), b (1, 1, 1, C); dense W (n_in, n_out), b (n_out,) or (1, n_out);
+    /// Y (m, classes) or class indices (m,).
+    #[default]
+    #[serde(alias = "samples_first", alias = "nhwc")]
+    Course,
+    /// PyTorch's: X (m, C, H, W); conv weight (C_out, C_in, fh, fw), bias (C_out,);
+    /// Linear weight (out, in), bias (out,); flatten in (c, h, w) order.
+    #[serde(alias = "pytorch", alias = "torch")]
+    Nchw,
+}
+
+/// A kernel or window size: one number (square) or (height, width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size2 {
+    /// f × f.
+    Square(usize),
+    /// fh × fw.
+    Rect([usize; 2]),
+}
+
+impl Size2 {
+    /// (height, width).
+    pub fn hw(self) -> (usize, usize) {
+        match self {
+            Size2::Square(f) => (f, f),
+            Size2::Rect([h, w]) => (h, w),
+        }
+    }
+}
+
+/// Zero padding of a convolution.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Padding {
+    /// p rows/columns of zeros on every side.
+    Pixels(usize),
+    /// "same" (output ⌈H/stride⌉, the extra row/column at the bottom/right, as TensorFlow
+    /// and PyTorch's padding="same") or "valid" (none).
+    Named(String),
+}
+
+impl Default for Padding {
+    fn default() -> Self {
+        Padding::Pixels(0)
+    }
+}
+
+fn one() -> usize {
+    1
+}
+
+fn identity() -> Activation {
+    Activation::Identity
+}
+
+/// One layer of a [`NetSpec`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerSpec {
+    /// 2-D convolution (cross-correlation, as every framework computes it) with zero
+    /// padding and a bias per filter, then an element-wise activation.
+    Conv2d {
+        /// Output channels C.
+        filters: usize,
+        /// f or (fh, fw).
+        kernel: Size2,
+        /// Stride (both directions).
+        #[serde(default = "one")]
+        stride: usize,
+        /// Zero padding: a number, "same" or "valid".
+        #[serde(default)]
+        padding: Padding,
+        /// Applied after the bias.
+        #[serde(default = "identity")]
+        activation: Activation,
+        /// Tensor names (weight, bias); default W{k}, b{k}.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        names: Option<[String; 2]>,
+    },
+    /// Max pooling per channel, no padding; the first maximum of a window takes the
+    /// gradient (the course's mask), though any tied entry is accepted.
+    MaxPool {
+        /// f or (fh, fw).
+        size: Size2,
+        /// Stride; default = the window size.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// Average pooling per channel, no padding.
+    AvgPool {
+        /// f or (fh, fw).
+        size: Size2,
+        /// Stride; default = the window size.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stride: Option<usize>,
+    },
+    /// (H, W, C) → H·W·C values, in the layout's order.
+    Flatten,
+    /// Fully connected: z = W·x + b, then an element-wise activation (the last dense
+    /// layer's activation is the output's: sigmoid, softmax, identity, …).
+    Dense {
+        /// Output size.
+        units: usize,
+        /// Applied after the bias.
+        #[serde(default = "identity")]
+        activation: Activation,
+        /// Whether it has a bias (nn.Linear(bias=False) has none).
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        bias: bool,
+        /// Tensor names (weight, bias); default W{k}, b{k}.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        names: Option<[String; 2]>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A network as a sequence of layers, as written in a spec file:
+///
+/// ```json
+/// {"input_shape": [16, 16, 3], "layout": "course",
+///  "layers": [{"type": "conv2d", "filters": 8, "kernel": 4, "padding": "same", "activation": "relu"},
+///             {"type": "max_pool", "size": 4},
+///             {"type": "flatten"},
+///             {"type": "dense", "units": 6, "activation": "softmax"}],
+///  "loss": "softmax_cross_entropy"}
+/// ```
+///
+/// Parameter tensors are named W1, b1, W2, b2, … in the order of the layers that have
+/// parameters (or by their `names`); gradients by the same names with a `d` in front.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetSpec {
+    /// One sample's shape: (H, W, C) in the course's layout, (C, H, W) in PyTorch's, or
+    /// (n) for a network that starts with a dense layer.
+    pub input_shape: Vec<usize>,
+    /// How the arrays are laid out.
+    #[serde(default)]
+    pub layout: ArrayLayout,
+    /// The layers, input to output.
+    pub layers: Vec<LayerSpec>,
+    /// The cost (the last layer's activation is the output's).
+    pub loss: Loss,
+    /// L2 strength λ of (λ/(2m))·Σ‖W‖² over the weight tensors (0 = none).
+    #[serde(default)]
+    pub l2: f64,
+}
