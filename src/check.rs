@@ -356,6 +356,7 @@ impl GradCheck {
             terms: crate::eval::term_sizes(model, params, data).as_ref(),
         });
         diagnose::dropout_slips(model, params, data, grad, &mut report.tensors);
+        diagnose::layer_slips(model, params, data, grad, &mut report.tensors);
         Ok(report)
     }
 }

@@ -68,6 +68,10 @@ enum NetExample {
     SeedBuggy,
     /// The notebook's N-D case with the bugs fixed.
     SeedFixed,
+    /// A course-style conv net with two classic backprop slips planted.
+    ConvBuggy,
+    /// The same conv net with correct gradients.
+    ConvFixed,
 }
 
 impl From<NetExample> for Example {
@@ -75,6 +79,8 @@ impl From<NetExample> for Example {
         match e {
             NetExample::SeedBuggy => Example::SeedBuggy,
             NetExample::SeedFixed => Example::SeedFixed,
+            NetExample::ConvBuggy => Example::ConvBuggy,
+            NetExample::ConvFixed => Example::ConvFixed,
         }
     }
 }
@@ -506,6 +512,8 @@ fn load_files(example: Option<Example>, files: &Files) -> Result<Problem> {
     match (example, &files.params, &files.data) {
         (Some(Example::SeedBuggy), ..) => Ok(examples::seed_problem(true)?),
         (Some(Example::SeedFixed), ..) => Ok(examples::seed_problem(false)?),
+        (Some(Example::ConvBuggy), ..) => Ok(examples::conv_problem(true)?),
+        (Some(Example::ConvFixed), ..) => Ok(examples::conv_problem(false)?),
         (Some(Example::Seed1d), ..) => bail!("seed-1d is not a network"),
         (None, Some(p), Some(d)) => Ok(Problem::load(
             p,

@@ -122,6 +122,53 @@ pub fn dropout_slips(
     }
 }
 
+/// For a layered network with failing tensors: runs the built-in backprop with each layer's
+/// classic slips ([`crate::model::Layer::slips`]) and names the slip that reproduces a
+/// failing tensor to [`SLIP_MATCH`] (and changes it: a slip without effect there proves
+/// nothing), on every failing tensor it explains.
+pub fn layer_slips(
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    grad: &[f64],
+    tensors: &mut [TensorReport],
+) {
+    let Some(net) = model.net() else { return };
+    if tensors.iter().all(|t| t.verdict != Verdict::Fail) {
+        return;
+    }
+    let correct = crate::net::backprop_with(model, net, params, data, None);
+    let layout = model.layout();
+    for (l, layer) in net.layers.iter().enumerate() {
+        for (s, slip) in layer.slips().iter().enumerate() {
+            let g = crate::net::backprop_with(model, net, params, data, Some((l, s)));
+            for (t, slot) in tensors.iter_mut().zip(layout.tensors()) {
+                let r = slot.range();
+                if t.verdict != Verdict::Fail
+                    || t.diagnosis.as_ref().is_some_and(|d| d.kind == MistakeKind::LayerSlip)
+                    || difference(&g.as_slice()[r.clone()], &correct.as_slice()[r.clone()])
+                        <= SLIP_MATCH
+                    || difference(&grad[r.clone()], &g.as_slice()[r.clone()]) > SLIP_MATCH
+                {
+                    continue;
+                }
+                t.diagnosis = Some(Diagnosis {
+                    kind: MistakeKind::LayerSlip,
+                    factor: None,
+                    message: format!(
+                        "d{} is what a backward pass gives where, in layer {} ({}), {} [{}]",
+                        slot.name,
+                        net.spec_position(l),
+                        layer.kind(),
+                        slip.says,
+                        slip.name
+                    ),
+                });
+            }
+        }
+    }
+}
+
 fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
 }

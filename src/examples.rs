@@ -32,6 +32,19 @@ pub mod expected {
     pub const FIXED_DIFFERENCE: f64 = 1.1890913024229996e-07;
 }
 
+/// The course-style conv example's parameters (fixtures/conv, written by the independent
+/// numpy model `fixtures/conv/make.py`).
+pub const CONV_PARAMS: &[u8] = include_bytes!("../fixtures/conv/conv_params.npz");
+/// Its data: X (8, 16, 16, 3), Y (8, 6) one-hot.
+pub const CONV_DATA: &[u8] = include_bytes!("../fixtures/conv/conv_data.npz");
+/// numpy's gradients with two planted slips (max-pool 1 to every window entry, conv 2's db
+/// from one position).
+pub const CONV_GRADS_BUGGY: &[u8] = include_bytes!("../fixtures/conv/conv_grads_buggy.npz");
+/// numpy's correct gradients.
+pub const CONV_GRADS_FIXED: &[u8] = include_bytes!("../fixtures/conv/conv_grads_fixed.npz");
+/// Its network (course layout).
+pub const CONV_MODEL: &str = include_str!("../fixtures/conv/conv_model.json");
+
 /// A built-in example.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -43,6 +56,12 @@ pub enum Example {
     /// The notebook's 1-D case J(θ) = θ·x.
     #[cfg_attr(feature = "cli", value(name = "seed-1d"))]
     Seed1d,
+    /// A course-style conv net (conv, max-pool, conv, max-pool, dense softmax) whose
+    /// numpy backprop has two classic slips (max-pool gradient to every window entry, db
+    /// not summed over positions).
+    ConvBuggy,
+    /// The same conv net with numpy's correct gradients.
+    ConvFixed,
 }
 
 /// x of the 1-D example.
@@ -96,6 +115,29 @@ pub fn seed_problem(buggy: bool) -> Result<Problem> {
             "buggy (dW2 × 2, db1 × 4 planted)"
         } else {
             "fixed"
+        }
+    ));
+    Ok(prob)
+}
+
+/// The course-style conv example with the buggy or the fixed (numpy) gradients.
+pub fn conv_problem(buggy: bool) -> Result<Problem> {
+    let p = Npz::from_bytes("conv_params.npz (built in)", CONV_PARAMS)?;
+    let d = Npz::from_bytes("conv_data.npz (built in)", CONV_DATA)?;
+    let g = if buggy {
+        Npz::from_bytes("conv_grads_buggy.npz (built in)", CONV_GRADS_BUGGY)?
+    } else {
+        Npz::from_bytes("conv_grads_fixed.npz (built in)", CONV_GRADS_FIXED)?
+    };
+    let spec = crate::model::Spec::from_json(CONV_MODEL)
+        .map_err(|e| crate::error::Error::Internal(format!("built-in conv spec: {e}")))?;
+    let mut prob = Problem::from_npz(&p, &d, Some(&g), Some(spec))?;
+    prob.notes.push(format!(
+        "built-in example: a course-style conv net (16×16×3 → conv 4×4×8 same + relu → max-pool 4 → conv 2×2×16 same + relu → max-pool 2 → dense softmax over 6), m = 8, numpy's {} gradients",
+        if buggy {
+            "buggy (max-pool 1's gradient to every window entry, conv 2's db from one position)"
+        } else {
+            "correct"
         }
     ));
     Ok(prob)

@@ -343,6 +343,18 @@ pub struct Net {
     pub tensors: Vec<std::ops::Range<usize>>,
 }
 
+impl Net {
+    /// The 1-based number users know internal layer `l` by: activations are part of the
+    /// conv/dense layer before them in a spec, so they are not counted.
+    pub fn spec_position(&self, l: usize) -> usize {
+        self.layers[..=l]
+            .iter()
+            .filter(|x| x.kind() != "activation")
+            .count()
+            .max(1)
+    }
+}
+
 impl Model {
     /// Validates a spec (sizes, activation count, activation/cost compatibility, λ).
     pub fn new(spec: ModelSpec) -> Result<Self, Error> {

@@ -152,7 +152,11 @@ pub fn render_text(r: &Report) -> String {
             s,
             "{:<8} {:>9} {:>10} {:>10} {:>8}  {:<12} {}",
             t.name,
-            format!("{}×{}", t.shape[0], t.shape[1]),
+            t.shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("×"),
             sci(t.difference, 2),
             sci(t.resolution, 1),
             if t.max_excess < 1e4 {
@@ -187,7 +191,7 @@ pub fn render_text(r: &Report) -> String {
                 "{:<8} ↳ {} of {} elements could not be judged at this ε",
                 "",
                 t.unresolved,
-                t.shape[0] * t.shape[1]
+                t.shape.iter().product::<usize>()
             );
         }
         if t.coarse > 0 && t.passed {
@@ -196,7 +200,7 @@ pub fn render_text(r: &Report) -> String {
                 "{:<8} ↳ {} of {} elements checked only as part of the tensor (each one's own bound exceeds {} % of its value)",
                 "",
                 t.coarse,
-                t.shape[0] * t.shape[1],
+                t.shape.iter().product::<usize>(),
                 100.0 * gradcheck_resolution()
             );
         }

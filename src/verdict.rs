@@ -211,6 +211,9 @@ pub enum MistakeKind {
     DropoutScaleMissing,
     /// Dropout is ignored in the backward pass (neither mask nor scaling).
     DropoutIgnored,
+    /// One of a layer type's classic backprop slips (a flipped kernel, db not summed over
+    /// positions, the pooling gradient routed wrong, …): the message names the layer.
+    LayerSlip,
     /// No pattern; wrong in some elements.
     Elementwise,
 }
@@ -254,8 +257,9 @@ pub struct Worst {
 pub struct TensorReport {
     /// "W1", "b1", …
     pub name: String,
-    /// [rows, cols].
-    pub shape: [usize; 2],
+    /// [rows, cols] (a bias: [n, 1]); a layered network's tensor: its shape as the user's
+    /// arrays have it.
+    pub shape: Vec<usize>,
     /// The notebook's difference over this tensor's elements (central differences).
     pub difference: f64,
     /// RMS of analytic − numeric over the resolved elements.
@@ -1139,7 +1143,11 @@ impl Rules {
         (
             TensorReport {
                 name: name.clone(),
-                shape: [slot.rows, slot.cols],
+                shape: if slot.shape.len() == 1 && slot.cols == 1 {
+                    vec![slot.rows, 1]
+                } else {
+                    slot.shape.clone()
+                },
                 difference: difference(&grad[range.clone()], &approx[range.clone()]),
                 rms_error,
                 verdict,

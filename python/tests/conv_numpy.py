@@ -56,7 +56,7 @@ def conv_forward(A, W, b, stride, padding):
     return Z, (A, W, stride, (t, bt, l, r))
 
 
-def conv_backward(dZ, cache):
+def conv_backward(dZ, cache, db_one_position=False):
     A, W, stride, (t, bt, l, r) = cache
     m, H, Wd, C = A.shape
     f1, f2, _, F = W.shape
@@ -72,7 +72,10 @@ def conv_backward(dZ, cache):
                 for c in range(F):
                     dAp[i, hs:hs + f1, ws:ws + f2, :] += W[..., c] * dZ[i, h, w, c]
                     dW[..., c] += Ap[i, hs:hs + f1, ws:ws + f2, :] * dZ[i, h, w, c]
-                    db[..., c] += dZ[i, h, w, c]
+                    if not db_one_position:
+                        db[..., c] += dZ[i, h, w, c]
+        if db_one_position:  # the slip: one position's dZ per sample, not the sum
+            db[0, 0, 0, :] += dZ[i, Hout - 1, Wout - 1, :]
     dA = dAp[:, t:t + H, l:l + Wd, :]
     return dA, dW, db
 
@@ -99,7 +102,9 @@ def pool_backward(dZ, cache, tie="first"):
             for w in range(Wout):
                 hs, ws = h * stride, w * stride
                 for c in range(C):
-                    if mode == "max":
+                    if mode == "max" and tie == "all":  # the slip: to every entry
+                        dA[i, hs:hs + f1, ws:ws + f2, c] += dZ[i, h, w, c]
+                    elif mode == "max":
                         win = A[i, hs:hs + f1, ws:ws + f2, c].ravel()
                         k = int(np.argmax(win)) if tie == "first" else len(win) - 1 - int(np.argmax(win[::-1]))
                         dA[i, hs + k // f2, ws + k % f2, c] += dZ[i, h, w, c]
@@ -125,8 +130,11 @@ def _loss_and_grad(loss, out, Z, Y):
     return 0.5 * np.sum((a - Y) ** 2) / m, (a - Y) * _act_grad(out, Z) / m
 
 
-def forward_backward(layers, loss, params, X, Y, l2=0.0, tie="first"):
-    """J and the gradients dW1, db1, ... of the network (course layout)."""
+def forward_backward(layers, loss, params, X, Y, l2=0.0, tie="first", slips=None):
+    """J and the gradients dW1, db1, ... of the network (course layout). ``slips`` maps a
+    layer's index in ``layers`` to a classic mistake in its backward pass:
+    "db_one_position" (conv) or "max_to_all" (max pool)."""
+    slips = slips or {}
     A, caches, k = X, [], 0
     for i, L in enumerate(layers):
         last = i == len(layers) - 1
@@ -134,20 +142,20 @@ def forward_backward(layers, loss, params, X, Y, l2=0.0, tie="first"):
             k += 1
             Z, cache = conv_forward(A, params[f"W{k}"], params[f"b{k}"], L.get("stride", 1), L.get("padding", 0))
             act = L.get("activation", "identity")
-            caches.append(("conv", k, cache, Z, act))
+            caches.append(("conv", i, cache, Z, act, k))
             A = Z if last else _act(act, Z)
         elif L["type"] in ("max_pool", "avg_pool"):
             s = L.get("stride", L["size"] if np.isscalar(L["size"]) else L["size"][0])
             A, cache = pool_forward(A, L["size"], s, "max" if L["type"] == "max_pool" else "avg")
-            caches.append(("pool", 0, cache, None, None))
+            caches.append(("pool", i, cache, None, None, 0))
         elif L["type"] == "flatten":
-            caches.append(("flatten", 0, A.shape, None, None))
+            caches.append(("flatten", i, A.shape, None, None, 0))
             A = A.reshape(A.shape[0], -1)
         else:
             k += 1
             Z = A @ params[f"W{k}"] + params[f"b{k}"].reshape(1, -1)
             act = L.get("activation", "identity")
-            caches.append(("dense", k, A, Z, act))
+            caches.append(("dense", i, A, Z, act, k))
             A = Z if last else _act(act, Z)
     out = layers[-1].get("activation", "identity")
     J, dA = _loss_and_grad(loss, out, A, Y)
@@ -155,19 +163,19 @@ def forward_backward(layers, loss, params, X, Y, l2=0.0, tie="first"):
     J += l2 / (2 * m) * sum(np.sum(params[f"W{j}"] ** 2) for j in range(1, k + 1))
     grads = {}
     for i in range(len(caches) - 1, -1, -1):
-        kind, j, cache, Z, act = caches[i]
+        kind, at, cache, Z, act, j = caches[i]
         last = i == len(caches) - 1
         if kind in ("conv", "dense") and not last:
             dA = dA * _act_grad(act, Z)
         if kind == "conv":
-            dA, dW, db = conv_backward(dA, cache)
+            dA, dW, db = conv_backward(dA, cache, slips.get(at) == "db_one_position")
             grads[f"dW{j}"], grads[f"db{j}"] = dW + l2 / m * params[f"W{j}"], db
         elif kind == "dense":
             grads[f"dW{j}"] = cache.T @ dA + l2 / m * params[f"W{j}"]
             grads[f"db{j}"] = dA.sum(axis=0)
             dA = dA @ params[f"W{j}"].T
         elif kind == "pool":
-            dA = pool_backward(dA, cache, tie)
+            dA = pool_backward(dA, cache, "all" if slips.get(at) == "max_to_all" else tie)
         else:
             dA = dA.reshape(cache)
     return J, grads
