@@ -145,7 +145,9 @@ pub fn layer_slips(
             for (t, slot) in tensors.iter_mut().zip(layout.tensors()) {
                 let r = slot.range();
                 if t.verdict != Verdict::Fail
-                    || t.diagnosis.as_ref().is_some_and(|d| d.kind == MistakeKind::LayerSlip)
+                    || t.diagnosis
+                        .as_ref()
+                        .is_some_and(|d| d.kind == MistakeKind::LayerSlip)
                     || difference(&g.as_slice()[r.clone()], &correct.as_slice()[r.clone()])
                         <= SLIP_MATCH
                     || difference(&grad[r.clone()], &g.as_slice()[r.clone()]) > SLIP_MATCH

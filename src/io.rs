@@ -691,7 +691,8 @@ fn flat_from_layered(npz: &Npz, model: &Model, prefix: &str) -> Result<Vec<f64>>
     let mut values = vec![0.0; layout.len()];
     for (slot, key) in layout.tensors().iter().zip(&expected) {
         let a = npz.get(key)?;
-        let squeezed = |s: &[usize]| -> Vec<usize> { s.iter().copied().filter(|&d| d != 1).collect() };
+        let squeezed =
+            |s: &[usize]| -> Vec<usize> { s.iter().copied().filter(|&d| d != 1).collect() };
         let fits = a.shape() == slot.shape.as_slice()
             || (slot.kind == crate::model::TensorKind::Bias
                 && squeezed(a.shape()) == squeezed(&slot.shape));
@@ -776,7 +777,11 @@ fn layered_data_from(npz: &Npz, model: &Model, net: &crate::model::Net) -> Resul
         return Err(Error::Shape(format!(
             "{}: X has shape {shape:?} but the model takes (m, {}) (samples first, input_shape {:?} in the {:?} layout)",
             npz.path.display(),
-            net.input_shape.iter().map(usize::to_string).collect::<Vec<_>>().join(", "),
+            net.input_shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
             net.input_shape,
             net.array_layout
         )));
@@ -784,7 +789,8 @@ fn layered_data_from(npz: &Npz, model: &Model, net: &crate::model::Net) -> Resul
     let m = shape[0];
     let n_in = model.sizes()[0];
     let n_out = model.sizes()[1];
-    if m.saturating_mul(net.layers.iter().map(|l| l.out_len()).sum::<usize>() + n_in) > MAX_ELEMENTS {
+    if m.saturating_mul(net.layers.iter().map(|l| l.out_len()).sum::<usize>() + n_in) > MAX_ELEMENTS
+    {
         return Err(Error::Shape(format!(
             "{}: m = {m} samples would need more than {MAX_ELEMENTS} activations in memory",
             npz.path.display()
@@ -809,9 +815,13 @@ fn layered_data_from(npz: &Npz, model: &Model, net: &crate::model::Net) -> Resul
     let y = npz.get("Y")?;
     let y2 = match y.shape() {
         [r, c] if *r == m && *c == n_out => {
-            Array2::from_shape_vec((m, n_out), y.iter().copied().collect()).expect("sizes agree").reversed_axes()
+            Array2::from_shape_vec((m, n_out), y.iter().copied().collect())
+                .expect("sizes agree")
+                .reversed_axes()
         }
-        [r] if *r == m && n_out == 1 => Array2::from_shape_vec((1, m), y.iter().copied().collect()).expect("sizes agree"),
+        [r] if *r == m && n_out == 1 => {
+            Array2::from_shape_vec((1, m), y.iter().copied().collect()).expect("sizes agree")
+        }
         [r] if *r == m && model.loss() == crate::model::Loss::SoftmaxCrossEntropy => {
             Array2::from_shape_vec((1, m), y.iter().copied().collect()).expect("sizes agree")
         }

@@ -706,7 +706,11 @@ impl ParamLayout {
                             p.shape
                         ))
                     })?;
-                let letter = if p.kind == TensorKind::Weight { "W" } else { "b" };
+                let letter = if p.kind == TensorKind::Weight {
+                    "W"
+                } else {
+                    "b"
+                };
                 let cols = *p.shape.last().unwrap_or(&1);
                 tensors.push(TensorSlot {
                     name: format!("{letter}{numbered}"),

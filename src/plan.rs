@@ -277,8 +277,7 @@ impl Plan {
             threshold,
             m: problem.data.m(),
             growth: crate::verdict::growth(problem.model.layout()),
-            terms: crate::eval::term_sizes(&problem.model, &problem.params, &problem.data)
-                .as_ref(),
+            terms: crate::eval::term_sizes(&problem.model, &problem.params, &problem.data).as_ref(),
         });
         crate::diagnose::dropout_slips(
             &problem.model,

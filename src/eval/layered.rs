@@ -39,12 +39,7 @@ pub fn perturbed_deltas(
         tensors: (0..net.layers.len())
             .map(|l| net::tensors_of(model, net, params.as_slice(), l))
             .collect(),
-        widest: net
-            .layers
-            .iter()
-            .map(|l| l.out_len())
-            .max()
-            .unwrap_or(0),
+        widest: net.layers.iter().map(|l| l.out_len()).max().unwrap_or(0),
     };
     let rows = each_parameter(range, threads, |_, i| {
         let (p, mp, kp) = ctx.eval(i, 1.0);

@@ -5,9 +5,9 @@
 //! May use: `model`, `metric`, `rng`, `error`. Never `check` or anything above.
 
 pub mod cpu;
-pub mod layered;
 #[cfg(feature = "gpu")]
 pub mod gpu;
+pub mod layered;
 
 use std::ops::Range;
 
@@ -244,7 +244,15 @@ impl CpuEvaluator {
             ));
         }
         let p = if let Some(net) = model.net() {
-            layered::perturbed_deltas(model, net, params, data, epsilon, range.clone(), self.threads)?
+            layered::perturbed_deltas(
+                model,
+                net,
+                params,
+                data,
+                epsilon,
+                range.clone(),
+                self.threads,
+            )?
         } else if plain {
             cpu::perturbed_costs(model, params, data, epsilon, range.clone(), self.threads)?
         } else {

@@ -160,7 +160,11 @@ impl Layer for Conv2d {
         slip: Option<usize>,
     ) {
         let wt = p[0];
-        let stride = if slip == Some(STRIDE_IGNORED) { 1 } else { self.stride };
+        let stride = if slip == Some(STRIDE_IGNORED) {
+            1
+        } else {
+            self.stride
+        };
         let flip = slip == Some(KERNEL_FLIPPED);
         dx.fill(0.0);
         for oy in 0..self.oh {

@@ -200,13 +200,14 @@ pub(crate) fn log1p(x: f64) -> f64 {
     }
 }
 
-
 /// How much one output's rounding moves its sample's loss, per unit roundoff: the
 /// conditioning term of the plain paths' noise scale (−log(1 − a) turns the rounding of
 /// a ≈ 1 into u·a/(1 − a)).
 pub fn loss_conditioning(loss: Loss, z: f64, a: f64, y: f64) -> f64 {
     match loss {
-        Loss::BinaryCrossEntropy => y.abs() + (1.0 - y).abs() * a / (1.0 - a).max(f64::MIN_POSITIVE),
+        Loss::BinaryCrossEntropy => {
+            y.abs() + (1.0 - y).abs() * a / (1.0 - a).max(f64::MIN_POSITIVE)
+        }
         Loss::SoftmaxCrossEntropy => y.abs() * (1.0 + z.abs()),
         Loss::MeanSquaredError => (a - y).abs() * (a.abs() + z.abs()),
     }

@@ -41,7 +41,10 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
         }
     };
     if h == 0 || w == 0 || c == 0 {
-        return bad(format!("input_shape {:?} has a zero size", spec.input_shape));
+        return bad(format!(
+            "input_shape {:?} has a zero size",
+            spec.input_shape
+        ));
     }
     let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
     let mut names: Vec<String> = Vec::new();
@@ -340,7 +343,12 @@ pub fn weight_sumsq(model: &Model, params: &Params) -> f64 {
         .tensors()
         .iter()
         .filter(|t| t.kind == TensorKind::Weight)
-        .map(|t| params.as_slice()[t.range()].iter().map(|w| w * w).sum::<f64>())
+        .map(|t| {
+            params.as_slice()[t.range()]
+                .iter()
+                .map(|w| w * w)
+                .sum::<f64>()
+        })
         .sum()
 }
 
@@ -384,7 +392,10 @@ pub fn backprop_with(
     let mut grads = vec![0.0; model.n_params()];
     let n_out = model.sizes()[1];
     let widest = net.layers.iter().map(|l| l.in_len().max(l.out_len())).max();
-    let (mut dy, mut dx) = (vec![0.0; widest.unwrap_or(0)], vec![0.0; widest.unwrap_or(0)]);
+    let (mut dy, mut dx) = (
+        vec![0.0; widest.unwrap_or(0)],
+        vec![0.0; widest.unwrap_or(0)],
+    );
     for j in 0..fwd.m {
         let last = net.layers.len() - 1;
         output_gradient(
@@ -415,7 +426,11 @@ pub fn backprop_with(
         *v *= 1.0 / m;
     }
     if model.l2() != 0.0 {
-        for t in layout.tensors().iter().filter(|t| t.kind == TensorKind::Weight) {
+        for t in layout
+            .tensors()
+            .iter()
+            .filter(|t| t.kind == TensorKind::Weight)
+        {
             for i in t.range() {
                 grads[i] += model.l2() / m * params.as_slice()[i];
             }

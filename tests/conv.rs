@@ -1,0 +1,484 @@
+//! Networks of layer types (conv2d, pooling, flatten, dense) checked as MLPs are: the
+//! built-in conv example (numpy's gradients, fixtures/conv/make.py: an independent model)
+//! gives its planted slips as FAIL with their diagnoses and PASSes when fixed; random conv
+//! nets over every option PASS with correct gradients and FAIL with every classic slip,
+//! named; a dense-only layered net computes exactly what the MLP evaluator does; the same
+//! net in the course's and PyTorch's layouts gets the same report; and a layer type
+//! written here, in the test, is checked without touching the library.
+
+mod common;
+
+use std::sync::Arc;
+
+use gradcheck::check::{Backend, GradCheck, Verdict};
+use gradcheck::eval::cpu;
+use gradcheck::model::{ArrayLayout, Layer, NetSpec, ParamShape, Spec, TensorKind, Tensors};
+use gradcheck::net;
+use gradcheck::rng::Rng;
+use gradcheck::verdict::MistakeKind;
+use gradcheck::{Activation, Data, Grads, Loss, Model, ModelSpec, Params};
+use ndarray::Array2;
+
+fn cpu_check(model: &Model, params: &Params, data: &Data, grads: &Grads) -> gradcheck::Report {
+    GradCheck::new()
+        .backend(Backend::Cpu)
+        .run(model, params, data, grads)
+        .unwrap()
+}
+
+fn built(spec: serde_json::Value) -> Model {
+    let Spec::Net(n) = Spec::from_json(&spec.to_string()).unwrap() else {
+        panic!("not a layered spec")
+    };
+    net::build(&n).unwrap()
+}
+
+/// θ with He-scaled uniform weights, X uniform in [−1.5, 1.5), targets that fit the loss.
+fn random_data(model: &Model, m: usize, seed: u64) -> (Params, Data) {
+    let mut rng = Rng(seed);
+    let layout = model.layout().clone();
+    let mut values = vec![0.0; layout.len()];
+    for t in layout.tensors() {
+        let scale = (2.0 / t.fan_in as f64).sqrt();
+        for v in &mut values[t.range()] {
+            *v = rng.sym() * scale * if t.kind == TensorKind::Bias { 0.3 } else { 1.0 };
+        }
+    }
+    let (n_in, n_out) = (model.sizes()[0], model.sizes()[1]);
+    let x = Array2::from_shape_fn((n_in, m), |_| 1.5 * rng.sym());
+    let y = match model.loss() {
+        Loss::SoftmaxCrossEntropy => {
+            let mut y = Array2::zeros((n_out, m));
+            for j in 0..m {
+                y[[(rng.next_f64() * n_out as f64) as usize % n_out, j]] = 1.0;
+            }
+            y
+        }
+        Loss::BinaryCrossEntropy => {
+            Array2::from_shape_fn((n_out, m), |_| f64::from(u8::from(rng.next_f64() < 0.5)))
+        }
+        Loss::MeanSquaredError => Array2::from_shape_fn((n_out, m), |_| rng.sym()),
+    };
+    let data = Data::new(model, x, y).unwrap();
+    (Params::new(layout, values).unwrap(), data)
+}
+
+fn backprop(model: &Model, params: &Params, data: &Data) -> Grads {
+    net::backprop_with(model, model.net().unwrap(), params, data, None)
+}
+
+#[test]
+fn built_in_conv_examples_give_the_planted_slips_and_pass_when_fixed() {
+    let gc = GradCheck::new().backend(Backend::Cpu);
+    let p = gradcheck::examples::conv_problem(true).unwrap();
+    let r = gc.run(&p.model, &p.params, &p.data, &p.grads).unwrap();
+    assert_eq!(r.verdict, Verdict::Fail);
+    assert_eq!(common::failing(&r), ["W1", "b1", "b2"]);
+    let says = |name: &str| {
+        let t = r.tensors.iter().find(|t| t.name == name).unwrap();
+        let d = t.diagnosis.as_ref().expect("diagnosed");
+        assert_eq!(d.kind, MistakeKind::LayerSlip, "{name}: {}", d.message);
+        d.message.clone()
+    };
+    assert!(says("W1").contains("layer 2 (max_pool)") && says("W1").contains("[max_to_all]"));
+    assert!(says("b1").contains("[max_to_all]"));
+    assert!(says("b2").contains("layer 3 (conv2d)") && says("b2").contains("[db_one_position]"));
+    // numpy's correct gradients: the cost and every element agree with the built-in
+    // backprop (two independent implementations) and the check passes.
+    let p = gradcheck::examples::conv_problem(false).unwrap();
+    let r = gc.run(&p.model, &p.params, &p.data, &p.grads).unwrap();
+    assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reasons);
+    let ours = backprop(&p.model, &p.params, &p.data);
+    for (a, b) in ours.as_slice().iter().zip(p.grads.as_slice()) {
+        assert!((a - b).abs() <= 1e-13 * (1.0 + b.abs()), "{a} vs numpy {b}");
+    }
+    let j = net::forward(&p.model, p.model.net().unwrap(), &p.params, &p.data).cost;
+    // fixtures/conv/make.py printed J = 4.316597598901654.
+    assert!((j - 4.316597598901654).abs() < 1e-14 * j, "{j}");
+}
+
+/// A random conv net over the layer options: stride 1–3, padding valid/same/k, square and
+/// non-square kernels, 1–4 channels, pooling 2–3 with stride ≠ size, each activation.
+fn random_conv_spec(rng: &mut Rng, k: usize) -> serde_json::Value {
+    let acts = ["relu", "tanh", "sigmoid", "leaky_relu", "identity"];
+    let pick = |rng: &mut Rng, n: usize| (rng.next_f64() * n as f64) as usize % n;
+    let c_in = 1 + pick(rng, 3);
+    let (h, w) = (10 + pick(rng, 4), 10 + pick(rng, 3));
+    let stride = 1 + k % 3;
+    let padding = match k % 3 {
+        0 => serde_json::json!("same"),
+        1 => serde_json::json!("valid"),
+        _ => serde_json::json!(1),
+    };
+    let kernel = if k % 2 == 0 {
+        serde_json::json!(2 + pick(rng, 2))
+    } else {
+        serde_json::json!([2, 3])
+    };
+    let pool = if k % 4 < 2 { "max_pool" } else { "avg_pool" };
+    let (loss, out, units) = match k % 3 {
+        0 => ("softmax_cross_entropy", "softmax", 3),
+        1 => ("binary_cross_entropy", "sigmoid", 1),
+        _ => ("mse", "identity", 2),
+    };
+    let layout = if k % 5 == 4 { "nchw" } else { "course" };
+    let input_shape = if layout == "nchw" {
+        vec![c_in, h, w]
+    } else {
+        vec![h, w, c_in]
+    };
+    serde_json::json!({
+        "input_shape": input_shape,
+        "layout": layout,
+        "layers": [
+            {"type": "conv2d", "filters": 2 + pick(rng, 3), "kernel": kernel, "stride": stride,
+             "padding": padding, "activation": acts[k % acts.len()]},
+            {"type": pool, "size": 2, "stride": 1},
+            {"type": "conv2d", "filters": 1 + pick(rng, 3), "kernel": 2, "padding": "same",
+             "activation": acts[(k + 2) % acts.len()]},
+            {"type": if pool == "max_pool" { "avg_pool" } else { "max_pool" }, "size": 2},
+            {"type": "flatten"},
+            {"type": "dense", "units": units, "activation": out}
+        ],
+        "loss": loss,
+        "l2": if k % 4 == 3 { 0.1 } else { 0.0 }
+    })
+}
+
+#[test]
+fn random_conv_nets_pass_correct_gradients_and_fail_every_slip_by_name() {
+    let (mut passes, mut inconclusive, mut slips_tried) = (0, 0, 0);
+    let mut rng = Rng(2026);
+    for k in 0..24 {
+        let spec = random_conv_spec(&mut rng, k);
+        let model = built(spec.clone());
+        let m = 1 + k % 5;
+        let (params, data) = random_data(&model, m, 100 + k as u64);
+        let good = backprop(&model, &params, &data);
+        let r = cpu_check(&model, &params, &data, &good);
+        assert_ne!(r.verdict, Verdict::Fail, "net {k} {spec}: {:?}", r.reasons);
+        match r.verdict {
+            Verdict::Pass => passes += 1,
+            _ => inconclusive += 1,
+        }
+        let net = model.net().unwrap();
+        for (l, layer) in net.layers.iter().enumerate() {
+            for (s, slip) in layer.slips().iter().enumerate() {
+                let bad = net::backprop_with(&model, net, &params, &data, Some((l, s)));
+                let moved = gradcheck::metric::difference(bad.as_slice(), good.as_slice());
+                if moved < 0.01 {
+                    continue; // this slip changes nothing here (stride 1, no padding, …)
+                }
+                slips_tried += 1;
+                let r = cpu_check(&model, &params, &data, &bad);
+                assert_eq!(
+                    r.verdict,
+                    Verdict::Fail,
+                    "net {k}, slip {}: {:?}",
+                    slip.name,
+                    r.reasons
+                );
+                assert!(
+                    r.tensors.iter().any(|t| t
+                        .diagnosis
+                        .as_ref()
+                        .is_some_and(|d| d.message.contains(&format!("[{}]", slip.name)))),
+                    "net {k}: slip {} not named: {:?}",
+                    slip.name,
+                    r.tensors.iter().map(|t| &t.diagnosis).collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+    eprintln!("{passes} pass, {inconclusive} inconclusive, {slips_tried} slips tried");
+    // Measured: 24 of 24 PASS; the bound allows a rare kink that no ε separates.
+    assert!(
+        inconclusive <= 2,
+        "{passes} pass, {inconclusive} inconclusive"
+    );
+    assert!(
+        slips_tried >= 40,
+        "only {slips_tried} slips made a difference"
+    );
+}
+
+#[test]
+fn a_dense_only_layered_net_computes_what_the_mlp_evaluator_does() {
+    for (acts, loss) in [
+        (["relu", "relu", "sigmoid"], "binary_cross_entropy"),
+        (["tanh", "leaky_relu", "softmax"], "softmax_cross_entropy"),
+        (["sigmoid", "identity", "identity"], "mse"),
+    ] {
+        let sizes = [5, 4, 3, if loss == "binary_cross_entropy" { 1 } else { 3 }];
+        let mlp_spec: ModelSpec = serde_json::from_value(serde_json::json!({
+            "layers": sizes, "activations": acts, "loss": loss, "l2": 0.3
+        }))
+        .unwrap();
+        let mlp = Model::new(mlp_spec).unwrap();
+        // PyTorch's layout: W (out, in), b (out,) — the MLP's flat order exactly.
+        let layered = built(serde_json::json!({
+            "input_shape": [5], "layout": "nchw", "l2": 0.3, "loss": loss,
+            "layers": (0..3).map(|l| serde_json::json!(
+                {"type": "dense", "units": sizes[l + 1], "activation": acts[l]})).collect::<Vec<_>>()
+        }));
+        let (params, data) = gradcheck::examples::random_problem(mlp.spec().clone(), 6, 7)
+            .map(|(_, p, d)| (p, d))
+            .unwrap();
+        let lp = Params::new(layered.layout().clone(), params.as_slice().to_vec()).unwrap();
+        let ld = Data::new(&layered, data.x.clone(), data.y.clone()).unwrap();
+        let j_mlp = cpu::stable_cost(&mlp, &cpu::forward(&mlp, &params, &data), &data);
+        let j_net = net::forward(&layered, layered.net().unwrap(), &lp, &ld).cost;
+        assert!(
+            (j_mlp - j_net).abs() <= 1e-15 * j_mlp.abs(),
+            "{loss}: {j_mlp} vs {j_net}"
+        );
+        let g_mlp = cpu::backprop(&mlp, &params, &data);
+        let g_net = backprop(&layered, &lp, &ld);
+        for (a, b) in g_mlp.as_slice().iter().zip(g_net.as_slice()) {
+            assert!(
+                (a - b).abs() <= 1e-14 * (1.0 + a.abs()),
+                "{loss}: {a} vs {b}"
+            );
+        }
+        let eps = 1e-6;
+        let a = cpu::perturbed_deltas(
+            &mlp,
+            &params,
+            &data,
+            eps,
+            0..mlp.n_params(),
+            cpu::Threads::Serial,
+        )
+        .unwrap();
+        let b = gradcheck::eval::layered::perturbed_deltas(
+            &layered,
+            layered.net().unwrap(),
+            &lp,
+            &ld,
+            eps,
+            0..layered.n_params(),
+            cpu::Threads::Parallel,
+        )
+        .unwrap();
+        let mags = b.magnitudes.as_ref().unwrap();
+        for i in 0..mlp.n_params() {
+            // Both are ΔJ± to a few u of Σ|Δloss_j|/m (different summation orders).
+            let tol = 1e-14 * (mags[i][0] + mags[i][1]) + 1e-300;
+            assert!(
+                (a.plus[i] - b.plus[i]).abs() <= tol,
+                "{loss} #{i}: {} vs {}",
+                a.plus[i],
+                b.plus[i]
+            );
+            assert!((a.minus[i] - b.minus[i]).abs() <= tol, "{loss} #{i}");
+            assert_eq!(a.kinks[i], b.kinks[i], "{loss} #{i}: kink flags");
+        }
+    }
+}
+
+/// Course layout → PyTorch layout of the same network: X (m, H, W, C) → (m, C, H, W), conv
+/// W (f, f, Ci, Co) → (Co, Ci, f, f), b (1, 1, 1, C) → (C,), and the dense layer after
+/// flatten re-indexed from the (h, w, c) order to (c, h, w), W (in, out) → (out, in).
+#[test]
+fn course_and_pytorch_layouts_give_the_same_report() {
+    let layers = serde_json::json!([
+        {"type": "conv2d", "filters": 3, "kernel": [3, 2], "stride": 2, "padding": 1, "activation": "relu"},
+        {"type": "max_pool", "size": 2, "stride": 1},
+        {"type": "flatten"},
+        {"type": "dense", "units": 4, "activation": "softmax"}
+    ]);
+    let (h, w, c) = (7, 6, 2);
+    let course = built(
+        serde_json::json!({"input_shape": [h, w, c], "layers": layers,
+        "loss": "softmax_cross_entropy"}),
+    );
+    let torch = built(
+        serde_json::json!({"input_shape": [c, h, w], "layout": "nchw",
+        "layers": layers, "loss": "softmax_cross_entropy"}),
+    );
+    let (params, data) = random_data(&course, 5, 11);
+    let mut grads = backprop(&course, &params, &data);
+    grads.as_mut_slice()[3] *= 1.02; // a planted 2 % error in W1
+    // Permute θ and the gradient into PyTorch's order.
+    let lc = course.layout().tensors();
+    let lt = torch.layout().tensors();
+    let (fh, fw, co) = (3, 2, 3);
+    let net = course.net().unwrap();
+    let pool_out = net.layers[2].out_len(); // after conv, relu, max_pool
+    let (positions, channels) = (pool_out / co, co);
+    let permute = |v: &[f64]| -> Vec<f64> {
+        let mut out = vec![0.0; v.len()];
+        for i in 0..fh {
+            for j in 0..fw {
+                for ci in 0..c {
+                    for o in 0..co {
+                        out[lt[0].offset + ((o * c + ci) * fh + i) * fw + j] =
+                            v[lc[0].offset + ((i * fw + j) * c + ci) * co + o];
+                    }
+                }
+            }
+        }
+        out[lt[1].range()].copy_from_slice(&v[lc[1].range()]);
+        for k in 0..pool_out {
+            let flat_torch = (k % channels) * positions + k / channels;
+            for u in 0..4 {
+                out[lt[2].offset + u * pool_out + flat_torch] = v[lc[2].offset + k * 4 + u];
+            }
+        }
+        out[lt[3].range()].copy_from_slice(&v[lc[3].range()]);
+        out
+    };
+    let tp = Params::new(torch.layout().clone(), permute(params.as_slice())).unwrap();
+    let tg = Grads::new(torch.layout().clone(), permute(grads.as_slice())).unwrap();
+    // The data inside is channels-last either way: the same columns.
+    let td = Data::new(&torch, data.x.clone(), data.y.clone()).unwrap();
+    let jc = net::forward(&course, net, &params, &data).cost;
+    let jt = net::forward(&torch, torch.net().unwrap(), &tp, &td).cost;
+    assert!((jc - jt).abs() <= 1e-14 * jc, "{jc} vs {jt}");
+    let rc = cpu_check(&course, &params, &data, &grads);
+    let rt = cpu_check(&torch, &tp, &td, &tg);
+    assert_eq!(rc.verdict, Verdict::Fail);
+    assert_eq!(rt.verdict, rc.verdict);
+    for (a, b) in rc.tensors.iter().zip(&rt.tensors) {
+        assert_eq!(a.verdict, b.verdict, "{}", a.name);
+        // Same numbers up to summation order: a correct tensor's difference is rounding.
+        assert!(
+            (a.difference - b.difference).abs() <= 1e-9 * a.difference + 1e-13,
+            "{}: {} vs {}",
+            a.name,
+            a.difference,
+            b.difference
+        );
+    }
+    assert_eq!(rt.tensors[0].shape, vec![3, 2, 3, 2]);
+    assert_eq!(rc.tensors[0].shape, vec![3, 2, 2, 3]);
+}
+
+/// A layer type written here: y = s·x (no parameters). Nothing in the library knows it.
+#[derive(Debug)]
+struct ScaleBy {
+    s: f64,
+    len: usize,
+}
+
+impl Layer for ScaleBy {
+    fn kind(&self) -> &'static str {
+        "scale_by"
+    }
+    fn in_len(&self) -> usize {
+        self.len
+    }
+    fn out_len(&self) -> usize {
+        self.len
+    }
+    fn forward(&self, _p: &Tensors<'_>, x: &[f64], y: &mut [f64]) {
+        y.iter_mut().zip(x).for_each(|(y, x)| *y = self.s * x);
+    }
+    fn backward(
+        &self,
+        _p: &Tensors<'_>,
+        _x: &[f64],
+        _y: &[f64],
+        dy: &[f64],
+        dx: &mut [f64],
+        _dp: &mut [&mut [f64]],
+        _slip: Option<usize>,
+    ) {
+        dx.iter_mut().zip(dy).for_each(|(d, g)| *d = self.s * g);
+    }
+    fn delta(&self, p: &Tensors<'_>, _x: &[f64], _y: &[f64], dx: &[f64], dy: &mut [f64]) -> bool {
+        self.forward(p, dx, dy);
+        false
+    }
+    fn params(&self) -> Vec<ParamShape> {
+        Vec::new()
+    }
+}
+
+#[test]
+fn a_layer_type_written_in_the_test_is_checked_without_library_changes() {
+    let layers: Vec<Arc<dyn Layer>> = vec![
+        Arc::new(net::Dense {
+            n_in: 4,
+            n_out: 3,
+            bias: true,
+            layout: ArrayLayout::Nchw,
+        }),
+        Arc::new(ScaleBy { s: -2.5, len: 3 }),
+        Arc::new(net::Act {
+            g: Activation::Tanh,
+            len: 3,
+        }),
+        Arc::new(net::Dense {
+            n_in: 3,
+            n_out: 2,
+            bias: false,
+            layout: ArrayLayout::Nchw,
+        }),
+    ];
+    let model = Model::layered(
+        layers,
+        Activation::Sigmoid,
+        Loss::BinaryCrossEntropy,
+        0.0,
+        None,
+        vec![4],
+        ArrayLayout::Nchw,
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        model
+            .layout()
+            .tensors()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>(),
+        ["W1", "b1", "W2"]
+    );
+    let (params, data) = random_data(&model, 5, 3);
+    let good = backprop(&model, &params, &data);
+    // The closed form of dJ/db1 for this net, written out here: the oracle.
+    let r = cpu_check(&model, &params, &data, &good);
+    assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.reasons);
+    let mut bad = good.clone();
+    bad.as_mut_slice()[13] *= -1.0; // b1[1] with the sign of a forgotten −2.5
+    let r = cpu_check(&model, &params, &data, &bad);
+    assert_eq!(common::failing(&r), ["b1"]);
+}
+
+#[test]
+fn bad_conv_specs_are_refused_naming_the_layer() {
+    for (spec, says) in [
+        (
+            serde_json::json!({"input_shape": [4, 4, 1], "loss": "mse",
+            "layers": [{"type": "conv2d", "filters": 2, "kernel": 5}]}),
+            "layer 1 (conv2d): a kernel of 5 does not fit",
+        ),
+        (
+            serde_json::json!({"input_shape": [4, 4, 1], "loss": "mse",
+            "layers": [{"type": "max_pool", "size": 2}, {"type": "dense", "units": 2}]}),
+            "layer 2 (dense): its input is 2×2×1: put a flatten layer before it",
+        ),
+        (
+            serde_json::json!({"input_shape": [4, 4, 1], "loss": "mse",
+            "layers": [{"type": "conv2d", "filters": 2, "kernel": 2, "padding": "full"}]}),
+            "padding \"full\"",
+        ),
+        (
+            serde_json::json!({"input_shape": [4, 4], "loss": "mse",
+            "layers": [{"type": "flatten"}]}),
+            "input_shape [4, 4]",
+        ),
+    ] {
+        let Spec::Net(n) = Spec::from_json(&spec.to_string()).unwrap() else {
+            panic!()
+        };
+        let e = net::build(&n).unwrap_err().to_string();
+        assert!(e.contains(says), "{e}");
+    }
+    let e = Spec::from_json(r#"{"input_shape": [3], "layers": [{"type": "dense", "units": 2, "size": 3}], "loss": "mse"}"#)
+        .unwrap_err();
+    assert!(e.contains("unknown field `size`"), "{e}");
+    let _ = NetSpec::clone;
+}
