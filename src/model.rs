@@ -325,6 +325,27 @@ impl PartialEq for Model {
     }
 }
 
+/// What [`Model::layered`] builds a model from.
+#[derive(Debug)]
+pub struct NetParts {
+    /// The layers, input to output (the output activation is not one of them).
+    pub layers: Vec<std::sync::Arc<dyn Layer>>,
+    /// The output activation, applied inside the cost.
+    pub output: Activation,
+    /// The cost.
+    pub loss: Loss,
+    /// L2 strength λ over the weight tensors.
+    pub l2: f64,
+    /// Tensor names in flat order (`None`: W1, b1, W2, …).
+    pub names: Option<Vec<String>>,
+    /// One sample's shape as the user's X has it.
+    pub input_shape: Vec<usize>,
+    /// How the user's arrays are laid out.
+    pub array_layout: ArrayLayout,
+    /// The spec it came from, if any.
+    pub spec: Option<NetSpec>,
+}
+
 /// A network given as a sequence of layers (conv2d, pooling, flatten, dense, or a layer
 /// type of the caller's), ending in the output activation and the cost.
 #[derive(Debug)]
@@ -434,20 +455,21 @@ impl Model {
         })
     }
 
-    /// A network of `layers` (each one's input must be the previous one's output) whose
-    /// last layer's output goes through `output` into `loss`. Tensors are named by `names`
-    /// (one per tensor, flat order) or W1, b1, W2, b2, … in order of the layers that have
-    /// parameters (a dense layer without bias: W only).
-    pub fn layered(
-        layers: Vec<std::sync::Arc<dyn Layer>>,
-        output: Activation,
-        loss: Loss,
-        l2: f64,
-        names: Option<Vec<String>>,
-        input_shape: Vec<usize>,
-        array_layout: ArrayLayout,
-        spec: Option<NetSpec>,
-    ) -> Result<Self, Error> {
+    /// A network of layers (each one's input must be the previous one's output) whose
+    /// last layer's output goes through the output activation into the cost. Tensors are
+    /// named by `parts.names` (one per tensor, flat order) or W1, b1, W2, b2, … in order
+    /// of the layers that have parameters (a dense layer without bias: W only).
+    pub fn layered(parts: NetParts) -> Result<Self, Error> {
+        let NetParts {
+            layers,
+            output,
+            loss,
+            l2,
+            names,
+            input_shape,
+            array_layout,
+            spec,
+        } = parts;
         let bad = |msg: String| Err(Error::Spec(msg));
         let (Some(first), Some(last)) = (layers.first(), layers.last()) else {
             return bad("the network has no layers".into());

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::model::layer::Padding;
 use crate::model::{
-    Activation, ArrayLayout, Data, Grads, Layer, LayerSpec, Loss, Model, Net, NetSpec, Params,
-    TensorKind,
+    Activation, ArrayLayout, Data, Grads, Layer, LayerSpec, Loss, Model, Net, NetParts, NetSpec,
+    Params, TensorKind,
 };
 
 pub use conv::Conv2d;
@@ -163,16 +163,16 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
             }));
         }
     }
-    Model::layered(
+    Model::layered(NetParts {
         layers,
         output,
-        spec.loss,
-        spec.l2,
-        Some(names),
-        spec.input_shape.clone(),
-        spec.layout,
-        Some(spec.clone()),
-    )
+        loss: spec.loss,
+        l2: spec.l2,
+        names: Some(names),
+        input_shape: spec.input_shape.clone(),
+        array_layout: spec.layout,
+        spec: Some(spec.clone()),
+    })
 }
 
 fn kind_of(ls: &LayerSpec) -> &'static str {
