@@ -461,6 +461,7 @@ impl GradCheck {
             precision: "f64-plain".into(),
             unit_roundoff: f64::EPSILON / 2.0,
             steps: None,
+            tie_widths: None,
             notes: Vec::new(),
             kernel_times: Vec::new(),
         };

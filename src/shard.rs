@@ -40,6 +40,9 @@ pub struct Slice {
     pub magnitudes: Option<Vec<[f64; 2]>>,
     /// Plain f64: the nominal-step gaps.
     pub step_errors: Option<Vec<f64>>,
+    /// Layered nets: the widths max-pool ties leave open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tie_widths: Option<Vec<f64>>,
 }
 
 /// The J± of one shard.
@@ -207,7 +210,8 @@ fn slice_of(e: Evaluation, range: &Range<usize>) -> Slice {
         unit_roundoff: e.unit_roundoff,
         steps: e.steps.map(|s| s[r.clone()].to_vec()),
         magnitudes: e.magnitudes.map(|s| s[r.clone()].to_vec()),
-        step_errors: e.step_errors.map(|s| s[r].to_vec()),
+        step_errors: e.step_errors.map(|s| s[r.clone()].to_vec()),
+        tie_widths: e.tie_widths.map(|s| s[r].to_vec()),
     }
 }
 
@@ -342,6 +346,8 @@ pub fn merge(
             }),
             step_errors: all(&|s| s.step_errors.is_some())
                 .then(|| cat(&|s| s.step_errors.clone().unwrap_or_default())),
+            tie_widths: all(&|s| s.tie_widths.is_some())
+                .then(|| cat(&|s| s.tie_widths.clone().unwrap_or_default())),
             backend: first.backend.clone(),
             precision: first.precision.clone(),
             unit_roundoff: s0.unit_roundoff,
@@ -370,6 +376,7 @@ mod tests {
             steps: None,
             magnitudes: None,
             step_errors: None,
+            tie_widths: None,
         };
         let text = serde_json::to_string(&slice).unwrap();
         assert!(text.contains("\"inf\"") && text.contains("\"-inf\"") && text.contains("\"NaN\""));

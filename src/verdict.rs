@@ -473,6 +473,10 @@ pub struct Evidence<'a> {
 struct Judged {
     numeric: f64,
     bound: f64,
+    /// The part of `bound` that is the width of valid derivatives at a max-pool tie: a
+    /// property of the function, not an uncertainty of the measurement, so it does not
+    /// count against the tensor's resolution.
+    tie: f64,
     /// The rounding and truncation parts of the bound (for the remedy).
     rounding: f64,
     truncation: f64,
@@ -814,6 +818,7 @@ impl Rules {
     ) -> Judged {
         let unresolved = |status, numeric| Judged {
             numeric,
+            tie: 0.0,
             bound: f64::INFINITY,
             rounding: f64::INFINITY,
             truncation: f64::INFINITY,
@@ -825,6 +830,7 @@ impl Rules {
         if !g.is_finite() {
             return Judged {
                 status: Status::Wrong,
+                tie: 0.0,
                 bound: 0.0,
                 rounding: 0.0,
                 truncation: 0.0,
@@ -889,11 +895,17 @@ impl Rules {
             + kg * at.term_size(i, g, numeric).max(analytic_terms)
             + numeric.abs() * step_error
             + f64::MIN_POSITIVE / at.half_step(i);
-        let truncation = est.truncation + floor;
+        // An exact max-pool tie at θ: any tied entry may take the gradient, so the valid
+        // derivatives fill an interval whose midpoint the central difference is (a
+        // one-sided difference is one of its ends).
+        let tie =
+            at.eval.tie_widths.as_ref().map_or(0.0, |w| w[i]) * if central { 0.5 } else { 1.0 };
+        let truncation = est.truncation + floor + tie;
         let bound = rounding + truncation;
         let judged = |numeric, rounding: f64, truncation: f64, status| Judged {
             numeric,
             bound: rounding + truncation,
+            tie,
             rounding,
             truncation,
             signal: est.signal,
@@ -959,7 +971,7 @@ impl Rules {
             .clone()
             .filter(|&i| {
                 let (j, size) = (&judged[i], grad[i].abs().max(judged[i].numeric.abs()));
-                j.status == Status::Consistent && size > 0.0 && j.bound > RESOLUTION * size
+                j.status == Status::Consistent && size > 0.0 && j.bound - j.tie > RESOLUTION * size
             })
             .count();
         let unresolved = range.len() - resolved.len();
@@ -967,7 +979,7 @@ impl Rules {
         let one_sided = count(&|j| matches!(j.method, Method::Forward | Method::Backward));
         let norm =
             |f: &dyn Fn(usize) -> f64| resolved.iter().map(|&i| f(i).powi(2)).sum::<f64>().sqrt();
-        let n_bound = norm(&|i| judged[i].bound);
+        let n_bound = norm(&|i| judged[i].bound - judged[i].tie);
         let n_round = norm(&|i| judged[i].rounding);
         let n_signal = norm(&|i| judged[i].signal);
         let n_grad = norm(&|i| grad[i]).max(norm(&|i| judged[i].numeric));

@@ -202,9 +202,16 @@ def check(
     kinks: str = "exclude",
     stencil: int = 2,
     masks: Optional[Mapping[str, Any]] = None,
+    layout: Optional[str] = None,
 ) -> Report:
     """Checks ``gradients`` (dW1, db1, …) against central differences of the cost at
     ``parameters`` (W1, b1, …) on the data X (n0 × m), Y (nL × m).
+
+    A network of layer types (conv2d, max_pool, avg_pool, flatten, dense) is a ``model``
+    with ``input_shape`` and ``layers`` (see the README); its arrays are samples first:
+    the course's layout (X (m, H, W, C), W (f, f, C_prev, C), b (1, 1, 1, C), dense W
+    (n_in, n_out), Y (m, classes) or class indices (m,)), or PyTorch's with
+    ``layout="nchw"`` (X (m, C, H, W), weight (C_out, C_in, f, f), bias (C_out,)).
 
     Without ``gradients`` the built-in backprop's are checked (the report says so).
     ``model`` is the command line's JSON spec as a dict (layers, activations, loss, l2,
@@ -226,13 +233,25 @@ def check(
     _check_option("epsilon", epsilon, (int, float))
     _check_option("threshold", threshold, (int, float))
     _check_option("stencil", stencil, (int,))
+    _check_option("layout", layout, (str,))
+    if layout is not None:
+        if model is None or "input_shape" not in model:
+            raise ValueError(
+                "layout= applies to a network of layer types: give model= with input_shape and layers"
+            )
+        model = {**model, "layout": layout}
     params = _arrays(parameters, "parameters", lambda k: True)
     data = [_wire("X", X, "data"), _wire("Y", Y, "data")]
     if masks is not None:
         data += _arrays(masks, "masks", lambda k: True)
     grads = None
     if gradients is not None:
-        grads = _arrays(gradients, "gradients", lambda k: bool(_GRAD.match(k)))
+        # dW1, db1, … or d + any parameter's name; the backprop's caches (dA1, dZ1) stay out.
+        grads = _arrays(
+            gradients,
+            "gradients",
+            lambda k: bool(_GRAD.match(k)) or (k.startswith("d") and k[1:] in parameters),
+        )
     options = json.dumps(
         {
             "epsilon": epsilon,

@@ -9,6 +9,8 @@ W1, b1, W2, b2, ... in the order of the layers that have them.
 
 import numpy as np
 
+LEAKY = 0.01  # gradcheck's "leaky_relu" slope (write "leaky_relu:0.2" for another)
+
 
 def _pads(n, f, stride, padding):
     if padding == "same":
@@ -26,6 +28,8 @@ def _act(name, z):
         return 1 / (1 + np.exp(-z))
     if name == "tanh":
         return np.tanh(z)
+    if name == "leaky_relu":
+        return np.where(z > 0, z, LEAKY * z)
     return z
 
 
@@ -37,6 +41,8 @@ def _act_grad(name, z):
         return s * (1 - s)
     if name == "tanh":
         return 1 - np.tanh(z) ** 2
+    if name == "leaky_relu":
+        return np.where(z > 0, 1.0, LEAKY)
     return np.ones_like(z)
 
 

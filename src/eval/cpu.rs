@@ -465,6 +465,9 @@ pub struct Perturbed {
     pub magnitudes: Option<Vec<[f64; 2]>>,
     /// [`noise_scale`] of the base pass: what the plain paths' J± are rounded against.
     pub cost_scale: f64,
+    /// Layered networks: per parameter, the width of the interval of valid derivatives
+    /// that exact max-pool ties at θ leave open (0 without ties); `None` elsewhere.
+    pub tie_widths: Option<Vec<f64>>,
 }
 
 /// Perturbations evaluated by the CPU evaluator in this process so far, to within 512 per
@@ -582,6 +585,7 @@ pub(crate) fn assemble(
         minus: Vec::with_capacity(rows.len()),
         kinks: Vec::with_capacity(rows.len()),
         magnitudes: magnitudes.then(|| Vec::with_capacity(rows.len())),
+        tie_widths: None,
     };
     for (p, q, k, mag) in rows {
         out.plus.push(p);

@@ -29,7 +29,15 @@ pub fn perturbed_deltas(
 ) -> Result<Perturbed> {
     check_range(model, &range)?;
     let fwd = net::forward(model, net, params, data);
+    // ∂J/∂y per layer, for the width of the derivatives a max-pool tie leaves open.
+    let has_ties = net.layers.iter().any(|l| l.kind() == "max_pool");
+    let out_grads = if has_ties {
+        net::output_gradients(model, net, params, &fwd)
+    } else {
+        Vec::new()
+    };
     let ctx = Ctx {
+        out_grads: &out_grads,
         model,
         net,
         params,
@@ -42,12 +50,15 @@ pub fn perturbed_deltas(
         widest: net.layers.iter().map(|l| l.out_len()).max().unwrap_or(0),
     };
     let rows = each_parameter(range, threads, |_, i| {
-        let (p, mp, kp) = ctx.eval(i, 1.0);
-        let (q, mq, kq) = ctx.eval(i, -1.0);
-        (p, q, kink_bits(kp, kq), [mp, mq])
+        let (p, mp, kp, tie) = ctx.eval(i, 1.0);
+        let (q, mq, kq, _) = ctx.eval(i, -1.0);
+        ((p, q, kink_bits(kp, kq), [mp, mq]), tie)
     });
+    let (rows, ties): (Vec<_>, Vec<f64>) = rows.into_iter().unzip();
     let scale = net::noise_scale(model, net, params, &fwd);
-    Ok(assemble(fwd.cost, scale, rows, true))
+    let mut out = assemble(fwd.cost, scale, rows, true);
+    out.tie_widths = has_ties.then_some(ties);
+    Ok(out)
 }
 
 /// Per tensor: the layer that owns it and its index among that layer's tensors.
@@ -62,6 +73,8 @@ fn owners(model: &Model, net: &Net) -> Vec<(usize, usize)> {
 }
 
 struct Ctx<'a> {
+    /// Per layer, ∂J/∂y per sample (empty without max pooling).
+    out_grads: &'a [Vec<f64>],
     model: &'a Model,
     net: &'a Net,
     params: &'a Params,
@@ -74,8 +87,9 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// ΔJ of θ_i += sign·ε, Σ_j|Δloss_j|/m + |ΔL2|, and whether a kink was crossed.
-    fn eval(&self, i: usize, sign: f64) -> (f64, f64, bool) {
+    /// ΔJ of θ_i += sign·ε, Σ_j|Δloss_j|/m + |ΔL2|, whether a kink was crossed, and the
+    /// width of the valid derivatives that ties at θ leave open.
+    fn eval(&self, i: usize, sign: f64) -> (f64, f64, bool, f64) {
         let (model, net, fwd) = (self.model, self.net, self.fwd);
         let layout = model.layout();
         let pos = layout.locate(i).expect("range checked");
@@ -86,7 +100,7 @@ impl Ctx<'_> {
         let n_out = model.sizes()[1];
         let last = net.layers.len() - 1;
         let (mut cur, mut next) = (vec![0.0; self.widest], vec![0.0; self.widest]);
-        let (mut sum, mut mag, mut kink) = (Compensated::default(), 0.0, false);
+        let (mut sum, mut mag, mut kink, mut spread) = (Compensated::default(), 0.0, false, 0.0);
         for j in 0..fwd.m {
             let layer = &net.layers[l];
             let width = layer.out_len();
@@ -100,6 +114,15 @@ impl Ctx<'_> {
             );
             for k in l + 1..net.layers.len() {
                 let layer = &net.layers[k];
+                if !self.out_grads.is_empty() {
+                    let n = layer.out_len();
+                    spread += layer.tie_spread(
+                        fwd.input(net, k, j),
+                        fwd.output(net, k, j),
+                        &cur[..layer.in_len()],
+                        &self.out_grads[k][j * n..(j + 1) * n],
+                    );
+                }
                 kink |= layer.delta(
                     &self.tensors[k],
                     fwd.input(net, k, j),
@@ -127,6 +150,6 @@ impl Ctx<'_> {
             dj += dl2;
             mag += dl2.abs();
         }
-        (dj, mag, kink)
+        (dj, mag, kink, spread / self.epsilon)
     }
 }

@@ -116,6 +116,10 @@ pub struct Evaluation {
     /// `None` = the nominal 2ε, as the notebook divides. A zero step (ε below the
     /// precision's resolution at θ_i) moves nothing: its gradapprox is reported as 0.
     pub steps: Option<Vec<f64>>,
+    /// Layered networks with max pooling: per parameter, the width of the interval of
+    /// valid derivatives an exact tie at θ leaves open (any tied entry may take the
+    /// gradient); the central difference is its midpoint. `None`: no ties possible.
+    pub tie_widths: Option<Vec<f64>>,
     /// Anything the user should know about how this was computed (fallbacks, …).
     pub notes: Vec<String>,
     /// Device time per GPU kernel, when asked for and the adapter has timestamp queries
@@ -270,6 +274,11 @@ impl CpuEvaluator {
             all[range.clone()].copy_from_slice(&m);
             all
         });
+        let tie_widths = p.tie_widths.map(|t| {
+            let mut all = vec![0.0; n];
+            all[range.clone()].copy_from_slice(&t);
+            all
+        });
         let mut notes = Vec::new();
         if !plain && model.net().is_none() {
             let over: Vec<String> = (0..model.depth().saturating_sub(1))
@@ -305,6 +314,7 @@ impl CpuEvaluator {
             kinks,
             magnitudes,
             step_errors: plain.then(|| nominal_step_errors(params.as_slice(), epsilon)),
+            tie_widths,
             backend: "cpu".into(),
             precision: if plain { "f64-plain" } else { "f64" }.into(),
             unit_roundoff: f64::EPSILON / 2.0,
@@ -562,6 +572,7 @@ pub fn check_fn<F: FnMut(&[f64]) -> f64>(
         precision: "f64-plain".into(),
         unit_roundoff: f64::EPSILON / 2.0,
         steps: None,
+        tie_widths: None,
         notes: Vec::new(),
         kernel_times: Vec::new(),
     })

@@ -79,6 +79,15 @@ pub trait Layer: fmt::Debug + Send + Sync {
         _dy: &mut [f64],
     ) {
     }
+    /// Where θ sits exactly on a tie (a max-pool window with several equal maxima) that
+    /// the input change `dx` resolves differently for different entries, the derivative
+    /// along that change is not unique: every convex combination of the tied entries'
+    /// changes is a valid one. Returns Σ |∂J/∂y_q|·(max − min of the tied entries' dx)
+    /// over such outputs q (`out_grad` = ∂J/∂y of this sample), the first-order width of
+    /// the interval of valid ΔJ. 0 for layers without ties.
+    fn tie_spread(&self, _x: &[f64], _y: &[f64], _dx: &[f64], _out_grad: &[f64]) -> f64 {
+        0.0
+    }
     /// The classic backprop mistakes of this layer type, by name (index = `slip`).
     fn slips(&self) -> &'static [Slip] {
         &[]

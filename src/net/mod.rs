@@ -388,6 +388,30 @@ pub fn backprop_with(
     slip: Option<(usize, usize)>,
 ) -> Grads {
     let fwd = forward(model, net, params, data);
+    backward(model, net, params, &fwd, slip, None)
+}
+
+/// ∂J/∂y of every layer's output at θ, per sample (m × out_len each, the 1/m included):
+/// what a change of that output is worth to first order.
+pub fn output_gradients(model: &Model, net: &Net, params: &Params, fwd: &Forward) -> Vec<Vec<f64>> {
+    let mut keep: Vec<Vec<f64>> = net
+        .layers
+        .iter()
+        .map(|l| vec![0.0; fwd.m * l.out_len()])
+        .collect();
+    backward(model, net, params, fwd, None, Some(&mut keep));
+    keep
+}
+
+/// The backward pass over `fwd`; `keep` receives each layer's ∂J/∂y per sample.
+fn backward(
+    model: &Model,
+    net: &Net,
+    params: &Params,
+    fwd: &Forward,
+    slip: Option<(usize, usize)>,
+    mut keep: Option<&mut Vec<Vec<f64>>>,
+) -> Grads {
     let layout = model.layout();
     let mut grads = vec![0.0; model.n_params()];
     let n_out = model.sizes()[1];
@@ -407,6 +431,12 @@ pub fn backprop_with(
         );
         for l in (0..net.layers.len()).rev() {
             let layer = &net.layers[l];
+            if let Some(keep) = keep.as_deref_mut() {
+                let n = layer.out_len();
+                for (k, d) in keep[l][j * n..(j + 1) * n].iter_mut().zip(&dy[..n]) {
+                    *k = d / fwd.m as f64;
+                }
+            }
             let p = tensors_of(model, net, params.as_slice(), l);
             let mut dp = tensor_slices_mut(model, net, &mut grads, l);
             layer.backward(

@@ -112,9 +112,10 @@ impl Layer for MaxPool {
         }
     }
     fn delta(&self, _p: &Tensors<'_>, x: &[f64], y: &[f64], dx: &[f64], dy: &mut [f64]) -> bool {
-        // max_k(x_k + dx_k) − x* = max_k((x_k − x*) + dx_k): the base winner's term is
-        // dx_k0 exactly. Another entry ending strictly above it is a kink (the winner
-        // changed, or a tie at θ resolved against the first maximum).
+        // max_k(x_k + dx_k) − x* = max_k((x_k − x*) + dx_k): a term of the maxima at θ
+        // (x_k = x*) is dx_k exactly. An entry that was not a maximum ending strictly above
+        // them is a kink crossed within the step; a tie at θ is a kink at θ itself, whose
+        // ambiguity `tie_spread` accounts for.
         let mut crossed = false;
         for (q, v) in dy.iter_mut().enumerate() {
             if self.0.entries(q).all(|k| dx[k] == 0.0) {
@@ -122,16 +123,33 @@ impl Layer for MaxPool {
                 continue;
             }
             let top = y[q];
-            let own = dx[self.argmax(x, q)];
-            let best = self
-                .0
-                .entries(q)
-                .map(|k| (x[k] - top) + dx[k])
-                .fold(f64::NEG_INFINITY, f64::max);
-            crossed |= best > own;
-            *v = best;
+            let (mut tied, mut others) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+            for k in self.0.entries(q) {
+                if x[k] == top {
+                    tied = tied.max(dx[k]);
+                } else {
+                    others = others.max((x[k] - top) + dx[k]);
+                }
+            }
+            crossed |= others > tied;
+            *v = tied.max(others);
         }
         crossed
+    }
+    fn tie_spread(&self, x: &[f64], y: &[f64], dx: &[f64], out_grad: &[f64]) -> f64 {
+        let mut spread = 0.0;
+        for (q, &g) in out_grad.iter().enumerate() {
+            let (mut lo, mut hi, mut n) = (f64::INFINITY, f64::NEG_INFINITY, 0);
+            for k in self.0.entries(q).filter(|&k| x[k] == y[q]) {
+                lo = lo.min(dx[k]);
+                hi = hi.max(dx[k]);
+                n += 1;
+            }
+            if n > 1 && hi > lo {
+                spread += g.abs() * (hi - lo);
+            }
+        }
+        spread
     }
     fn slips(&self) -> &'static [Slip] {
         MAX_SLIPS

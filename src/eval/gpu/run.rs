@@ -155,6 +155,7 @@ impl GpuContext {
                     f64::from(f32::EPSILON) / 2.0
                 },
                 steps,
+                tie_widths: None,
                 notes: Vec::new(),
                 kernel_times: out.kernel_times,
             });
