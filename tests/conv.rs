@@ -388,6 +388,7 @@ impl Layer for ScaleBy {
     ) {
         dx.iter_mut().zip(dy).for_each(|(d, g)| *d = self.s * g);
     }
+    // Only the dense Δ form: the library's default sparse one wraps it.
     fn delta(&self, p: &Tensors<'_>, _x: &[f64], _y: &[f64], dx: &[f64], dy: &mut [f64]) -> bool {
         self.forward(p, dx, dy);
         false

@@ -101,36 +101,42 @@ impl Ctx<'_> {
         let last = net.layers.len() - 1;
         let (mut cur, mut next) = (vec![0.0; self.widest], vec![0.0; self.widest]);
         let (mut sum, mut mag, mut kink, mut spread) = (Compensated::default(), 0.0, false, 0.0);
+        // Both buffers are all zeros between samples: each stage writes, and the next
+        // clears, only the entries it lists as changed.
+        let (mut changed, mut next_changed) = (Vec::new(), Vec::new());
         for j in 0..fwd.m {
             let layer = &net.layers[l];
-            let width = layer.out_len();
             layer.param_delta(
                 &self.tensors[l],
                 fwd.input(net, l, j),
                 t,
                 i - slot.offset,
                 step,
-                &mut cur[..width],
+                &mut cur[..layer.out_len()],
+                &mut changed,
             );
             for k in l + 1..net.layers.len() {
                 let layer = &net.layers[k];
-                if !self.out_grads.is_empty() {
-                    let n = layer.out_len();
-                    spread += layer.tie_spread(
-                        fwd.input(net, k, j),
-                        fwd.output(net, k, j),
-                        &cur[..layer.in_len()],
-                        &self.out_grads[k][j * n..(j + 1) * n],
-                    );
-                }
-                kink |= layer.delta(
+                let n = layer.out_len();
+                let out_grad = (!self.out_grads.is_empty())
+                    .then(|| &self.out_grads[k][j * n..(j + 1) * n]);
+                let (crossed, tie) = layer.delta_sparse(
                     &self.tensors[k],
                     fwd.input(net, k, j),
                     fwd.output(net, k, j),
                     &cur[..layer.in_len()],
-                    &mut next[..layer.out_len()],
+                    &changed,
+                    &mut next[..n],
+                    &mut next_changed,
+                    out_grad,
                 );
+                kink |= crossed;
+                spread += tie;
+                for &c in &changed {
+                    cur[c] = 0.0;
+                }
                 std::mem::swap(&mut cur, &mut next);
+                std::mem::swap(&mut changed, &mut next_changed);
             }
             let z0 = fwd.output(net, last, j);
             let dz = &cur[..n_out];
@@ -140,6 +146,9 @@ impl Ctx<'_> {
             let dl = loss_delta(model.loss(), net.output, z0, dz, fwd.target(n_out, j));
             sum.add(dl);
             mag += dl.abs();
+            for &c in &changed {
+                cur[c] = 0.0;
+            }
         }
         let m = fwd.m as f64;
         let mut dj = sum.value() * (1.0 / m);

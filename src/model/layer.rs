@@ -67,8 +67,37 @@ pub trait Layer: fmt::Debug + Send + Sync {
     /// crossed a kink (a ReLU unit across 0, a max-pool window's winner). Entries of `dx`
     /// that are exactly 0 cost nothing: a perturbation's change is sparse early on.
     fn delta(&self, p: &Tensors<'_>, x: &[f64], y: &[f64], dx: &[f64], dy: &mut [f64]) -> bool;
+    /// [`Layer::delta`] where only the entries `changed` of `dx` (sorted, no repeats) can
+    /// be nonzero: writes only the entries of `dy` it lists in `dy_changed` (sorted, no
+    /// repeats; `dy` is all zeros on entry), so a perturbation's work follows what it
+    /// changed. With `out_grad` (∂J/∂y of this sample) it also returns the tie width:
+    /// where θ sits exactly on a tie (a max-pool window with several equal maxima) that
+    /// `dx` moves apart, every tied entry may take the gradient, and the derivative along
+    /// `dx` is any value in an interval; Σ |∂J/∂y_q|·(max − min of the tied entries' dx)
+    /// is that interval's first-order width. The default is the dense `delta`, every
+    /// output listed, no ties.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_sparse(
+        &self,
+        p: &Tensors<'_>,
+        x: &[f64],
+        y: &[f64],
+        dx: &[f64],
+        _changed: &[usize],
+        dy: &mut [f64],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> (bool, f64) {
+        let kink = self.delta(p, x, y, dx, dy);
+        dy_changed.clear();
+        dy_changed.extend(0..dy.len());
+        (kink, 0.0)
+    }
     /// The change of the output when element `index` of tensor `tensor` changes by `step`
-    /// (all the layers with parameters are affine in each parameter, so this is exact).
+    /// (all the layers with parameters are affine in each parameter, so this is exact),
+    /// written like [`Layer::delta_sparse`]'s: only the listed entries of `dy` (all zeros
+    /// on entry).
+    #[allow(clippy::too_many_arguments)]
     fn param_delta(
         &self,
         _p: &Tensors<'_>,
@@ -77,16 +106,8 @@ pub trait Layer: fmt::Debug + Send + Sync {
         _index: usize,
         _step: f64,
         _dy: &mut [f64],
+        _dy_changed: &mut Vec<usize>,
     ) {
-    }
-    /// Where θ sits exactly on a tie (a max-pool window with several equal maxima) that
-    /// the input change `dx` resolves differently for different entries, the derivative
-    /// along that change is not unique: every convex combination of the tied entries'
-    /// changes is a valid one. Returns Σ |∂J/∂y_q|·(max − min of the tied entries' dx)
-    /// over such outputs q (`out_grad` = ∂J/∂y of this sample), the first-order width of
-    /// the interval of valid ΔJ. 0 for layers without ties.
-    fn tie_spread(&self, _x: &[f64], _y: &[f64], _dx: &[f64], _out_grad: &[f64]) -> f64 {
-        0.0
     }
     /// The classic backprop mistakes of this layer type, by name (index = `slip`).
     fn slips(&self) -> &'static [Slip] {

@@ -104,6 +104,30 @@ impl Layer for Dense {
         }
         false
     }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_sparse(
+        &self,
+        p: &Tensors<'_>,
+        _x: &[f64],
+        _y: &[f64],
+        dx: &[f64],
+        changed: &[usize],
+        dy: &mut [f64],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> (bool, f64) {
+        for &i in changed {
+            let d = dx[i];
+            if d != 0.0 {
+                for (o, v) in dy.iter_mut().enumerate() {
+                    *v += p[0][self.w(i, o)] * d;
+                }
+            }
+        }
+        dy_changed.clear();
+        dy_changed.extend(0..self.n_out);
+        (false, 0.0)
+    }
     fn param_delta(
         &self,
         _p: &Tensors<'_>,
@@ -112,17 +136,21 @@ impl Layer for Dense {
         index: usize,
         step: f64,
         dy: &mut [f64],
+        dy_changed: &mut Vec<usize>,
     ) {
-        dy.fill(0.0);
-        if tensor == 1 {
+        let o = if tensor == 1 {
             dy[index] = step;
+            index
         } else {
             let (i, o) = match self.layout {
                 ArrayLayout::Course => (index / self.n_out, index % self.n_out),
                 ArrayLayout::Nchw => (index % self.n_in, index / self.n_in),
             };
             dy[o] = step * x[i];
-        }
+            o
+        };
+        dy_changed.clear();
+        dy_changed.push(o);
     }
 }
 
@@ -176,6 +204,35 @@ impl Layer for Act {
             crossed |= kinky && ((z > 0.0) != (z + d > 0.0));
         }
         crossed
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_sparse(
+        &self,
+        _p: &Tensors<'_>,
+        x: &[f64],
+        _y: &[f64],
+        dx: &[f64],
+        changed: &[usize],
+        dy: &mut [f64],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> (bool, f64) {
+        let kinky = self.g.has_kink();
+        let mut crossed = false;
+        dy_changed.clear();
+        for &k in changed {
+            let (z, d) = (x[k], dx[k]);
+            if d != 0.0 {
+                let v = act_delta(self.g, z, d);
+                crossed |= kinky && ((z > 0.0) != (z + d > 0.0));
+                // An inactive ReLU unit passes nothing on: leave it out of the list.
+                if v != 0.0 {
+                    dy[k] = v;
+                    dy_changed.push(k);
+                }
+            }
+        }
+        (crossed, 0.0)
     }
 }
 
@@ -235,5 +292,24 @@ impl Layer for Flatten {
         // Linear: the change is the forward map of the input's change.
         self.forward(p, dx, dy);
         false
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_sparse(
+        &self,
+        _p: &Tensors<'_>,
+        _x: &[f64],
+        _y: &[f64],
+        dx: &[f64],
+        changed: &[usize],
+        dy: &mut [f64],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> (bool, f64) {
+        dy_changed.clear();
+        for &k in changed {
+            dy[self.to(k)] = dx[k];
+            dy_changed.push(self.to(k));
+        }
+        (false, 0.0)
     }
 }

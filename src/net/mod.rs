@@ -101,16 +101,7 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
                         "a {fh}×{fw} window does not fit the {h}×{w} input"
                     )));
                 }
-                let win = Window {
-                    h,
-                    w,
-                    c,
-                    fh,
-                    fw,
-                    stride: s,
-                    oh: (h - fh) / s + 1,
-                    ow: (w - fw) / s + 1,
-                };
+                let win = Window::new(h, w, c, fh, fw, s);
                 (h, w) = (win.oh, win.ow);
                 if matches!(ls, LayerSpec::MaxPool { .. }) {
                     layers.push(Arc::new(MaxPool(win)));

@@ -22,9 +22,36 @@ pub struct Window {
     pub oh: usize,
     /// Output width.
     pub ow: usize,
+    /// Per input position (y·W + x): the windows that read it, oy0..=oy1 × ox0..=ox1.
+    reach: Vec<[u32; 4]>,
 }
 
 impl Window {
+    /// A window of fh × fw, `stride` apart, over an h × w × c input (fh ≤ h, fw ≤ w).
+    pub fn new(h: usize, w: usize, c: usize, fh: usize, fw: usize, stride: usize) -> Window {
+        let (oh, ow) = ((h - fh) / stride + 1, (w - fw) / stride + 1);
+        // Windows o with o·stride ≤ v < o·stride + f.
+        let span = |v: usize, f: usize, n: usize| {
+            ((v + 1).saturating_sub(f).div_ceil(stride), (v / stride).min(n - 1))
+        };
+        let reach = (0..h * w)
+            .map(|pos| {
+                let ((y0, y1), (x0, x1)) = (span(pos / w, fh, oh), span(pos % w, fw, ow));
+                [y0 as u32, y1 as u32, x0 as u32, x1 as u32]
+            })
+            .collect();
+        Window {
+            h,
+            w,
+            c,
+            fh,
+            fw,
+            stride,
+            oh,
+            ow,
+            reach,
+        }
+    }
     /// The input indices (channels-last) of output `q`'s window, row by row.
     #[inline]
     fn entries(&self, q: usize) -> impl Iterator<Item = usize> + '_ {
@@ -35,6 +62,41 @@ impl Window {
                 ((oy * self.stride + i) * self.w + ox * self.stride + j) * self.c + ch
             })
         })
+    }
+    /// The outputs whose windows read any of `changed`, no repeats, in the order first
+    /// met (entries whose dx is 0 change nothing). `dy` (all zeros on entry) marks them with
+    /// NaN, which the caller overwrites.
+    fn touched(&self, changed: &[usize], dx: &[f64], dy: &mut [f64], out: &mut Vec<usize>) {
+        out.clear();
+        for &k in changed {
+            if dx[k] == 0.0 {
+                continue;
+            }
+            let pos = k / self.c;
+            let ch = k - pos * self.c;
+            let [oy0, oy1, ox0, ox1] = self.reach[pos].map(|v| v as usize);
+            for oy in oy0..=oy1 {
+                for ox in ox0..=ox1 {
+                    let q = (oy * self.ow + ox) * self.c + ch;
+                    if !dy[q].is_nan() {
+                        dy[q] = f64::NAN;
+                        out.push(q);
+                    }
+                }
+            }
+        }
+    }
+    /// Calls `f` on output `q`'s window entries, row by row.
+    #[inline(always)]
+    fn each_entry(&self, q: usize, mut f: impl FnMut(usize)) {
+        let (pos, ch) = (q / self.c, q % self.c);
+        let (oy, ox) = (pos / self.ow, pos % self.ow);
+        for i in 0..self.fh {
+            let row = ((oy * self.stride + i) * self.w + ox * self.stride) * self.c + ch;
+            for j in 0..self.fw {
+                f(row + j * self.c);
+            }
+        }
     }
     fn in_len(&self) -> usize {
         self.h * self.w * self.c
@@ -136,20 +198,76 @@ impl Layer for MaxPool {
         }
         crossed
     }
-    fn tie_spread(&self, x: &[f64], y: &[f64], dx: &[f64], out_grad: &[f64]) -> f64 {
-        let mut spread = 0.0;
-        for (q, &g) in out_grad.iter().enumerate() {
-            let (mut lo, mut hi, mut n) = (f64::INFINITY, f64::NEG_INFINITY, 0);
-            for k in self.0.entries(q).filter(|&k| x[k] == y[q]) {
-                lo = lo.min(dx[k]);
-                hi = hi.max(dx[k]);
-                n += 1;
+    #[allow(clippy::too_many_arguments)]
+    fn delta_sparse(
+        &self,
+        _p: &Tensors<'_>,
+        x: &[f64],
+        y: &[f64],
+        dx: &[f64],
+        changed: &[usize],
+        dy: &mut [f64],
+        dy_changed: &mut Vec<usize>,
+        out_grad: Option<&[f64]>,
+    ) -> (bool, f64) {
+        // As `delta`, on the windows that read a changed entry. A window whose maxima did
+        // not change keeps them (dx = 0 there), so its change is max(0, the best changed
+        // entry's (x_k − x*) + dx_k): the work follows the changed entries. A window where
+        // a maximum itself changed is redone whole (its tied maxima's spread of dx is the
+        // tie width).
+        self.0.touched(changed, dx, dy, dy_changed);
+        for &q in dy_changed.iter() {
+            dy[q] = f64::NEG_INFINITY;
+        }
+        let mut whole = Vec::new();
+        for &k in changed {
+            if dx[k] == 0.0 {
+                continue; // changes nothing, even at a tie
             }
-            if n > 1 && hi > lo {
-                spread += g.abs() * (hi - lo);
+            let pos = k / self.0.c;
+            let ch = k - pos * self.0.c;
+            let [oy0, oy1, ox0, ox1] = self.0.reach[pos].map(|v| v as usize);
+            for oy in oy0..=oy1 {
+                for ox in ox0..=ox1 {
+                    let q = (oy * self.0.ow + ox) * self.0.c + ch;
+                    if x[k] == y[q] {
+                        whole.push(q);
+                    } else {
+                        dy[q] = dy[q].max((x[k] - y[q]) + dx[k]);
+                    }
+                }
             }
         }
-        spread
+        whole.sort_unstable();
+        whole.dedup();
+        let mut crossed = false;
+        for &q in dy_changed.iter() {
+            if whole.binary_search(&q).is_err() {
+                crossed |= dy[q] > 0.0;
+                dy[q] = dy[q].max(0.0);
+            }
+        }
+        let mut spread = 0.0;
+        for &q in &whole {
+            let top = y[q];
+            let (mut tied, mut others) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
+            let (mut lo, mut n_tied) = (f64::INFINITY, 0);
+            self.0.each_entry(q, |k| {
+                if x[k] == top {
+                    tied = tied.max(dx[k]);
+                    lo = lo.min(dx[k]);
+                    n_tied += 1;
+                } else {
+                    others = others.max((x[k] - top) + dx[k]);
+                }
+            });
+            crossed |= others > tied;
+            dy[q] = tied.max(others);
+            if let Some(g) = out_grad.filter(|_| n_tied > 1 && tied > lo) {
+                spread += g[q].abs() * (tied - lo);
+            }
+        }
+        (crossed, spread)
     }
     fn slips(&self) -> &'static [Slip] {
         MAX_SLIPS
@@ -205,6 +323,27 @@ impl Layer for AvgPool {
         // Linear.
         self.forward(p, dx, dy);
         false
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_sparse(
+        &self,
+        _p: &Tensors<'_>,
+        _x: &[f64],
+        _y: &[f64],
+        dx: &[f64],
+        changed: &[usize],
+        dy: &mut [f64],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> (bool, f64) {
+        self.0.touched(changed, dx, dy, dy_changed);
+        let n = (self.0.fh * self.0.fw) as f64;
+        for &q in dy_changed.iter() {
+            let mut s = 0.0;
+            self.0.each_entry(q, |k| s += dx[k]);
+            dy[q] = s / n;
+        }
+        (false, 0.0)
     }
     fn slips(&self) -> &'static [Slip] {
         AVG_SLIPS
