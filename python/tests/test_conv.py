@@ -201,3 +201,21 @@ def test_class_indices_and_bad_conv_inputs():
         gradcheck.check({**params, "W1": params["W1"][:1]}, X, Y, grads, model=model)
     with pytest.raises(ValueError, match="layout= applies to a network of layer types"):
         gradcheck.check(params, X, Y, grads, layout="nchw")
+
+
+def test_readme_conv_example_runs_and_says_what_the_readme_says():
+    """The README's conv example, as written there: PASS; with the mask slip the README
+    describes: FAIL with that diagnosis."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Checking a convolutional network"):]
+    code = section[section.index("```python\n") + 10:]
+    code = code[:code.index("```")]
+    scope = {}
+    exec(compile(code.replace("print(", "result = ("), "README.md", "exec"), scope)
+    assert scope["result"].verdict == "pass"
+    assert "mask = blocks == P[:, :, None, :, None, :]" in code
+    slipped = code.replace("mask = blocks == P[:, :, None, :, None, :]", "mask = np.ones_like(blocks, bool)")
+    exec(compile(slipped.replace("print(", "result = ("), "README.md", "exec"), scope)
+    r = scope["result"]
+    assert r.verdict == "fail"
+    assert "in layer 2 (max_pool), the max-pool gradient goes to every entry of the window" in r.tensors[0].diagnosis
