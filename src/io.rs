@@ -697,8 +697,13 @@ fn flat_from_layered(npz: &Npz, model: &Model, prefix: &str) -> Result<Vec<f64>>
             || (slot.kind == crate::model::TensorKind::Bias
                 && squeezed(a.shape()) == squeezed(&slot.shape));
         if !fits {
+            let transposed = a.shape().len() == 2
+                && slot.shape.len() == 2
+                && a.shape()[0] == slot.shape[1]
+                && a.shape()[1] == slot.shape[0];
+            let layout = model.net().map(|n| n.array_layout);
             return Err(Error::Shape(format!(
-                "{}: {key} has shape {:?} but {} is {:?} in the model spec{}",
+                "{}: {key} has shape {:?} but {} is {:?} in the model spec{}{}",
                 npz.path.display(),
                 a.shape(),
                 slot.name,
@@ -707,6 +712,15 @@ fn flat_from_layered(npz: &Npz, model: &Model, prefix: &str) -> Result<Vec<f64>>
                     ""
                 } else {
                     " (gradients must have their parameter's shape)"
+                },
+                match (transposed, layout) {
+                    (true, Some(crate::model::ArrayLayout::Course)) => {
+                        ": it is the transpose — in the samples-first (course) layout W is (n_in, n_out); PyTorch's (out, in) is \"layout\": \"nchw\""
+                    }
+                    (true, _) => {
+                        ": it is the transpose — in the nchw layout W is (out, in); (n_in, n_out) is \"layout\": \"samples_first\""
+                    }
+                    _ => "",
                 }
             )));
         }

@@ -14,7 +14,7 @@ use crate::error::Error;
 
 pub mod layer;
 
-pub use layer::{ArrayLayout, Layer, LayerSpec, NetSpec, ParamShape, Slip, Tensors};
+pub use layer::{ArrayLayout, L2Scale, Layer, LayerSpec, NetSpec, ParamShape, Slip, Tensors};
 
 /// An element-wise activation applied after a layer's affine map (or, for
 /// [`Activation::Softmax`], a column-wise one, allowed only on the output layer).
@@ -283,9 +283,24 @@ pub enum Spec {
 }
 
 impl Spec {
-    /// Parses a spec from JSON; the error says which of the two forms was read.
+    /// Parses a spec from JSON; the error says which of the two forms was read. The MLP
+    /// shorthand with a `layout` ("samples_first": X (m, n0), W (n_{l−1}, n_l), b (n_l),
+    /// Y (m, nL) or class indices; "nchw": W (n_l, n_{l−1}) with samples-first X) is the
+    /// same network as dense layers.
     pub fn from_json(text: &str) -> Result<Spec, String> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if value.get("input_shape").is_none() {
+            if let Some(obj) = value.as_object_mut() {
+                let layout = obj.remove("layout");
+                let scale = obj.remove("l2_scale");
+                if layout.is_some() || scale.is_some() {
+                    let mlp: ModelSpec = serde_json::from_value(serde_json::Value::Object(obj.clone()))
+                        .map_err(|e| e.to_string())?;
+                    return Self::mlp_as_net(mlp, layout, scale).map(Spec::Net);
+                }
+            }
+        }
         if value.get("input_shape").is_some() {
             serde_json::from_value(value)
                 .map(Spec::Net)
@@ -295,6 +310,51 @@ impl Spec {
                 .map(Spec::Mlp)
                 .map_err(|e| e.to_string())
         }
+    }
+}
+
+impl Spec {
+    /// The MLP shorthand as dense layers in a samples-first layout.
+    fn mlp_as_net(
+        mlp: ModelSpec,
+        layout: Option<serde_json::Value>,
+        scale: Option<serde_json::Value>,
+    ) -> Result<NetSpec, String> {
+        let layout: ArrayLayout = match layout {
+            None => {
+                return Err(
+                    "l2_scale needs the samples-first form: add \"layout\": \"samples_first\" (the feature-major spec's λ is per sample)".into(),
+                );
+            }
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| format!("layout: {e} (samples_first, course or nchw)"))?,
+        };
+        let l2_scale = match scale {
+            None => L2Scale::PerSample,
+            Some(v) => serde_json::from_value(v)
+                .map_err(|e| format!("l2_scale: {e} (per_sample or total)"))?,
+        };
+        if mlp.dropout.is_some() {
+            return Err("dropout is only supported in the feature-major form (no layout)".into());
+        }
+        Model::new(mlp.clone()).map_err(|e| e.to_string())?;
+        Ok(NetSpec {
+            input_shape: vec![mlp.layers[0]],
+            layout,
+            layers: mlp.layers[1..]
+                .iter()
+                .zip(&mlp.activations)
+                .map(|(&units, &activation)| LayerSpec::Dense {
+                    units,
+                    activation,
+                    bias: true,
+                    names: None,
+                })
+                .collect(),
+            loss: mlp.loss,
+            l2: mlp.l2,
+            l2_scale,
+        })
     }
 }
 
@@ -519,6 +579,13 @@ impl Model {
                 tensors,
             })),
         })
+    }
+
+    /// The same model with L2 strength `l2` (per sample).
+    pub fn with_l2(&self, l2: f64) -> Model {
+        let mut m = self.clone();
+        m.spec.l2 = l2;
+        m
     }
 
     /// The network as a sequence of layers, when it was given as one (conv nets, …);

@@ -44,9 +44,33 @@ impl Problem {
         grads: Option<&Npz>,
         spec: Option<Spec>,
     ) -> Result<Problem> {
-        let (model, params, inferred) = params_from(params, spec)?;
+        let (mut model, params, inferred) = params_from(params, spec)?;
         let data = data_from(data, &model)?;
         let mut notes = Vec::new();
+        let total = model
+            .net()
+            .and_then(|n| n.spec.as_ref())
+            .is_some_and(|s| s.l2_scale == crate::model::L2Scale::Total);
+        if total && model.l2() != 0.0 {
+            let per_sample = model.l2() * data.m() as f64;
+            notes.push(format!(
+                "l2_scale total: (λ/2)·Σ‖W‖² with λ = {}, i.e. λ/(2m) with λ = {per_sample} per sample (m = {})",
+                model.l2(),
+                data.m()
+            ));
+            model = model.with_l2(per_sample);
+        }
+        Self::assemble(model, params, data, grads, notes, inferred)
+    }
+
+    fn assemble(
+        model: Model,
+        params: Params,
+        data: Data,
+        grads: Option<&Npz>,
+        mut notes: Vec<String>,
+        inferred: bool,
+    ) -> Result<Problem> {
         if inferred {
             notes.push(format!(
                 "no model spec: layers {:?} inferred from the weight shapes, relu hidden layers, sigmoid output, binary cross-entropy",

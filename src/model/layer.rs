@@ -280,7 +280,28 @@ pub struct NetSpec {
     pub layers: Vec<LayerSpec>,
     /// The cost (the last layer's activation is the output's).
     pub loss: Loss,
-    /// L2 strength λ of (λ/(2m))·Σ‖W‖² over the weight tensors (0 = none).
+    /// L2 strength λ over the weight tensors (0 = none): (λ/(2m))·Σ‖W‖², or with
+    /// `l2_scale` "total" (λ/2)·Σ‖W‖² as CS231n's 0.5·reg·ΣW² writes it.
     #[serde(default)]
     pub l2: f64,
+    /// How λ is scaled: per sample (the course's λ/(2m), default) or in total (λ/2).
+    #[serde(default, skip_serializing_if = "L2Scale::is_per_sample")]
+    pub l2_scale: L2Scale,
+}
+
+/// The convention of the L2 term's strength.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum L2Scale {
+    /// (λ/(2m))·Σ‖W‖²: the course's.
+    #[default]
+    PerSample,
+    /// (λ/2)·Σ‖W‖²: CS231n's 0.5·reg·ΣW² (= per sample with λ·m).
+    Total,
+}
+
+impl L2Scale {
+    fn is_per_sample(&self) -> bool {
+        *self == L2Scale::PerSample
+    }
 }
