@@ -288,15 +288,15 @@ impl Spec {
     /// Y (m, nL) or class indices; "nchw": W (n_l, n_{l−1}) with samples-first X) is the
     /// same network as dense layers.
     pub fn from_json(text: &str) -> Result<Spec, String> {
-        let mut value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
         if value.get("input_shape").is_none() {
             if let Some(obj) = value.as_object_mut() {
                 let layout = obj.remove("layout");
                 let scale = obj.remove("l2_scale");
                 if layout.is_some() || scale.is_some() {
-                    let mlp: ModelSpec = serde_json::from_value(serde_json::Value::Object(obj.clone()))
-                        .map_err(|e| e.to_string())?;
+                    let mlp: ModelSpec =
+                        serde_json::from_value(serde_json::Value::Object(obj.clone()))
+                            .map_err(|e| e.to_string())?;
                     return Self::mlp_as_net(mlp, layout, scale).map(Spec::Net);
                 }
             }

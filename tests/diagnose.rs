@@ -168,3 +168,35 @@ fn large_steps_do_cross_kinks_and_excluding_them_matters() {
         "kinked elements carry the largest errors"
     );
 }
+
+/// A gradient off by 3e-8 relative (a stabilising 1e-8 inside a log does that): FAIL, the
+/// two numbers printed with the digits that differ, the discrepancy in relative terms and
+/// in units of its bound, and the words that say how small it is.
+#[test]
+fn a_tiny_error_prints_the_digits_that_differ_and_says_it_is_tiny() {
+    let (model, params, data) = random_problem(nets()[0].clone(), 6, 5).unwrap();
+    let mut g = cpu::backprop(&model, &params, &data);
+    let r = model.layout().tensors()[2].range(); // W2
+    g.as_mut_slice()[r]
+        .iter_mut()
+        .for_each(|v| *v *= 1.0 + 3e-8);
+    let rep = GradCheck::new()
+        .backend(Backend::Cpu)
+        .run(&model, &params, &data, &g)
+        .unwrap();
+    assert_eq!(rep.verdict, gradcheck::check::Verdict::Fail);
+    let text = gradcheck::report::render_text(&rep);
+    let line = text.lines().find(|l| l.starts_with("W2 ")).unwrap();
+    let (a, n) = (
+        rep.tensors[2].worst[0].analytic,
+        rep.tensors[2].worst[0].numeric,
+    );
+    let (sa, sn) = gradcheck::report::distinct(a, n);
+    assert_ne!(sa, sn, "{line}");
+    assert!(line.contains(&format!("{sa} vs {sn}")), "{line}");
+    assert!(line.contains("(off by 3.0e-08 relative,"), "{line}");
+    assert!(
+        text.contains("a real but tiny error (under 1e-6 relative everywhere)"),
+        "{text}"
+    );
+}

@@ -118,8 +118,8 @@ impl Ctx<'_> {
             for k in l + 1..net.layers.len() {
                 let layer = &net.layers[k];
                 let n = layer.out_len();
-                let out_grad = (!self.out_grads.is_empty())
-                    .then(|| &self.out_grads[k][j * n..(j + 1) * n]);
+                let out_grad =
+                    (!self.out_grads.is_empty()).then(|| &self.out_grads[k][j * n..(j + 1) * n]);
                 let (crossed, tie) = layer.delta_sparse(
                     &self.tensors[k],
                     fwd.input(net, k, j),

@@ -32,7 +32,10 @@ impl Window {
         let (oh, ow) = ((h - fh) / stride + 1, (w - fw) / stride + 1);
         // Windows o with o·stride ≤ v < o·stride + f.
         let span = |v: usize, f: usize, n: usize| {
-            ((v + 1).saturating_sub(f).div_ceil(stride), (v / stride).min(n - 1))
+            (
+                (v + 1).saturating_sub(f).div_ceil(stride),
+                (v / stride).min(n - 1),
+            )
         };
         let reach = (0..h * w)
             .map(|pos| {
