@@ -122,6 +122,67 @@ pub fn dropout_slips(
     }
 }
 
+/// A failing weight tensor whose error is a multiple of the weights themselves — analytic
+/// − numeric = c·W — has an L2 term in the wrong strength: missing, halved, in the other
+/// convention (λ instead of λ/m), or present where the cost has none. Says which λ the
+/// backprop used.
+pub fn l2_slips(model: &Model, params: &Params, data: &Data, grad: &[f64], report: &mut Report) {
+    let m = data.m() as f64;
+    let lam = model.l2();
+    for (t, slot) in report.tensors.iter_mut().zip(model.layout().tensors()) {
+        // Only where no sharper pattern was found (a NaN, a swap, a transpose, …).
+        let open = t
+            .diagnosis
+            .as_ref()
+            .is_none_or(|d| matches!(d.kind, MistakeKind::Elementwise | MistakeKind::Scaled));
+        if t.verdict != Verdict::Fail || slot.kind != TensorKind::Weight || !open {
+            continue;
+        }
+        let r = slot.range();
+        let Some(approx) = report.gradapprox.get(r.clone()) else {
+            continue;
+        };
+        let w = &params.as_slice()[r.clone()];
+        let d: Vec<f64> = grad[r].iter().zip(approx).map(|(g, n)| g - n).collect();
+        let ww = w.iter().map(|x| x * x).sum::<f64>();
+        if ww == 0.0 || norm(&d) == 0.0 || !d.iter().all(|v| v.is_finite()) {
+            continue;
+        }
+        let c = d.iter().zip(w).map(|(x, y)| x * y).sum::<f64>() / ww;
+        if residual(&d, w.iter().map(|y| c * y)) > FIT_TOLERANCE || w.len() < 2 {
+            continue;
+        }
+        // The backprop's λ_b: its L2 gradient is λ_b/m·W where the cost's is λ/m·W.
+        let used = lam + c * m;
+        let name = &slot.name;
+        let message = if lam > 0.0 && used.abs() <= FIT_TOLERANCE * lam {
+            format!(
+                "d{name} lacks the L2 term's gradient: add λ/m·{name} = {}·{name} (the cost has λ = {lam})",
+                lam / m
+            )
+        } else if lam > 0.0 && close(used, 0.5 * lam) {
+            format!("d{name} has half the L2 gradient: d/dW of λ/(2m)·‖W‖² is λ/m·W, not λ/(2m)·W")
+        } else if lam > 0.0 && close(used, lam * m) {
+            format!(
+                "d{name}'s L2 gradient is λ·W, the cost's is λ/m·W: λ was not divided by m (or set \"l2_scale\": \"total\" if your cost is (λ/2)·‖W‖²)"
+            )
+        } else if lam == 0.0 {
+            format!(
+                "d{name} has an L2 gradient λ/m·W with λ = {used:.6} that the cost does not have: add \"l2\": {used:.6} to the model"
+            )
+        } else {
+            format!(
+                "d{name} − numeric = {c:.4e}·{name}: your backprop's L2 term uses λ = {used:.6}, the cost's λ = {lam}"
+            )
+        };
+        t.diagnosis = Some(Diagnosis {
+            kind: MistakeKind::L2Mismatch,
+            factor: Some(used),
+            message,
+        });
+    }
+}
+
 /// For a layered network with failing tensors: runs the built-in backprop with each layer's
 /// classic slips ([`crate::model::Layer::slips`]) and names the slip that reproduces a
 /// failing tensor to [`SLIP_MATCH`] (and changes it: a slip without effect there proves

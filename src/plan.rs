@@ -293,6 +293,13 @@ impl Plan {
             problem.grads.as_slice(),
             &mut r.tensors,
         );
+        crate::diagnose::l2_slips(
+            &problem.model,
+            &problem.params,
+            &problem.data,
+            problem.grads.as_slice(),
+            &mut r,
+        );
         r.builtin_gradients = problem.builtin_grads;
         r.notes.splice(0..0, problem.notes.iter().cloned());
         r.timings = Timings {

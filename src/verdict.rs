@@ -211,6 +211,9 @@ pub enum MistakeKind {
     DropoutScaleMissing,
     /// Dropout is ignored in the backward pass (neither mask nor scaling).
     DropoutIgnored,
+    /// analytic − numeric = c·W: the L2 term's gradient in the wrong strength (the factor
+    /// is the λ the backprop used).
+    L2Mismatch,
     /// One of a layer type's classic backprop slips (a flipped kernel, db not summed over
     /// positions, the pooling gradient routed wrong, …): the message names the layer.
     LayerSlip,

@@ -200,3 +200,48 @@ fn a_tiny_error_prints_the_digits_that_differ_and_says_it_is_tiny() {
         "{text}"
     );
 }
+
+/// Gradients whose L2 term has the wrong strength — missing, halved, λ not divided by m,
+/// or present where the cost has none — are named as such, with the λ the backprop used.
+#[test]
+fn l2_terms_of_the_wrong_strength_are_named() {
+    let mut cost = nets()[1].clone();
+    let m = 6;
+    for (lam, used, says) in [
+        (0.5, 0.0, "lacks the L2 term's gradient"),
+        (0.5, 0.25, "has half the L2 gradient"),
+        (0.5, 0.5 * m as f64, "λ was not divided by m"),
+        (0.0, 0.3, "add \"l2\": 0.300000 to the model"),
+    ] {
+        cost.l2 = lam;
+        let (model, params, data) = random_problem(cost.clone(), m, 9).unwrap();
+        let mut theirs = cost.clone();
+        theirs.l2 = used;
+        let other = gradcheck::Model::new(theirs).unwrap();
+        let g = cpu::backprop(&other, &params, &data);
+        let g = Grads::new(model.layout().clone(), g.as_slice().to_vec()).unwrap();
+        let rep = GradCheck::new()
+            .backend(Backend::Cpu)
+            .run(&model, &params, &data, &g)
+            .unwrap();
+        for t in rep.tensors.iter().filter(|t| t.name.starts_with('W')) {
+            let d = t
+                .diagnosis
+                .as_ref()
+                .unwrap_or_else(|| panic!("{}: undiagnosed", t.name));
+            assert_eq!(d.kind, MistakeKind::L2Mismatch, "{}: {}", t.name, d.message);
+            assert!(d.message.contains(says), "{}", d.message);
+            assert!(
+                (d.factor.unwrap() - used).abs() < 1e-6 * (1.0 + used),
+                "{:?}",
+                d.factor
+            );
+        }
+        assert!(
+            rep.tensors
+                .iter()
+                .filter(|t| t.name.starts_with('b'))
+                .all(|t| t.passed)
+        );
+    }
+}
