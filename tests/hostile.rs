@@ -808,3 +808,61 @@ fn shortcut_tables_over_the_memory_budget_fall_back_to_the_layer_by_layer_path()
     assert_eq!(a["verdict"], "pass");
     assert_eq!(b["verdict"], "pass");
 }
+
+/// Ctrl-C during a long check: the CLI stops at once (killed by SIGINT: the shell's 130),
+/// and the report a previous run left at the --json path is intact (reports are written
+/// whole or not at all).
+#[test]
+fn sigint_stops_the_cli_at_once_and_leaves_the_previous_report() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempdir("sigint");
+    let spec = gradcheck::ModelSpec::notebook_default(vec![784, 512, 256, 1]);
+    let (model, params, data) = gradcheck::examples::random_problem(spec, 64, 1).unwrap();
+    let mut arrays = Vec::new();
+    for (t, slot) in model.layout().tensors().iter().enumerate() {
+        let a = ndarray::Array2::from_shape_vec((slot.rows, slot.cols), params.tensor(t).to_vec());
+        arrays.push((slot.name.clone(), a.unwrap()));
+    }
+    let refs: Vec<(&str, ndarray::Array2<f64>)> = arrays
+        .iter()
+        .map(|(k, a)| (k.as_str(), a.clone()))
+        .collect();
+    let (p, d, out) = (dir.join("p.npz"), dir.join("d.npz"), dir.join("r.json"));
+    common::write_npz(&p, &refs);
+    common::write_npz(&d, &[("X", data.x.clone()), ("Y", data.y.clone())]);
+    std::fs::write(&out, "{\"previous\": true}").unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gradcheck"))
+        .args(["check", "--backend", "cpu", "--quiet", "--json"])
+        .arg(&out)
+        .arg("--params")
+        .arg(&p)
+        .arg("--data")
+        .arg(&d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let sent = Instant::now();
+    // SAFETY: kill(2) on the child's pid; no memory is touched.
+    unsafe extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+    assert_eq!(unsafe { kill(child.id() as i32, 2) }, 0);
+    let status = child.wait().unwrap();
+    let took = sent.elapsed();
+    if status.code() == Some(0) || status.code() == Some(1) {
+        // The check finished before the signal (a fast machine): nothing to judge.
+        eprintln!("the check ended before SIGINT ({took:?}); skipping the timing");
+        return;
+    }
+    assert_eq!(status.signal(), Some(2), "{status:?}");
+    assert!(
+        took < Duration::from_millis(300),
+        "stopped {took:?} after SIGINT"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap(),
+        "{\"previous\": true}"
+    );
+}
