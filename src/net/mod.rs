@@ -9,6 +9,7 @@
 pub mod conv;
 pub mod dense;
 pub mod math;
+pub mod mlp;
 pub mod pool;
 
 use std::sync::Arc;

@@ -15,6 +15,7 @@ use super::{EvalOptions, Real};
 use crate::error::{Error, Result};
 use crate::eval::{Evaluation, Precision, cpu, validate_epsilon};
 use crate::model::{Data, Model, Params};
+use crate::net::{math, mlp};
 
 impl GpuContext {
     /// Capacity in reals of one batch buffer: the adapter's binding/buffer limits, capped
@@ -78,7 +79,7 @@ impl GpuContext {
                 )));
             }
         }
-        let fwd = cpu::forward(model, params, data);
+        let fwd = mlp::forward(model, params, data);
         let outs = if use_f64 {
             self.run::<f64>(model, params, data, epsilons, &opts, &fwd, delta)?
         } else {
@@ -86,7 +87,7 @@ impl GpuContext {
         };
         // The Δ paths' J(θ) through softplus / log-sum-exp (finite when σ(z) = 1).
         let cost = if delta {
-            cpu::stable_cost(model, &fwd, data)
+            mlp::stable_cost(model, &fwd, data)
         } else {
             fwd.cost
         };
@@ -134,7 +135,7 @@ impl GpuContext {
                         .sum();
                     (sq / range.len() as f64).sqrt()
                 }
-                _ => cpu::noise_scale(model, &fwd, data),
+                _ => mlp::noise_scale(model, &fwd, data),
             };
             let plain_f64 = precision == Precision::F64Plain;
             evals.push(Evaluation {
@@ -171,7 +172,7 @@ impl GpuContext {
         data: &Data,
         epsilons: &[f64],
         opts: &EvalOptions,
-        fwd: &cpu::Forward,
+        fwd: &mlp::Forward,
         delta: bool,
     ) -> Result<Vec<RunOutput>> {
         let pipes = self.pipelines(R::IS_F64)?;
@@ -245,16 +246,16 @@ impl GpuContext {
             sig_off = host_base.len();
             if model.loss() == crate::model::Loss::BinaryCrossEntropy {
                 let zl = &fwd.z[depth - 1];
-                host_base.extend(zl.iter().map(|&z| cpu::sigmoid(-z)));
-                host_base.extend(zl.iter().map(|&z| cpu::sigmoid(z)));
+                host_base.extend(zl.iter().map(|&z| math::sigmoid(-z)));
+                host_base.extend(zl.iter().map(|&z| math::sigmoid(z)));
             }
             // tanh layers: tanh z and 1 − |tanh z|; sigmoid layers: σ(z) and σ(−z), of the
             // base pass, hidden layers (the fused kernels' `layer_act_delta`, as the CPU's
             // tables).
             for (l, z) in fwd.z.iter().enumerate().take(depth - 1) {
                 let pair: fn(f64) -> [f64; 2] = match model.activation(l) {
-                    crate::model::Activation::Tanh => |z| [z.tanh(), cpu::tanh_complement(z)],
-                    crate::model::Activation::Sigmoid => |z| [cpu::sigmoid(z), cpu::sigmoid(-z)],
+                    crate::model::Activation::Tanh => |z| [z.tanh(), math::tanh_complement(z)],
+                    crate::model::Activation::Sigmoid => |z| [math::sigmoid(z), math::sigmoid(-z)],
                     _ => continue,
                 };
                 act_tables[l] = to_u32(host_base.len(), "activation table offset")?;
