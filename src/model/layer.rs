@@ -162,7 +162,7 @@ impl Size2 {
 }
 
 /// Zero padding of a convolution.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(untagged)]
 pub enum Padding {
     /// p rows/columns of zeros on every side.
@@ -170,6 +170,23 @@ pub enum Padding {
     /// "same" (output ⌈H/stride⌉, the extra row/column at the bottom/right, as TensorFlow
     /// and PyTorch's padding="same") or "valid" (none).
     Named(String),
+}
+
+impl<'de> Deserialize<'de> for Padding {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        match &v {
+            serde_json::Value::Number(n) if n.as_u64().is_some() => {
+                Ok(Padding::Pixels(n.as_u64().unwrap_or(0) as usize))
+            }
+            serde_json::Value::String(s) if s == "same" || s == "valid" => {
+                Ok(Padding::Named(s.clone()))
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "padding {other}: a whole number ≥ 0, \"same\" or \"valid\""
+            ))),
+        }
+    }
 }
 
 impl Default for Padding {

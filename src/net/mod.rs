@@ -25,6 +25,10 @@ pub use conv::Conv2d;
 pub use dense::{Act, Dense, Flatten};
 pub use pool::{AvgPool, MaxPool, Window};
 
+/// The largest kernel, stride, padding or filter count accepted (sizes stay far from
+/// overflow in every product).
+const MAX_SIDE: usize = 1 << 24;
+
 /// Builds the model a [`NetSpec`] describes: the geometry of every layer checked (an
 /// error names the layer and the sizes that do not fit), activations as their own layers,
 /// the last layer's activation kept as the output's (it belongs to the cost).
@@ -41,10 +45,17 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
             ));
         }
     };
-    if h == 0 || w == 0 || c == 0 {
+    // Every size is checked before anything multiplies it (no overflow on any input).
+    let fits = |h: usize, w: usize, c: usize| {
+        h.checked_mul(w)
+            .and_then(|v| v.checked_mul(c))
+            .is_some_and(|n| n <= crate::model::MAX_ELEMENTS)
+    };
+    if h == 0 || w == 0 || c == 0 || !fits(h, w, c) {
         return bad(format!(
-            "input_shape {:?} has a zero size",
-            spec.input_shape
+            "input_shape {:?}: every size ≥ 1 and at most {} values per sample",
+            spec.input_shape,
+            crate::model::MAX_ELEMENTS
         ));
     }
     let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
@@ -67,6 +78,18 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
                 let (fh, fw) = kernel.hw();
                 if *filters == 0 || fh == 0 || fw == 0 || *stride == 0 {
                     return Err(at("filters, kernel and stride must be ≥ 1".into()));
+                }
+                let pixels = match padding {
+                    Padding::Pixels(p) => *p,
+                    Padding::Named(_) => 0,
+                };
+                if [*filters, fh, fw, *stride, pixels]
+                    .iter()
+                    .any(|&v| v > MAX_SIDE)
+                {
+                    return Err(at(format!(
+                        "filters, kernel, stride and padding must be at most {MAX_SIDE}"
+                    )));
                 }
                 let ((oh, pt), (ow, pl)) = (
                     conv_extent(h, fh, *stride, padding).map_err(&at)?,
@@ -94,8 +117,8 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
             LayerSpec::MaxPool { size, stride } | LayerSpec::AvgPool { size, stride } => {
                 let (fh, fw) = size.hw();
                 let s = stride.unwrap_or(fh);
-                if fh == 0 || fw == 0 || s == 0 {
-                    return Err(at("size and stride must be ≥ 1".into()));
+                if fh == 0 || fw == 0 || s == 0 || s > MAX_SIDE {
+                    return Err(at(format!("size and stride must be in 1 … {MAX_SIDE}")));
                 }
                 if fh > h || fw > w {
                     return Err(at(format!(
@@ -143,6 +166,12 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
                 c = *units;
                 activation = *a;
             }
+        }
+        if !fits(h, w, c) {
+            return Err(at(format!(
+                "its output {h}×{w}×{c} has more than {} values per sample",
+                crate::model::MAX_ELEMENTS
+            )));
         }
         if k == last {
             output = activation;
