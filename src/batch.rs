@@ -19,7 +19,7 @@
 //!
 //! [[job]]
 //! name = "notebook"
-//! example = "seed-buggy"         # a built-in example instead of files (seed-fixed, seed-1d)
+//! example = "seed-buggy"         # a built-in example instead of files (seed-fixed, seed-1d, conv-buggy, conv-fixed)
 //! ```
 //!
 //! A front end. May use: `check`, `problem`, `examples`, `report`, `sweep`.
@@ -92,7 +92,8 @@ impl TryFrom<RawEpsilon> for EpsilonSetting {
 pub struct JobSpec {
     /// Name shown in reports (default: job-N).
     pub name: Option<String>,
-    /// Built-in example instead of files: seed-buggy, seed-fixed or seed-1d.
+    /// Built-in example instead of files: seed-buggy, seed-fixed, seed-1d, conv-buggy or
+    /// conv-fixed.
     pub example: Option<String>,
     /// Parameters .npz.
     pub params: Option<PathBuf>,
@@ -240,11 +241,11 @@ impl BatchReport {
 
 fn load_problem(job: &JobSpec) -> Result<Problem> {
     match (&job.example, &job.params, &job.data) {
-        (Some(e), None, None) => match e.as_str() {
-            "seed-buggy" => examples::seed_problem(true),
-            "seed-fixed" => examples::seed_problem(false),
-            other => Err(Error::Config(format!(
-                "unknown example {other:?} (seed-buggy, seed-fixed or seed-1d)"
+        (Some(e), None, None) => match examples::Example::from_name(e) {
+            Some(example) => example.problem(),
+            None => Err(Error::Config(format!(
+                "unknown example {e:?} ({})",
+                examples::Example::NAMES
             ))),
         },
         (None, Some(p), Some(d)) => Problem::load(p, d, job.grads.as_deref(), job.model.as_deref()),

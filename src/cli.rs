@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use gradcheck::check::{Backend, GradCheck, KinkPolicy, Precision, Report};
-use gradcheck::examples::{self, Example};
+use gradcheck::examples::Example;
 use gradcheck::plan::{Epsilon, Fast, Plan};
 use gradcheck::problem::Problem;
 use gradcheck::report;
@@ -510,11 +510,7 @@ fn load(inputs: &Inputs) -> Result<Problem> {
 
 fn load_files(example: Option<Example>, files: &Files) -> Result<Problem> {
     match (example, &files.params, &files.data) {
-        (Some(Example::SeedBuggy), ..) => Ok(examples::seed_problem(true)?),
-        (Some(Example::SeedFixed), ..) => Ok(examples::seed_problem(false)?),
-        (Some(Example::ConvBuggy), ..) => Ok(examples::conv_problem(true)?),
-        (Some(Example::ConvFixed), ..) => Ok(examples::conv_problem(false)?),
-        (Some(Example::Seed1d), ..) => bail!("seed-1d is not a network"),
+        (Some(example), ..) => Ok(example.problem()?),
         (None, Some(p), Some(d)) => Ok(Problem::load(
             p,
             d,

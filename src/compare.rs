@@ -146,6 +146,16 @@ pub fn compare(
     grads: &Grads,
     epsilon: Option<f64>,
 ) -> Result<Comparison> {
+    if let Some(net) = model.net() {
+        let kinds: Vec<&str> = net.layers.iter().map(|l| l.kind()).collect();
+        return Err(crate::error::Error::gpu(
+            crate::error::GpuErrorKind::Unsupported,
+            format!(
+                "compare puts the GPU's J± beside the CPU's, and the GPU kernels cover fully connected nets; this network's layers ({}) run on the CPU only",
+                kinds.join(", ")
+            ),
+        ));
+    }
     let mut precisions = Vec::new();
     let mut list = vec![
         (Precision::F32, F32_EPSILON),

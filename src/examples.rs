@@ -64,6 +64,36 @@ pub enum Example {
     ConvFixed,
 }
 
+impl Example {
+    /// Every name, as the command line and manifests spell them.
+    pub const NAMES: &'static str = "seed-buggy, seed-fixed, seed-1d, conv-buggy or conv-fixed";
+
+    /// The example of a name (`None` for an unknown one).
+    pub fn from_name(name: &str) -> Option<Example> {
+        Some(match name {
+            "seed-buggy" => Example::SeedBuggy,
+            "seed-fixed" => Example::SeedFixed,
+            "seed-1d" => Example::Seed1d,
+            "conv-buggy" => Example::ConvBuggy,
+            "conv-fixed" => Example::ConvFixed,
+            _ => return None,
+        })
+    }
+
+    /// The network problem of a network example (seed-1d is a function, not a network).
+    pub fn problem(self) -> Result<Problem> {
+        match self {
+            Example::SeedBuggy => seed_problem(true),
+            Example::SeedFixed => seed_problem(false),
+            Example::ConvBuggy => conv_problem(true),
+            Example::ConvFixed => conv_problem(false),
+            Example::Seed1d => Err(crate::error::Error::Config(
+                "seed-1d is the notebook's 1-D function J(θ) = θ·x, not a network".into(),
+            )),
+        }
+    }
+}
+
 /// x of the 1-D example.
 pub const ONE_D_X: f64 = 2.0;
 /// θ of the 1-D example.

@@ -113,6 +113,10 @@ pub fn sweep(
     let mut threshold = None;
     let mut swept: Vec<&'static str> = Vec::new();
     for &p in precisions {
+        // A layered network (conv, …) has one arithmetic: the CPU's f64 Δ path.
+        if model.net().is_some() && !matches!(p, Precision::F64 | Precision::Auto) {
+            continue;
+        }
         let g = gc.clone().precision(p);
         // Each precision the backend really has, once: a backend without the one asked
         // for (the CPU has no f32) resolves it to another, already swept or not wanted.
@@ -181,7 +185,25 @@ pub fn sweep(
             threshold: curve_threshold,
         });
     }
-    let sizes: Vec<String> = model.sizes().iter().map(|n| n.to_string()).collect();
+    let sizes: Vec<String> = match model.net() {
+        // input shape, then the layer types (activations belong to the layer before).
+        Some(net) => std::iter::once(
+            net.input_shape
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join("×"),
+        )
+        .chain(
+            net.layers
+                .iter()
+                .map(|l| l.kind())
+                .filter(|k| *k != "activation")
+                .map(str::to_string),
+        )
+        .collect(),
+        None => model.sizes().iter().map(|n| n.to_string()).collect(),
+    };
     Ok(Sweep {
         title: format!(
             "{} net, m = {}, {} — difference against ε",

@@ -491,3 +491,112 @@ fn bad_conv_specs_are_refused_naming_the_layer() {
     let again: NetSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
     assert_eq!(spec, again);
 }
+
+/// Every front end takes a conv net as it takes an MLP: check (exit 1 with the slips named,
+/// 0 when fixed), shards merged into the single run's report, a sweep, a batch manifest;
+/// `compare` (GPU numerics) and `--backend gpu` say why not, exit 2.
+#[cfg(feature = "cli")]
+#[test]
+fn conv_nets_go_through_every_front_end() {
+    use common::gradcheck as run;
+    let (code, out, _) = run(&["check", "--example", "conv-buggy", "--backend", "cpu"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("[max_to_all]") && out.contains("[db_one_position]"),
+        "{out}"
+    );
+    let (code, _, _) = run(&[
+        "check",
+        "--example",
+        "conv-fixed",
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
+    assert_eq!(code, 0);
+    let dir = common::tempdir("conv-fronts");
+    let (p1, p2, whole) = (
+        dir.join("p1.json"),
+        dir.join("p2.json"),
+        dir.join("whole.json"),
+    );
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    for (i, p) in [(1, &p1), (2, &p2)] {
+        let shard = format!("{i}/2");
+        let (code, _, err) = run(&[
+            "check",
+            "--example",
+            "conv-buggy",
+            "--backend",
+            "cpu",
+            "--shard",
+            &shard,
+            "--json",
+            &s(p),
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let merged = dir.join("merged.json");
+    let (code, _, err) = run(&[
+        "merge",
+        "--example",
+        "conv-buggy",
+        "--json",
+        &s(&merged),
+        &s(&p1),
+        &s(&p2),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    run(&[
+        "check",
+        "--example",
+        "conv-buggy",
+        "--backend",
+        "cpu",
+        "--json",
+        &s(&whole),
+    ]);
+    let diff = |p: &std::path::Path| -> f64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
+        v["difference"].as_f64().unwrap()
+    };
+    assert_eq!(diff(&merged), diff(&whole));
+    let (code, out, err) = run(&[
+        "sweep",
+        "--example",
+        "conv-fixed",
+        "--backend",
+        "cpu",
+        "--from",
+        "1e-2",
+        "--to",
+        "1e-6",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("16×16×3-conv2d-max_pool-conv2d-max_pool-flatten-dense net"),
+        "{out}"
+    );
+    let manifest = dir.join("b.toml");
+    std::fs::write(
+        &manifest,
+        "[[job]]\nname = \"conv\"\nexample = \"conv-buggy\"\nbackend = \"cpu\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&["batch", &s(&manifest)]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("[db_one_position]"), "{out}");
+    let (code, _, err) = run(&["compare", "--example", "conv-fixed"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("GPU kernels cover fully connected nets"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["check", "--example", "conv-fixed", "--backend", "gpu"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("use --backend cpu or auto") || err.contains("adapter"),
+        "{err}"
+    );
+}

@@ -94,6 +94,7 @@ pub fn perturbed_costs(
     range: Range<usize>,
     threads: Threads,
 ) -> Result<Perturbed> {
+    mlp_only(model)?;
     check_range(model, &range)?;
     let fwd = forward(model, params, data);
     let ctx = Ctx {
@@ -113,6 +114,16 @@ pub fn perturbed_costs(
 }
 
 /// A parameter range must lie inside 0..N.
+/// The MLP evaluators take the MLP shorthand only (a layered network's is eval::layered).
+fn mlp_only(model: &Model) -> Result<()> {
+    if model.net().is_some() {
+        return Err(Error::Internal(
+            "the MLP evaluator was given a layered network (eval::layered evaluates those)".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_range(model: &Model, range: &Range<usize>) -> Result<()> {
     if range.end > model.n_params() || range.start > range.end {
         return Err(Error::Config(format!(
@@ -436,6 +447,7 @@ fn deltas(
     threads: Threads,
     shortcuts: bool,
 ) -> Result<Perturbed> {
+    mlp_only(model)?;
     check_range(model, &range)?;
     let fwd = forward(model, params, data);
     let ctx = DeltaCtx::new(model, params, data, &fwd, epsilon, shortcuts);
