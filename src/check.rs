@@ -358,6 +358,7 @@ impl GradCheck {
         diagnose::dropout_slips(model, params, data, grad, &mut report.tensors);
         diagnose::layer_slips(model, params, data, grad, &mut report.tensors);
         diagnose::l2_slips(model, params, data, grad, &mut report);
+        diagnose::cost_slips(model, params, data, grad, &mut report);
         Ok(report)
     }
 }

@@ -9,7 +9,9 @@
 
 use crate::eval::cpu::{self, DropoutBackward};
 use crate::metric::difference;
-use crate::model::{Data, Model, ParamLayout, Params, TensorKind, TensorSlot};
+use crate::model::{
+    Activation, Data, Grads, Loss, Model, ParamLayout, Params, TensorKind, TensorSlot,
+};
 pub use crate::verdict::{Diagnosis, MistakeKind};
 use crate::verdict::{Report, TensorReport, Verdict};
 
@@ -183,6 +185,118 @@ pub fn l2_slips(model: &Model, params: &Params, data: &Data, grad: &[f64], repor
     }
 }
 
+/// Gradients of the wrong cost: every failing tensor is what the built-in backprop of
+/// another loss gives (MSE's where binary cross-entropy was asked, …), or a tensor is
+/// 1/nL or 2/nL × the numeric gradient (the gradient of a mean over all m·nL outputs, as
+/// PyTorch's reduction="mean" takes it, not of the mean over the m samples).
+pub fn cost_slips(model: &Model, params: &Params, data: &Data, grad: &[f64], report: &mut Report) {
+    let failing: Vec<usize> = (0..report.tensors.len())
+        .filter(|&t| report.tensors[t].verdict == Verdict::Fail)
+        .collect();
+    if failing.is_empty() {
+        return;
+    }
+    let n_out = model.sizes().last().copied().unwrap_or(1);
+    for &t in &failing {
+        let tr = &mut report.tensors[t];
+        let Some(d) = tr
+            .diagnosis
+            .as_mut()
+            .filter(|d| d.kind == MistakeKind::Scaled)
+        else {
+            continue;
+        };
+        let c = d.factor.unwrap_or(0.0);
+        let nl = n_out as f64;
+        if n_out > 1 && close(c, 1.0 / nl) {
+            d.message = format!(
+                "{} = 1/nL with nL = {n_out} outputs: the gradient of the mean over all m·nL outputs (PyTorch's reduction=\"mean\"), not of the cost's mean over the m samples",
+                d.message
+            );
+        } else if n_out > 2 && close(c, 2.0 / nl) {
+            d.message = format!(
+                "{} = 2/nL with nL = {n_out} outputs: the gradient of the mean squared error over all m·nL outputs without the ½ (PyTorch's MSELoss), not of ½·Σ(a − y)²/m",
+                d.message
+            );
+        }
+    }
+    let out = match model.net() {
+        Some(net) => net.output,
+        None => model.activation(model.depth() - 1),
+    };
+    let layout = model.layout();
+    for other in [
+        Loss::BinaryCrossEntropy,
+        Loss::SoftmaxCrossEntropy,
+        Loss::MeanSquaredError,
+    ] {
+        let fits = match other {
+            Loss::BinaryCrossEntropy => out == Activation::Sigmoid,
+            Loss::SoftmaxCrossEntropy => out == Activation::Softmax,
+            Loss::MeanSquaredError => out != Activation::Softmax,
+        };
+        if other == model.loss() || !fits {
+            continue;
+        }
+        let Some(g) = backprop_with_loss(model, params, data, other) else {
+            continue;
+        };
+        let explains = failing.iter().all(|&t| {
+            let r = layout.tensors()[t].range();
+            difference(&grad[r.clone()], &g.as_slice()[r]) <= SLIP_MATCH
+        });
+        if !explains {
+            continue;
+        }
+        for &t in &failing {
+            report.tensors[t].diagnosis = Some(Diagnosis {
+                kind: MistakeKind::OtherCost,
+                factor: None,
+                message: format!(
+                    "d{} is exactly the gradient of {} (the backprop differentiates another cost than the model's {})",
+                    layout.tensors()[t].name,
+                    cost_name(other),
+                    cost_name(model.loss())
+                ),
+            });
+        }
+        return;
+    }
+}
+
+fn cost_name(l: Loss) -> &'static str {
+    match l {
+        Loss::BinaryCrossEntropy => "binary cross-entropy",
+        Loss::SoftmaxCrossEntropy => "softmax cross-entropy",
+        Loss::MeanSquaredError => "the mean squared error ½·Σ(a − y)²/m",
+    }
+}
+
+/// The built-in backprop of the same network with another cost.
+fn backprop_with_loss(model: &Model, params: &Params, data: &Data, loss: Loss) -> Option<Grads> {
+    match model.net() {
+        Some(net) => {
+            let mut spec = net.spec.clone()?;
+            spec.loss = loss;
+            let other = crate::net::build(&spec).ok()?;
+            let other = other.with_l2(model.l2());
+            Some(crate::net::backprop_with(
+                &other,
+                other.net()?,
+                params,
+                data,
+                None,
+            ))
+        }
+        None => {
+            let mut spec = model.spec().clone();
+            spec.loss = loss;
+            let other = Model::new(spec).ok()?;
+            Some(cpu::backprop(&other, params, data))
+        }
+    }
+}
+
 /// For a layered network with failing tensors: runs the built-in backprop with each layer's
 /// classic slips ([`crate::model::Layer::slips`]) and names the slip that reproduces a
 /// failing tensor to [`SLIP_MATCH`] (and changes it: a slip without effect there proves
@@ -247,6 +361,15 @@ fn residual(a: &[f64], pattern: impl Iterator<Item = f64>) -> f64 {
     if na == 0.0 { f64::INFINITY } else { r / na }
 }
 
+/// A fitted factor with its real digits: 2.000, 0.125, 6.250e-4 (not 0.001).
+fn factor(c: f64) -> String {
+    if (0.1..1e4).contains(&c.abs()) {
+        format!("{c:.3}")
+    } else {
+        format!("{c:.3e}")
+    }
+}
+
 fn close(x: f64, y: f64) -> bool {
     (x - y).abs() <= FIT_TOLERANCE * y.abs()
 }
@@ -300,6 +423,16 @@ fn diagnose_tensor_with(
     let exactly = |c: f64, want: f64| {
         (c - want).abs() <= (4.0 * resolution).clamp(1e-9, FIT_TOLERANCE) * want.abs()
     };
+    if a.len() == 1 && nn > 0.0 && close(a[0], -n[0]) {
+        return Some(Diagnosis {
+            kind: MistakeKind::SignFlipped,
+            factor: Some(-1.0),
+            message: format!(
+                "{gname} = {:.6e} has the wrong sign (the numeric gradient is {:.6e})",
+                a[0], n[0]
+            ),
+        });
+    }
     if a.len() == 1 && nn > 0.0 {
         return Some(Diagnosis {
             kind: MistakeKind::Elementwise,
@@ -324,20 +457,22 @@ fn diagnose_tensor_with(
                 (
                     MistakeKind::MissingAveraging,
                     format!(
-                        "{gname} is {c:.3} × the numeric gradient = m: the 1/m averaging is missing"
+                        "{gname} is {} × the numeric gradient = m: the 1/m averaging is missing",
+                        factor(c)
                     ),
                 )
             } else if m > 1 && exactly(c, 1.0 / mf) {
                 (
                     MistakeKind::DoubledAveraging,
                     format!(
-                        "{gname} is {c:.4} × the numeric gradient = 1/m: the 1/m averaging is applied twice"
+                        "{gname} is {} × the numeric gradient = 1/m: the 1/m averaging is applied twice",
+                        factor(c)
                     ),
                 )
             } else {
                 (
                     MistakeKind::Scaled,
-                    format!("{gname} is {c:.3} × the numeric gradient"),
+                    format!("{gname} is {} × the numeric gradient", factor(c)),
                 )
             };
             return Some(Diagnosis {

@@ -300,6 +300,13 @@ impl Plan {
             problem.grads.as_slice(),
             &mut r,
         );
+        crate::diagnose::cost_slips(
+            &problem.model,
+            &problem.params,
+            &problem.data,
+            problem.grads.as_slice(),
+            &mut r,
+        );
         r.builtin_gradients = problem.builtin_grads;
         r.notes.splice(0..0, problem.notes.iter().cloned());
         r.timings = Timings {

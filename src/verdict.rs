@@ -211,6 +211,8 @@ pub enum MistakeKind {
     DropoutScaleMissing,
     /// Dropout is ignored in the backward pass (neither mask nor scaling).
     DropoutIgnored,
+    /// The gradients are another cost's (MSE's where cross-entropy was asked, …).
+    OtherCost,
     /// analytic − numeric = c·W: the L2 term's gradient in the wrong strength (the factor
     /// is the λ the backprop used).
     L2Mismatch,

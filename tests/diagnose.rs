@@ -245,3 +245,55 @@ fn l2_terms_of_the_wrong_strength_are_named() {
         );
     }
 }
+
+/// Another cost's gradients, a mean over all m·nL outputs, and a one-element tensor with
+/// the wrong sign are each named.
+#[test]
+fn other_costs_reductions_and_a_flipped_scalar_are_named() {
+    let run = |model: &gradcheck::Model, params, data, g: &Grads| {
+        GradCheck::new()
+            .backend(Backend::Cpu)
+            .run(model, params, data, g)
+            .unwrap()
+    };
+    // BCE asked, MSE differentiated.
+    let bce = spec(["tanh", "relu", "sigmoid"], Loss::BinaryCrossEntropy);
+    let (model, params, data) = random_problem(bce.clone(), 5, 3).unwrap();
+    let mut mse = bce.clone();
+    mse.loss = Loss::MeanSquaredError;
+    let g = cpu::backprop(&gradcheck::Model::new(mse).unwrap(), &params, &data);
+    let rep = run(&model, &params, &data, &g);
+    assert!(!rep.passed);
+    for t in rep.tensors.iter().filter(|t| !t.passed) {
+        let d = t.diagnosis.as_ref().unwrap();
+        assert_eq!(d.kind, MistakeKind::OtherCost, "{}", d.message);
+        assert!(
+            d.message
+                .contains("exactly the gradient of the mean squared error"),
+            "{}",
+            d.message
+        );
+    }
+    // A mean over all m·nL outputs: every tensor 1/nL = 1/3 × the gradient.
+    let (model, params, data) = random_problem(nets()[0].clone(), 5, 4).unwrap();
+    let mut g = cpu::backprop(&model, &params, &data);
+    g.as_mut_slice().iter_mut().for_each(|v| *v /= 3.0);
+    let rep = run(&model, &params, &data, &g);
+    let d = rep.tensors[0].diagnosis.as_ref().unwrap();
+    assert!(
+        d.message
+            .contains("0.333 × the numeric gradient = 1/nL with nL = 3"),
+        "{}",
+        d.message
+    );
+    // A single-element bias with its sign flipped.
+    let mut one = nets()[2].clone();
+    one.layers = vec![5, 4, 4, 1];
+    let (model, params, data) = random_problem(one, 5, 6).unwrap();
+    let mut g = cpu::backprop(&model, &params, &data);
+    let last = model.layout().tensors().last().unwrap().range();
+    g.as_mut_slice()[last].iter_mut().for_each(|v| *v = -*v);
+    let rep = run(&model, &params, &data, &g);
+    let d = rep.tensors.last().unwrap().diagnosis.as_ref().unwrap();
+    assert_eq!(d.kind, MistakeKind::SignFlipped, "{}", d.message);
+}

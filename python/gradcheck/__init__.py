@@ -246,6 +246,13 @@ def check(
         data += _arrays(masks, "masks", lambda k: True)
     grads = None
     if gradients is not None:
+        missing = [f"d{k}" for k in parameters if f"d{k}" not in gradients]
+        if missing:
+            have = ", ".join(map(str, gradients)) or "nothing"
+            raise ValueError(
+                f"gradients has {have}; {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+                " — the gradient of parameter K is named dK (the notebook's backprop names them dW1, db1, …)"
+            )
         # dW1, db1, … or d + any parameter's name; the backprop's caches (dA1, dZ1) stay out.
         grads = _arrays(
             gradients,

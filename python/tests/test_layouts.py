@@ -69,3 +69,14 @@ def test_layout_errors_name_the_fix():
     with pytest.raises(ValueError, match=r"W1 has shape \[5, 6\] but W1 is \[6, 5\]"):
         gradcheck.check(p, X, Y, g, model={"layers": [6, 5, 3], "activations": ["tanh", "softmax"],
                                            "loss": "softmax_cross_entropy", "layout": "samples_first"})
+
+
+def test_a_missing_gradient_names_the_dicts_keys():
+    p, X, Y, labels = net(3)
+    g = backprop(p, X, Y, 0.0)
+    wrong = {k[1:]: v for k, v in g.items()}  # W1, b1, … instead of dW1, db1, …
+    with pytest.raises(ValueError, match=r"gradients has W2, b2, W1, b1; dW1, db1, dW2, db2 are missing — the gradient of parameter K is named dK"):
+        gradcheck.check(p, X, Y, wrong)
+    del g["db2"]
+    with pytest.raises(ValueError, match=r"db2 is missing"):
+        gradcheck.check(p, X, Y, g)
