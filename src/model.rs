@@ -14,7 +14,9 @@ use crate::error::Error;
 
 pub mod layer;
 
-pub use layer::{ArrayLayout, L2Scale, Layer, LayerSpec, NetSpec, ParamShape, Slip, Tensors};
+pub use layer::{
+    ArrayLayout, L2Scale, LANES, Lanes, Layer, LayerSpec, NetSpec, ParamShape, Slip, Tensors,
+};
 
 /// An element-wise activation applied after a layer's affine map (or, for
 /// [`Activation::Softmax`], a column-wise one, allowed only on the output layer).

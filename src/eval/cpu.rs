@@ -214,7 +214,7 @@ pub(crate) struct Scratch {
 impl Scratch {
     /// Counts one ± pair; adds to the shared counter every 512 (a shared atomic per
     /// parameter would bounce its cache line between the cores).
-    fn count_done(&mut self) {
+    pub(crate) fn count_done(&mut self) {
         self.pending += 2;
         if self.pending >= 512 {
             PERTURBATIONS_DONE.fetch_add(self.pending, std::sync::atomic::Ordering::Relaxed);

@@ -10,7 +10,7 @@
 use std::ops::Range;
 
 use crate::error::Result;
-use crate::model::{Data, Model, Net, Params, TensorKind};
+use crate::model::{Data, LANES, Lanes, Model, Net, Params, TensorKind};
 use crate::net::{self, math::loss_delta};
 
 use super::cpu::{
@@ -27,6 +27,22 @@ pub fn perturbed_deltas(
     range: Range<usize>,
     threads: Threads,
 ) -> Result<Perturbed> {
+    let mut one = perturbed_deltas_many(model, net, params, data, &[epsilon], range, threads)?;
+    one.pop()
+        .ok_or_else(|| crate::error::Error::Internal("no evaluation came back".into()))
+}
+
+/// [`perturbed_deltas`] at each of `epsilons` (a check's ε and 2ε): two at a time, their
+/// ±steps carried together as the four lanes of [`Layer::delta_lanes`].
+pub fn perturbed_deltas_many(
+    model: &Model,
+    net: &Net,
+    params: &Params,
+    data: &Data,
+    epsilons: &[f64],
+    range: Range<usize>,
+    threads: Threads,
+) -> Result<Vec<Perturbed>> {
     check_range(model, &range)?;
     let fwd = net::forward(model, net, params, data);
     // ∂J/∂y per layer, for the width of the derivatives a max-pool tie leaves open.
@@ -42,22 +58,42 @@ pub fn perturbed_deltas(
         net,
         params,
         fwd: &fwd,
-        epsilon,
         owner: owners(model, net),
         tensors: (0..net.layers.len())
             .map(|l| net::tensors_of(model, net, params.as_slice(), l))
             .collect(),
         widest: net.layers.iter().map(|l| l.out_len()).max().unwrap_or(0),
     };
-    let rows = each_parameter(range, threads, |_, i| {
-        let (p, mp, kp, tie) = ctx.eval(i, 1.0);
-        let (q, mq, kq, _) = ctx.eval(i, -1.0);
-        ((p, q, kink_bits(kp, kq), [mp, mq]), tie)
-    });
-    let (rows, ties): (Vec<_>, Vec<f64>) = rows.into_iter().unzip();
     let scale = net::noise_scale(model, net, params, &fwd);
-    let mut out = assemble(fwd.cost, scale, rows, true);
-    out.tie_widths = has_ties.then_some(ties);
+    let mut out = Vec::with_capacity(epsilons.len());
+    for pair in epsilons.chunks(2) {
+        let (a, b) = (pair[0], *pair.last().expect("a chunk is not empty"));
+        let rows = each_parameter(range.clone(), threads, |s, i| {
+            if pair.len() == 2 {
+                s.count_done(); // two ± pairs per parameter
+            }
+            ctx.eval_lanes(i, [a, -a, b, -b])
+        });
+        for (k, &e) in pair.iter().enumerate() {
+            let (lp, lm) = (2 * k, 2 * k + 1);
+            let mut ties = Vec::with_capacity(rows.len());
+            let one: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    ties.push(r[lp].3 / e);
+                    (
+                        r[lp].0,
+                        r[lm].0,
+                        kink_bits(r[lp].2, r[lm].2),
+                        [r[lp].1, r[lm].1],
+                    )
+                })
+                .collect();
+            let mut p = assemble(fwd.cost, scale, one, true);
+            p.tie_widths = has_ties.then_some(ties);
+            out.push(p);
+        }
+    }
     Ok(out)
 }
 
@@ -79,7 +115,6 @@ struct Ctx<'a> {
     net: &'a Net,
     params: &'a Params,
     fwd: &'a net::Forward,
-    epsilon: f64,
     owner: Vec<(usize, usize)>,
     /// Per layer, its tensors of θ.
     tensors: Vec<Vec<&'a [f64]>>,
@@ -87,40 +122,50 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    /// ΔJ of θ_i += sign·ε, Σ_j|Δloss_j|/m + |ΔL2|, whether a kink was crossed, and the
-    /// width of the valid derivatives that ties at θ leave open.
-    fn eval(&self, i: usize, sign: f64) -> (f64, f64, bool, f64) {
+    /// Per lane (θ_i += steps[l]): ΔJ, Σ_j|Δloss_j|/m + |ΔL2|, whether a kink was crossed,
+    /// and the first-order width of the ΔJ that ties at θ leave open.
+    fn eval_lanes(&self, i: usize, steps: Lanes) -> [(f64, f64, bool, f64); LANES] {
         let (model, net, fwd) = (self.model, self.net, self.fwd);
         let layout = model.layout();
         let pos = layout.locate(i).expect("range checked");
         let slot = &layout.tensors()[pos.tensor];
         let (l, t) = self.owner[pos.tensor];
-        let step = sign * self.epsilon;
         let values = self.params.as_slice();
         let n_out = model.sizes()[1];
         let last = net.layers.len() - 1;
-        let (mut cur, mut next) = (vec![0.0; self.widest], vec![0.0; self.widest]);
-        let (mut sum, mut mag, mut kink, mut spread) = (Compensated::default(), 0.0, false, 0.0);
-        // Both buffers are all zeros between samples: each stage writes, and the next
-        // clears, only the entries it lists as changed.
+        let width = net.layers[l].out_len();
+        let mut unit = vec![0.0; width];
+        let (mut cur, mut next) = (
+            vec![[0.0; LANES]; self.widest],
+            vec![[0.0; LANES]; self.widest],
+        );
+        let mut sum: [Compensated; LANES] = Default::default();
+        let (mut mag, mut kink, mut spread) = ([0.0; LANES], [false; LANES], [0.0; LANES]);
+        // All buffers are zeros between samples: each stage writes, and the next clears,
+        // only the entries it lists as changed.
         let (mut changed, mut next_changed) = (Vec::new(), Vec::new());
+        let mut dz = vec![0.0; n_out];
         for j in 0..fwd.m {
-            let layer = &net.layers[l];
-            layer.param_delta(
+            // The layers are affine in each parameter: the change for a unit step, scaled.
+            net.layers[l].param_delta(
                 &self.tensors[l],
                 fwd.input(net, l, j),
                 t,
                 i - slot.offset,
-                step,
-                &mut cur[..layer.out_len()],
+                1.0,
+                &mut unit,
                 &mut changed,
             );
+            for &c in &changed {
+                cur[c] = steps.map(|s| s * unit[c]);
+                unit[c] = 0.0;
+            }
             for k in l + 1..net.layers.len() {
                 let layer = &net.layers[k];
                 let n = layer.out_len();
                 let out_grad =
                     (!self.out_grads.is_empty()).then(|| &self.out_grads[k][j * n..(j + 1) * n]);
-                let (crossed, tie) = layer.delta_sparse(
+                let (crossed, tie) = layer.delta_lanes(
                     &self.tensors[k],
                     fwd.input(net, k, j),
                     fwd.output(net, k, j),
@@ -130,35 +175,48 @@ impl Ctx<'_> {
                     &mut next_changed,
                     out_grad,
                 );
-                kink |= crossed;
-                spread += tie;
+                for lane in 0..LANES {
+                    kink[lane] |= crossed[lane];
+                    spread[lane] += tie[lane];
+                }
                 for &c in &changed {
-                    cur[c] = 0.0;
+                    cur[c] = [0.0; LANES];
                 }
                 std::mem::swap(&mut cur, &mut next);
                 std::mem::swap(&mut changed, &mut next_changed);
             }
             let z0 = fwd.output(net, last, j);
-            let dz = &cur[..n_out];
-            if net.output.has_kink() {
-                kink |= z0.iter().zip(dz).any(|(&z, &d)| (z > 0.0) != (z + d > 0.0));
+            let y = fwd.target(n_out, j);
+            for lane in 0..LANES {
+                for (d, c) in dz.iter_mut().zip(&cur[..n_out]) {
+                    *d = c[lane];
+                }
+                if net.output.has_kink() {
+                    kink[lane] |= z0
+                        .iter()
+                        .zip(&dz)
+                        .any(|(&z, &d)| (z > 0.0) != (z + d > 0.0));
+                }
+                let dl = loss_delta(model.loss(), net.output, z0, &dz, y);
+                sum[lane].add(dl);
+                mag[lane] += dl.abs();
             }
-            let dl = loss_delta(model.loss(), net.output, z0, dz, fwd.target(n_out, j));
-            sum.add(dl);
-            mag += dl.abs();
             for &c in &changed {
-                cur[c] = 0.0;
+                cur[c] = [0.0; LANES];
             }
         }
         let m = fwd.m as f64;
-        let mut dj = sum.value() * (1.0 / m);
-        mag *= 1.0 / m;
-        if slot.kind == TensorKind::Weight && model.l2() != 0.0 {
-            let th = values[i];
-            let dl2 = model.l2() / (2.0 * m) * step * (2.0 * th + step);
-            dj += dl2;
-            mag += dl2.abs();
-        }
-        (dj, mag, kink, spread / self.epsilon)
+        std::array::from_fn(|lane| {
+            let step = steps[lane];
+            let mut dj = sum[lane].value() * (1.0 / m);
+            let mut mg = mag[lane] * (1.0 / m);
+            if slot.kind == TensorKind::Weight && model.l2() != 0.0 {
+                let th = values[i];
+                let dl2 = model.l2() / (2.0 * m) * step * (2.0 * th + step);
+                dj += dl2;
+                mg += dl2.abs();
+            }
+            (dj, mg, kink[lane], spread[lane])
+        })
     }
 }

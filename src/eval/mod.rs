@@ -240,28 +240,60 @@ impl CpuEvaluator {
         range: Range<usize>,
     ) -> Result<Evaluation> {
         validate_epsilon(epsilon)?;
-        let n = model.n_params();
-        let plain = self.precision == Precision::F64Plain;
-        if let (Some(_), true) = (model.net(), plain) {
-            return Err(Error::Config(
-                "--precision f64-plain is the notebook's arithmetic for fully connected nets; a layered network (conv2d, pooling, …) is evaluated on the f64 Δ path (--precision f64)".into(),
-            ));
-        }
-        let p = if let Some(net) = model.net() {
-            layered::perturbed_deltas(
-                model,
-                net,
-                params,
-                data,
-                epsilon,
-                range.clone(),
-                self.threads,
-            )?
-        } else if plain {
+        let p = if self.precision == Precision::F64Plain {
             cpu::perturbed_costs(model, params, data, epsilon, range.clone(), self.threads)?
         } else {
             cpu::perturbed_deltas(model, params, data, epsilon, range.clone(), self.threads)?
         };
+        Ok(self.finish(model, params, data, epsilon, range, p))
+    }
+
+    /// A layered network's evaluations: every ε of a check in one pass (lanes).
+    fn evaluate_layered(
+        &self,
+        model: &Model,
+        net: &crate::model::Net,
+        params: &Params,
+        data: &Data,
+        epsilons: &[f64],
+        range: Range<usize>,
+    ) -> Result<Vec<Evaluation>> {
+        if self.precision == Precision::F64Plain {
+            return Err(Error::Config(
+                "--precision f64-plain is the notebook's arithmetic for fully connected nets; a layered network (conv2d, pooling, …) is evaluated on the f64 Δ path (--precision f64)".into(),
+            ));
+        }
+        for &e in epsilons {
+            validate_epsilon(e)?;
+        }
+        let all = layered::perturbed_deltas_many(
+            model,
+            net,
+            params,
+            data,
+            epsilons,
+            range.clone(),
+            self.threads,
+        )?;
+        Ok(all
+            .into_iter()
+            .zip(epsilons)
+            .map(|(p, &e)| self.finish(model, params, data, e, range.clone(), p))
+            .collect())
+    }
+
+    /// The [`Evaluation`] of evaluated perturbations: full-length vectors and notes.
+    fn finish(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        epsilon: f64,
+        range: Range<usize>,
+        p: cpu::Perturbed,
+    ) -> Evaluation {
+        let n = model.n_params();
+        let plain = self.precision == Precision::F64Plain;
         // Full-length vectors: NaN (and no kink) outside the range.
         let mut plus = vec![f64::NAN; n];
         let mut minus = vec![f64::NAN; n];
@@ -305,7 +337,7 @@ impl CpuEvaluator {
                 self.precision.label()
             ));
         }
-        Ok(Evaluation {
+        Evaluation {
             cost: p.cost,
             plus,
             minus,
@@ -321,7 +353,7 @@ impl CpuEvaluator {
             steps: None,
             notes,
             kernel_times: Vec::new(),
-        })
+        }
     }
 }
 
@@ -334,6 +366,9 @@ impl Evaluator for CpuEvaluator {
         epsilons: &[f64],
         range: Range<usize>,
     ) -> Result<Vec<Evaluation>> {
+        if let Some(net) = model.net() {
+            return self.evaluate_layered(model, net, params, data, epsilons, range);
+        }
         epsilons
             .iter()
             .map(|&e| self.evaluate_one(model, params, data, e, range.clone()))

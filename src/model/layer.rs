@@ -26,6 +26,13 @@ pub struct ParamShape {
     pub fan_in: usize,
 }
 
+/// How many input changes [`Layer::delta_lanes`] carries at once: a perturbation's
+/// +ε, −ε, +2ε and −2ε steps.
+pub const LANES: usize = 4;
+
+/// One entry's change in each lane.
+pub type Lanes = [f64; LANES];
+
 /// The parameter tensors of one layer, each a slice of the flat θ (or of the gradient).
 pub type Tensors<'a> = [&'a [f64]];
 
@@ -67,9 +74,9 @@ pub trait Layer: fmt::Debug + Send + Sync {
     /// crossed a kink (a ReLU unit across 0, a max-pool window's winner). Entries of `dx`
     /// that are exactly 0 cost nothing: a perturbation's change is sparse early on.
     fn delta(&self, p: &Tensors<'_>, x: &[f64], y: &[f64], dx: &[f64], dy: &mut [f64]) -> bool;
-    /// [`Layer::delta`] where only the entries `changed` of `dx` (sorted, no repeats) can
-    /// be nonzero: writes only the entries of `dy` it lists in `dy_changed` (sorted, no
-    /// repeats; `dy` is all zeros on entry), so a perturbation's work follows what it
+    /// [`Layer::delta`] where only the entries `changed` of `dx` (no repeats) can be
+    /// nonzero: writes only the entries of `dy` it lists in `dy_changed` (no repeats, in
+    /// a deterministic order; `dy` is all zeros on entry), so a perturbation's work follows what it
     /// changed. With `out_grad` (∂J/∂y of this sample) it also returns the tie width:
     /// where θ sits exactly on a tie (a max-pool window with several equal maxima) that
     /// `dx` moves apart, every tied entry may take the gradient, and the derivative along
@@ -92,6 +99,55 @@ pub trait Layer: fmt::Debug + Send + Sync {
         dy_changed.clear();
         dy_changed.extend(0..dy.len());
         (kink, 0.0)
+    }
+    /// [`Layer::delta_sparse`] for [`LANES`] input changes at once (a perturbation's ±ε
+    /// and ±2ε steps share every index computation): `changed` lists the entries nonzero
+    /// in any lane, and kinks and tie widths come back per lane. The default runs
+    /// `delta_sparse` lane by lane; the built-in layers compute the lanes together.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_lanes(
+        &self,
+        p: &Tensors<'_>,
+        x: &[f64],
+        y: &[f64],
+        dx: &[Lanes],
+        changed: &[usize],
+        dy: &mut [Lanes],
+        dy_changed: &mut Vec<usize>,
+        out_grad: Option<&[f64]>,
+    ) -> ([bool; LANES], [f64; LANES]) {
+        let (mut kinks, mut ties) = ([false; LANES], [0.0; LANES]);
+        let (mut one_in, mut one_out) = (vec![0.0; dx.len()], vec![0.0; dy.len()]);
+        let mut lane_changed = Vec::new();
+        let mut seen = vec![false; dy.len()];
+        dy_changed.clear();
+        for l in 0..LANES {
+            for &k in changed {
+                one_in[k] = dx[k][l];
+            }
+            (kinks[l], ties[l]) = self.delta_sparse(
+                p,
+                x,
+                y,
+                &one_in,
+                changed,
+                &mut one_out,
+                &mut lane_changed,
+                out_grad,
+            );
+            for &k in &lane_changed {
+                dy[k][l] = one_out[k];
+                one_out[k] = 0.0;
+                if !seen[k] {
+                    seen[k] = true;
+                    dy_changed.push(k);
+                }
+            }
+            for &k in changed {
+                one_in[k] = 0.0;
+            }
+        }
+        (kinks, ties)
     }
     /// The change of the output when element `index` of tensor `tensor` changes by `step`
     /// (all the layers with parameters are affine in each parameter, so this is exact),

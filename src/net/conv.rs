@@ -1,7 +1,7 @@
 //! 2-D convolution as a [`Layer`] type: cross-correlation with zero padding and a bias per
 //! filter, on channels-last samples, weights in the course's or PyTorch's layout.
 
-use crate::model::{ArrayLayout, Layer, ParamShape, Slip, TensorKind, Tensors};
+use crate::model::{ArrayLayout, LANES, Lanes, Layer, ParamShape, Slip, TensorKind, Tensors};
 
 /// The classic conv backprop slips (index = `slip` in [`Layer::backward`]).
 const SLIPS: &[Slip] = &[
@@ -282,6 +282,71 @@ impl Layer for Conv2d {
             dy_changed[t] = q * self.cout;
         }
         (false, 0.0)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_lanes(
+        &self,
+        p: &Tensors<'_>,
+        _x: &[f64],
+        _y: &[f64],
+        dx: &[Lanes],
+        changed: &[usize],
+        dy: &mut [Lanes],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> ([bool; LANES], [f64; LANES]) {
+        // As `delta_sparse`, every lane in one pass over the windows.
+        let wt = p[0];
+        dy_changed.clear();
+        for pass in 0..2 {
+            for &k in changed {
+                let d = dx[k];
+                if d == [0.0; LANES] {
+                    continue;
+                }
+                let (at, ci) = (k / self.cin, k % self.cin);
+                let (iy, ix) = (at / self.w + self.pad_top, at % self.w + self.pad_left);
+                for i in 0..self.fh.min(iy + 1) {
+                    let oy = iy - i;
+                    if oy % self.stride != 0 || oy / self.stride >= self.oh {
+                        continue;
+                    }
+                    for j in 0..self.fw.min(ix + 1) {
+                        let ox = ix - j;
+                        if ox % self.stride != 0 || ox / self.stride >= self.ow {
+                            continue;
+                        }
+                        let q = (oy / self.stride) * self.ow + ox / self.stride;
+                        let out = &mut dy[q * self.cout..][..self.cout];
+                        if pass == 0 {
+                            if !out[0][0].is_nan() {
+                                out[0][0] = f64::NAN;
+                                dy_changed.push(q);
+                            }
+                            continue;
+                        }
+                        for (co, v) in out.iter_mut().enumerate() {
+                            let w = wt[self.widx(i, j, ci, co)];
+                            for l in 0..LANES {
+                                v[l] += w * d[l];
+                            }
+                        }
+                    }
+                }
+            }
+            if pass == 0 {
+                for &q in dy_changed.iter() {
+                    dy[q * self.cout][0] = 0.0;
+                }
+            }
+        }
+        let positions = dy_changed.len();
+        for t in 0..positions {
+            let q = dy_changed[t];
+            dy_changed.extend((1..self.cout).map(|co| q * self.cout + co));
+            dy_changed[t] = q * self.cout;
+        }
+        ([false; LANES], [0.0; LANES])
     }
     fn param_delta(
         &self,

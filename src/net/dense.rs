@@ -1,6 +1,6 @@
 //! Fully connected layers, element-wise activations and flatten as [`Layer`] types.
 
-use crate::model::{Activation, ArrayLayout, Layer, ParamShape, TensorKind, Tensors};
+use crate::model::{Activation, ArrayLayout, LANES, Lanes, Layer, ParamShape, TensorKind, Tensors};
 
 use super::math::act_delta;
 
@@ -128,6 +128,34 @@ impl Layer for Dense {
         dy_changed.extend(0..self.n_out);
         (false, 0.0)
     }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_lanes(
+        &self,
+        p: &Tensors<'_>,
+        _x: &[f64],
+        _y: &[f64],
+        dx: &[Lanes],
+        changed: &[usize],
+        dy: &mut [Lanes],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> ([bool; LANES], [f64; LANES]) {
+        for &i in changed {
+            let d = dx[i];
+            if d == [0.0; LANES] {
+                continue;
+            }
+            for (o, v) in dy.iter_mut().enumerate() {
+                let w = p[0][self.w(i, o)];
+                for l in 0..LANES {
+                    v[l] += w * d[l];
+                }
+            }
+        }
+        dy_changed.clear();
+        dy_changed.extend(0..self.n_out);
+        ([false; LANES], [0.0; LANES])
+    }
     fn param_delta(
         &self,
         _p: &Tensors<'_>,
@@ -234,6 +262,61 @@ impl Layer for Act {
         }
         (crossed, 0.0)
     }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_lanes(
+        &self,
+        _p: &Tensors<'_>,
+        x: &[f64],
+        _y: &[f64],
+        dx: &[Lanes],
+        changed: &[usize],
+        dy: &mut [Lanes],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> ([bool; LANES], [f64; LANES]) {
+        let kinky = self.g.has_kink();
+        let mut crossed = [false; LANES];
+        dy_changed.clear();
+        if self.g == Activation::Relu {
+            // act_delta's ReLU cases, written out for the lanes (the hot loop of conv nets).
+            for &k in changed {
+                let (z, d) = (x[k], dx[k]);
+                let on = z > 0.0;
+                let mut v = [0.0; LANES];
+                for l in 0..LANES {
+                    let z1 = z + d[l];
+                    v[l] = match (on, z1 > 0.0) {
+                        (true, true) => d[l],
+                        (true, false) => -z,
+                        (false, true) => z1,
+                        (false, false) => 0.0,
+                    };
+                    crossed[l] |= d[l] != 0.0 && on != (z1 > 0.0);
+                }
+                if v != [0.0; LANES] {
+                    dy[k] = v;
+                    dy_changed.push(k);
+                }
+            }
+            return (crossed, [0.0; LANES]);
+        }
+        for &k in changed {
+            let (z, d) = (x[k], dx[k]);
+            let mut v = [0.0; LANES];
+            for l in 0..LANES {
+                if d[l] != 0.0 {
+                    v[l] = act_delta(self.g, z, d[l]);
+                    crossed[l] |= kinky && ((z > 0.0) != (z + d[l] > 0.0));
+                }
+            }
+            // An inactive ReLU unit passes nothing on: leave it out of the list.
+            if v != [0.0; LANES] {
+                dy[k] = v;
+                dy_changed.push(k);
+            }
+        }
+        (crossed, [0.0; LANES])
+    }
 }
 
 /// (H, W, C) channels-last → a vector: in the course's layout the same order (numpy's
@@ -311,5 +394,24 @@ impl Layer for Flatten {
             dy_changed.push(self.to(k));
         }
         (false, 0.0)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_lanes(
+        &self,
+        _p: &Tensors<'_>,
+        _x: &[f64],
+        _y: &[f64],
+        dx: &[Lanes],
+        changed: &[usize],
+        dy: &mut [Lanes],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> ([bool; LANES], [f64; LANES]) {
+        dy_changed.clear();
+        for &k in changed {
+            dy[self.to(k)] = dx[k];
+            dy_changed.push(self.to(k));
+        }
+        ([false; LANES], [0.0; LANES])
     }
 }

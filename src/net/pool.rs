@@ -1,7 +1,7 @@
 //! Max and average pooling as [`Layer`] types: per channel, no padding, windows `stride`
 //! apart (overlapping windows add their gradients).
 
-use crate::model::{Layer, Slip, Tensors};
+use crate::model::{LANES, Lanes, Layer, Slip, Tensors};
 
 /// A pooling window's geometry on channels-last samples.
 #[derive(Debug, Clone)]
@@ -83,6 +83,33 @@ impl Window {
                     let q = (oy * self.ow + ox) * self.c + ch;
                     if !dy[q].is_nan() {
                         dy[q] = f64::NAN;
+                        out.push(q);
+                    }
+                }
+            }
+        }
+    }
+    /// [`Window::touched`] for lane changes: marks with NaN in lane 0.
+    fn touched_lanes(
+        &self,
+        changed: &[usize],
+        dx: &[Lanes],
+        dy: &mut [Lanes],
+        out: &mut Vec<usize>,
+    ) {
+        out.clear();
+        for &k in changed {
+            if dx[k] == [0.0; LANES] {
+                continue;
+            }
+            let pos = k / self.c;
+            let ch = k - pos * self.c;
+            let [oy0, oy1, ox0, ox1] = self.reach[pos].map(|v| v as usize);
+            for oy in oy0..=oy1 {
+                for ox in ox0..=ox1 {
+                    let q = (oy * self.ow + ox) * self.c + ch;
+                    if !dy[q][0].is_nan() {
+                        dy[q][0] = f64::NAN;
                         out.push(q);
                     }
                 }
@@ -272,6 +299,84 @@ impl Layer for MaxPool {
         }
         (crossed, spread)
     }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_lanes(
+        &self,
+        _p: &Tensors<'_>,
+        x: &[f64],
+        y: &[f64],
+        dx: &[Lanes],
+        changed: &[usize],
+        dy: &mut [Lanes],
+        dy_changed: &mut Vec<usize>,
+        out_grad: Option<&[f64]>,
+    ) -> ([bool; LANES], [f64; LANES]) {
+        // As `delta_sparse`, lane by lane inside each window.
+        self.0.touched_lanes(changed, dx, dy, dy_changed);
+        for &q in dy_changed.iter() {
+            dy[q] = [f64::NEG_INFINITY; LANES];
+        }
+        let mut whole = Vec::new();
+        for &k in changed {
+            if dx[k] == [0.0; LANES] {
+                continue;
+            }
+            let pos = k / self.0.c;
+            let ch = k - pos * self.0.c;
+            let [oy0, oy1, ox0, ox1] = self.0.reach[pos].map(|v| v as usize);
+            for oy in oy0..=oy1 {
+                for ox in ox0..=ox1 {
+                    let q = (oy * self.0.ow + ox) * self.0.c + ch;
+                    if x[k] == y[q] {
+                        whole.push(q);
+                    } else {
+                        let gap = x[k] - y[q];
+                        for l in 0..LANES {
+                            dy[q][l] = dy[q][l].max(gap + dx[k][l]);
+                        }
+                    }
+                }
+            }
+        }
+        whole.sort_unstable();
+        whole.dedup();
+        let mut crossed = [false; LANES];
+        for &q in dy_changed.iter() {
+            if whole.binary_search(&q).is_err() {
+                for l in 0..LANES {
+                    crossed[l] |= dy[q][l] > 0.0;
+                    dy[q][l] = dy[q][l].max(0.0);
+                }
+            }
+        }
+        let mut spread = [0.0; LANES];
+        for &q in &whole {
+            let top = y[q];
+            let (mut tied, mut others) = ([f64::NEG_INFINITY; LANES], [f64::NEG_INFINITY; LANES]);
+            let (mut lo, mut n_tied) = ([f64::INFINITY; LANES], 0);
+            self.0.each_entry(q, |k| {
+                if x[k] == top {
+                    n_tied += 1;
+                    for l in 0..LANES {
+                        tied[l] = tied[l].max(dx[k][l]);
+                        lo[l] = lo[l].min(dx[k][l]);
+                    }
+                } else {
+                    for l in 0..LANES {
+                        others[l] = others[l].max((x[k] - top) + dx[k][l]);
+                    }
+                }
+            });
+            for l in 0..LANES {
+                crossed[l] |= others[l] > tied[l];
+                dy[q][l] = tied[l].max(others[l]);
+                if let Some(g) = out_grad.filter(|_| n_tied > 1 && tied[l] > lo[l]) {
+                    spread[l] += g[q].abs() * (tied[l] - lo[l]);
+                }
+            }
+        }
+        (crossed, spread)
+    }
     fn slips(&self) -> &'static [Slip] {
         MAX_SLIPS
     }
@@ -347,6 +452,31 @@ impl Layer for AvgPool {
             dy[q] = s / n;
         }
         (false, 0.0)
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn delta_lanes(
+        &self,
+        _p: &Tensors<'_>,
+        _x: &[f64],
+        _y: &[f64],
+        dx: &[Lanes],
+        changed: &[usize],
+        dy: &mut [Lanes],
+        dy_changed: &mut Vec<usize>,
+        _out_grad: Option<&[f64]>,
+    ) -> ([bool; LANES], [f64; LANES]) {
+        self.0.touched_lanes(changed, dx, dy, dy_changed);
+        let n = (self.0.fh * self.0.fw) as f64;
+        for &q in dy_changed.iter() {
+            let mut s = [0.0; LANES];
+            self.0.each_entry(q, |k| {
+                for l in 0..LANES {
+                    s[l] += dx[k][l];
+                }
+            });
+            dy[q] = s.map(|v| v / n);
+        }
+        ([false; LANES], [0.0; LANES])
     }
     fn slips(&self) -> &'static [Slip] {
         AVG_SLIPS
