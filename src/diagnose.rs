@@ -315,7 +315,9 @@ pub fn layer_slips(
     let correct = crate::net::backprop_with(model, net, params, data, None);
     let layout = model.layout();
     for (l, layer) in net.layers.iter().enumerate() {
-        for (s, slip) in layer.slips().iter().enumerate() {
+        let generic = (!layer.params().is_empty())
+            .then_some((crate::net::ONE_SAMPLE, &crate::net::ONE_SAMPLE_SLIP));
+        for (s, slip) in layer.slips().iter().enumerate().chain(generic) {
             let g = crate::net::backprop_with(model, net, params, data, Some((l, s)));
             for (t, slot) in tensors.iter_mut().zip(layout.tensors()) {
                 let r = slot.range();

@@ -149,7 +149,7 @@ fn random_conv_spec(rng: &mut Rng, k: usize) -> serde_json::Value {
 
 #[test]
 fn random_conv_nets_pass_correct_gradients_and_fail_every_slip_by_name() {
-    let (mut passes, mut inconclusive, mut slips_tried) = (0, 0, 0);
+    let (mut passes, mut inconclusive, mut slips_tried, mut crossed) = (0, 0, 0, 0);
     let mut rng = Rng(2026);
     for k in 0..24 {
         let spec = random_conv_spec(&mut rng, k);
@@ -163,6 +163,28 @@ fn random_conv_nets_pass_correct_gradients_and_fail_every_slip_by_name() {
             Verdict::Pass => passes += 1,
             _ => inconclusive += 1,
         }
+        // At ε = 1e-2 steps cross ReLU kinks and max-pool winners: still never a FAIL.
+        let mut wide = GradCheck::new().backend(Backend::Cpu);
+        wide.epsilon = Some(1e-2);
+        let r = wide.run(&model, &params, &data, &good).unwrap();
+        assert_ne!(
+            r.verdict,
+            Verdict::Fail,
+            "net {k} at ε = 1e-2: {:?}",
+            r.reasons
+        );
+        // (its report may have re-checked at a smaller ε: count the crossings at 1e-2 itself)
+        let at = gradcheck::eval::layered::perturbed_deltas(
+            &model,
+            model.net().unwrap(),
+            &params,
+            &data,
+            1e-2,
+            0..model.n_params(),
+            cpu::Threads::Parallel,
+        )
+        .unwrap();
+        crossed += at.kinks.iter().filter(|&&k| k != 0).count();
         let net = model.net().unwrap();
         for (l, layer) in net.layers.iter().enumerate() {
             for (s, slip) in layer.slips().iter().enumerate() {
@@ -192,7 +214,9 @@ fn random_conv_nets_pass_correct_gradients_and_fail_every_slip_by_name() {
             }
         }
     }
-    eprintln!("{passes} pass, {inconclusive} inconclusive, {slips_tried} slips tried");
+    eprintln!(
+        "{passes} pass, {inconclusive} inconclusive, {slips_tried} slips tried, {crossed} kinks crossed at 1e-2"
+    );
     // Measured: 24 of 24 PASS; the bound allows a rare kink that no ε separates.
     assert!(
         inconclusive <= 2,
@@ -201,6 +225,10 @@ fn random_conv_nets_pass_correct_gradients_and_fail_every_slip_by_name() {
     assert!(
         slips_tried >= 40,
         "only {slips_tried} slips made a difference"
+    );
+    assert!(
+        crossed > 100,
+        "only {crossed} elements crossed a kink at ε = 1e-2"
     );
 }
 
@@ -599,4 +627,87 @@ fn conv_nets_go_through_every_front_end() {
         err.contains("use --backend cpu or auto") || err.contains("adapter"),
         "{err}"
     );
+}
+
+/// "dW from one sample instead of the sum over samples", the slip every layer with
+/// parameters can have, is named on the tensors it changed.
+#[test]
+fn gradients_from_one_sample_are_named() {
+    let p = gradcheck::examples::conv_problem(false).unwrap();
+    let net = p.model.net().unwrap();
+    let conv2 = net
+        .layers
+        .iter()
+        .position(|l| l.kind() == "conv2d")
+        .unwrap()
+        + 3;
+    assert_eq!(net.layers[conv2].kind(), "conv2d");
+    let bad = net::backprop_with(
+        &p.model,
+        net,
+        &p.params,
+        &p.data,
+        Some((conv2, net::ONE_SAMPLE)),
+    );
+    let r = cpu_check(&p.model, &p.params, &p.data, &bad);
+    assert_eq!(common::failing(&r), ["W2", "b2"]);
+    for t in r.tensors.iter().filter(|t| !t.passed) {
+        let d = t.diagnosis.as_ref().unwrap();
+        assert!(
+            d.message.contains("layer 3 (conv2d)") && d.message.contains("[one_sample]"),
+            "{}",
+            d.message
+        );
+    }
+}
+
+/// f64-plain (J± formed by a forward pass from the perturbed layer, then subtracted)
+/// agrees with the Δ path to the plain path's rounding, and gives the same verdicts.
+#[test]
+fn the_plain_path_agrees_with_the_delta_path() {
+    let mut rng = Rng(77);
+    for k in [0, 4, 7] {
+        let model = built(random_conv_spec(&mut rng, k));
+        let (params, data) = random_data(&model, 3, k as u64);
+        let (n, net) = (model.n_params(), model.net().unwrap());
+        let e = 1e-6;
+        let plain = gradcheck::eval::layered::perturbed_costs(
+            &model,
+            net,
+            &params,
+            &data,
+            e,
+            0..n,
+            cpu::Threads::Parallel,
+        )
+        .unwrap();
+        let delta = gradcheck::eval::layered::perturbed_deltas(
+            &model,
+            net,
+            &params,
+            &data,
+            e,
+            0..n,
+            cpu::Threads::Parallel,
+        )
+        .unwrap();
+        assert!((plain.cost - delta.cost).abs() <= 1e-13 * plain.cost.abs());
+        for i in 0..n {
+            let tol = 1e-13 * (1.0 + plain.cost.abs()) * 64.0;
+            assert!(
+                ((plain.plus[i] - plain.cost) - delta.plus[i]).abs() <= tol,
+                "net {k} #{i}"
+            );
+            assert!(
+                ((plain.minus[i] - plain.cost) - delta.minus[i]).abs() <= tol,
+                "net {k} #{i}"
+            );
+        }
+        let good = backprop(&model, &params, &data);
+        let gc = GradCheck::new()
+            .backend(Backend::Cpu)
+            .precision(gradcheck::Precision::F64Plain);
+        let r = gc.run(&model, &params, &data, &good).unwrap();
+        assert_ne!(r.verdict, Verdict::Fail, "net {k}: {:?}", r.reasons);
+    }
 }

@@ -97,6 +97,87 @@ pub fn perturbed_deltas_many(
     Ok(out)
 }
 
+/// Every J(θ ± ε·e_i) itself, i ∈ `range` (f64-plain: J± formed and subtracted, as a
+/// naive check does; each from the perturbed layer on, in plain sums, the loss as
+/// [`net::math::sample_loss`] writes it).
+pub fn perturbed_costs(
+    model: &Model,
+    net: &Net,
+    params: &Params,
+    data: &Data,
+    epsilon: f64,
+    range: Range<usize>,
+    threads: Threads,
+) -> Result<Perturbed> {
+    check_range(model, &range)?;
+    let fwd = net::forward(model, net, params, data);
+    let tensors: Vec<Vec<&[f64]>> = (0..net.layers.len())
+        .map(|l| net::tensors_of(model, net, params.as_slice(), l))
+        .collect();
+    let owner = owners(model, net);
+    let sumsq = net::weight_sumsq(model, params);
+    let values = params.as_slice();
+    let layout = model.layout();
+    let m = fwd.m as f64;
+    // J with θ_i = v (`None`: θ itself).
+    let cost = |changed: Option<(usize, f64)>| -> f64 {
+        let (l, local, tensor, v) = match changed {
+            Some((i, v)) => {
+                let pos = layout.locate(i).expect("range checked");
+                let (l, t) = owner[pos.tensor];
+                (l, i - layout.tensors()[pos.tensor].offset, t, v)
+            }
+            None => (0, 0, usize::MAX, 0.0),
+        };
+        let own: Option<Vec<f64>> = (tensor != usize::MAX).then(|| {
+            let mut o = tensors[l][tensor].to_vec();
+            o[local] = v;
+            o
+        });
+        let mut p_l = tensors[l].clone();
+        if let Some(o) = &own {
+            p_l[tensor] = o;
+        }
+        let n_out = model.sizes()[1];
+        let widest = net.layers.iter().map(|x| x.out_len()).max().unwrap_or(0);
+        let (mut a, mut b) = (vec![0.0; widest], vec![0.0; widest]);
+        let mut s = 0.0;
+        for j in 0..fwd.m {
+            let first = &net.layers[l];
+            first.forward(&p_l, fwd.input(net, l, j), &mut a[..first.out_len()]);
+            for k in l + 1..net.layers.len() {
+                let layer = &net.layers[k];
+                layer.forward(&tensors[k], &a[..layer.in_len()], &mut b[..layer.out_len()]);
+                std::mem::swap(&mut a, &mut b);
+            }
+            s +=
+                net::math::sample_loss(model.loss(), net.output, &a[..n_out], fwd.target(n_out, j));
+        }
+        let mut j = (1.0 / m) * s;
+        if model.l2() != 0.0 {
+            let mut q = sumsq;
+            if let Some((i, v)) = changed {
+                if layout.tensors()[owner_tensor(layout, i)].kind == TensorKind::Weight {
+                    q = q - values[i] * values[i] + v * v;
+                }
+            }
+            j += model.l2() / (2.0 * m) * q;
+        }
+        j
+    };
+    let rows = each_parameter(range, threads, |_, i| {
+        let p = cost(Some((i, values[i] + epsilon)));
+        let q = cost(Some((i, values[i] - epsilon)));
+        (p, q, 0, [0.0; 2])
+    });
+    let scale = net::noise_scale(model, net, params, &fwd);
+    Ok(assemble(cost(None), scale, rows, false))
+}
+
+fn owner_tensor(layout: &crate::model::ParamLayout, i: usize) -> usize {
+    layout.locate(i).map_or(0, |p| p.tensor)
+}
+
 /// Per tensor: the layer that owns it and its index among that layer's tensors.
 fn owners(model: &Model, net: &Net) -> Vec<(usize, usize)> {
     let mut owner = vec![(0, 0); model.layout().tensors().len()];

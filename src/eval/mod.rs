@@ -258,13 +258,25 @@ impl CpuEvaluator {
         epsilons: &[f64],
         range: Range<usize>,
     ) -> Result<Vec<Evaluation>> {
-        if self.precision == Precision::F64Plain {
-            return Err(Error::Config(
-                "--precision f64-plain is the notebook's arithmetic for fully connected nets; a layered network (conv2d, pooling, …) is evaluated on the f64 Δ path (--precision f64)".into(),
-            ));
-        }
         for &e in epsilons {
             validate_epsilon(e)?;
+        }
+        if self.precision == Precision::F64Plain {
+            return epsilons
+                .iter()
+                .map(|&e| {
+                    let p = layered::perturbed_costs(
+                        model,
+                        net,
+                        params,
+                        data,
+                        e,
+                        range.clone(),
+                        self.threads,
+                    )?;
+                    Ok(self.finish(model, params, data, e, range.clone(), p))
+                })
+                .collect();
         }
         let all = layered::perturbed_deltas_many(
             model,

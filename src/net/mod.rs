@@ -399,6 +399,16 @@ pub fn output_gradient(loss: Loss, out: Activation, z: &[f64], y: &[f64], dz: &m
     }
 }
 
+/// The slip every layer with parameters can have (index for [`backprop_with`]): its
+/// parameter gradients from one sample (the last) instead of the sum over the samples.
+pub const ONE_SAMPLE: usize = usize::MAX;
+
+/// What [`ONE_SAMPLE`] is, in words.
+pub const ONE_SAMPLE_SLIP: crate::model::Slip = crate::model::Slip {
+    name: "one_sample",
+    says: "the parameter gradients come from one sample (the last) instead of the sum over the samples",
+};
+
 /// The analytic gradient by backpropagation; `slip` = (layer, slip index) runs that
 /// layer's backward with one of its classic mistakes (for the diagnoses).
 pub fn backprop_with(
@@ -459,7 +469,19 @@ fn backward(
                 }
             }
             let p = tensors_of(model, net, params.as_slice(), l);
-            let mut dp = tensor_slices_mut(model, net, &mut grads, l);
+            let own = slip.filter(|s| s.0 == l).map(|s| s.1);
+            // The generic slip: this layer's parameter gradients from the last sample only.
+            let mut dropped = if own == Some(ONE_SAMPLE) && j + 1 < fwd.m {
+                grads.clone()
+            } else {
+                Vec::new()
+            };
+            let into = if dropped.is_empty() {
+                &mut grads
+            } else {
+                &mut dropped
+            };
+            let mut dp = tensor_slices_mut(model, net, into, l);
             layer.backward(
                 &p,
                 fwd.input(net, l, j),
@@ -467,7 +489,7 @@ fn backward(
                 &dy[..layer.out_len()],
                 &mut dx[..layer.in_len()],
                 &mut dp,
-                slip.filter(|s| s.0 == l).map(|s| s.1),
+                own.filter(|&s| s != ONE_SAMPLE),
             );
             std::mem::swap(&mut dx, &mut dy);
         }
