@@ -145,9 +145,8 @@ pub fn perturbed_costs(
         for j in 0..fwd.m {
             let first = &net.layers[l];
             first.forward(&p_l, fwd.input(net, l, j), &mut a[..first.out_len()]);
-            for k in l + 1..net.layers.len() {
-                let layer = &net.layers[k];
-                layer.forward(&tensors[k], &a[..layer.in_len()], &mut b[..layer.out_len()]);
+            for (layer, p) in net.layers.iter().zip(&tensors).skip(l + 1) {
+                layer.forward(p, &a[..layer.in_len()], &mut b[..layer.out_len()]);
                 std::mem::swap(&mut a, &mut b);
             }
             s +=
