@@ -21,7 +21,27 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from . import _gradcheck
+
+def _quiet_wsi() -> None:
+    """Mesa's Vulkan WSI prints "XDG_RUNTIME_DIR is invalid or not set" on every adapter
+    probe of a headless machine; gradcheck never opens a window: point the variable (only
+    when unset) at a private directory, as the command line does."""
+    import os
+    import tempfile
+
+    if "XDG_RUNTIME_DIR" in os.environ:
+        return
+    d = os.path.join(tempfile.gettempdir(), f"gradcheck-runtime-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        os.environ["XDG_RUNTIME_DIR"] = d
+    except OSError:
+        pass
+
+
+_quiet_wsi()
+
+from . import _gradcheck  # noqa: E402
 
 __all__ = ["check", "gradient_check_n", "Report", "Tensor", "__version__"]
 __version__ = _gradcheck.version()

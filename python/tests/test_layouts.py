@@ -80,3 +80,21 @@ def test_a_missing_gradient_names_the_dicts_keys():
     del g["db2"]
     with pytest.raises(ValueError, match=r"db2 is missing"):
         gradcheck.check(p, X, Y, g)
+
+
+def test_no_mesa_noise_on_stderr_from_the_first_gpu_probe():
+    """A headless machine without XDG_RUNTIME_DIR: Mesa's WSI message must not reach the
+    user's stderr (the package points the variable at a private directory, as the CLI)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    code = (
+        "import numpy as np, gradcheck\n"
+        "p = {'W1': np.ones((2, 3)) * 0.3, 'b1': np.zeros((2, 1)), 'W2': np.ones((1, 2)) * 0.2, 'b2': np.zeros((1, 1))}\n"
+        "X = np.arange(12.0).reshape(3, 4) / 10; Y = np.array([[0.0, 1.0, 1.0, 0.0]])\n"
+        "try:\n    gradcheck.check(p, X, Y, backend='gpu')\nexcept ValueError as e:\n    print('no adapter:', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "XDG_RUNTIME_DIR" not in out.stderr, out.stderr
