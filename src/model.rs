@@ -1,8 +1,10 @@
-//! The model family: fully connected networks, their activations and costs, and the
-//! flat parameter layout (W1, b1, W2, b2, … each row-major) that every other module
-//! indexes by.
+//! The model family: fully connected networks (the MLP shorthand) and networks of layer
+//! types ([`layer::Layer`]: conv2d, pooling, flatten, dense, or a caller's own), their
+//! activations and costs, and the flat parameter layout (W1, b1, W2, b2, … each row-major
+//! in the user's shape) that every other module indexes by.
 //!
-//! May use: `error`, `rng` (dropout masks drawn from a seed). Knows nothing above it.
+//! May use: `error`, `rng` (dropout masks drawn from a seed). Knows nothing above it: the
+//! built-in layer types' math lives in `net`, which implements the trait defined here.
 
 use std::fmt;
 use std::str::FromStr;
