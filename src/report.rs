@@ -77,6 +77,42 @@ pub fn verdict_sentence(r: &Report) -> String {
 /// The human-readable table: overall difference and verdict, then one row per tensor.
 pub fn render_text(r: &Report) -> String {
     let mut s = String::new();
+    header(r, &mut s);
+    let _ = writeln!(s);
+    verdict_lines(r, &mut s);
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "{:<8} {:>9} {:>10} {:>10} {:>8}  {:<12} worst element: analytic vs numeric ± bound",
+        "tensor", "shape", "difference", "resolution", "err/bnd", "verdict"
+    );
+    for t in &r.tensors {
+        tensor_lines(t, &mut s);
+    }
+    if !r.timings.kernels.is_empty() {
+        let device: f64 = r.timings.kernels.iter().map(|k| k.seconds).sum();
+        let _ = writeln!(
+            s,
+            "\nGPU kernels (device time, every evaluation of the check): {} in all",
+            seconds(device)
+        );
+        for k in &r.timings.kernels {
+            let _ = writeln!(
+                s,
+                "  {:<14} {:>6} dispatch{} {:>10} {:>5.1} %",
+                k.kernel,
+                k.dispatches,
+                if k.dispatches == 1 { " " } else { "es" },
+                seconds(k.seconds),
+                100.0 * k.seconds / device.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    s
+}
+
+/// The first lines: what was checked, how, and the notes.
+fn header(r: &Report, s: &mut String) {
     let params = if r.n_params == 1 {
         "parameter"
     } else {
@@ -110,7 +146,7 @@ pub fn render_text(r: &Report) -> String {
     if r.kinks > 0 {
         let _ = writeln!(
             s,
-            "note: {} element(s) whose ±ε step crosses a ReLU kink (marked *) {}",
+            "note: {} element(s) whose ±ε step crosses a kink (a ReLU at 0, a max-pool winner; marked *) {}",
             r.kinks,
             if r.kinks_excluded {
                 "are judged by the one-sided difference that does not cross"
@@ -119,7 +155,10 @@ pub fn render_text(r: &Report) -> String {
             }
         );
     }
-    let _ = writeln!(s);
+}
+
+/// The notebook's difference, the verdict and its reasons.
+fn verdict_lines(r: &Report, s: &mut String) {
     let _ = writeln!(
         s,
         "difference = {}   (the notebook's rule, difference ≤ {}: {})",
@@ -144,132 +183,105 @@ pub fn render_text(r: &Report) -> String {
             "  (the difference is above the notebook's threshold, yet every element agrees with its numeric gradient within that element's error bound: the difference mixes rounding and truncation into one number)"
         );
     }
-    let _ = writeln!(s);
+}
+
+/// One tensor's row and what follows it (diagnosis, other worst elements, counts).
+fn tensor_lines(t: &crate::verdict::TensorReport, s: &mut String) {
+    let worst = t
+        .worst
+        .first()
+        .map(|w| {
+            let tag = match w.status {
+                Status::Consistent | Status::Suspicious | Status::Wrong => String::new(),
+                other => format!(
+                    " ({})",
+                    serde_json::to_value(other).map_or(String::new(), |v| v
+                        .as_str()
+                        .unwrap_or("")
+                        .replace('_', " "))
+                ),
+            };
+            let (a, n) = distinct(w.analytic, w.numeric);
+            format!(
+                "{}{} {a} vs {n} ± {}{tag}{}",
+                w.element,
+                if w.kink { "*" } else { "" },
+                sci(w.bound, 1),
+                if t.passed {
+                    String::new()
+                } else {
+                    off_by(w.analytic, w.numeric, w.bound)
+                },
+            )
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         s,
-        "{:<8} {:>9} {:>10} {:>10} {:>8}  {:<12} worst element: analytic vs numeric ± bound",
-        "tensor", "shape", "difference", "resolution", "err/bnd", "verdict"
-    );
-    for t in &r.tensors {
-        let worst = t
-            .worst
-            .first()
-            .map(|w| {
-                let tag = match w.status {
-                    Status::Consistent | Status::Suspicious | Status::Wrong => String::new(),
-                    other => format!(
-                        " ({})",
-                        serde_json::to_value(other).map_or(String::new(), |v| v
-                            .as_str()
-                            .unwrap_or("")
-                            .replace('_', " "))
-                    ),
-                };
-                let (a, n) = distinct(w.analytic, w.numeric);
-                format!(
-                    "{}{} {a} vs {n} ± {}{tag}{}",
-                    w.element,
-                    if w.kink { "*" } else { "" },
-                    sci(w.bound, 1),
-                    if t.passed {
-                        String::new()
-                    } else {
-                        off_by(w.analytic, w.numeric, w.bound)
-                    },
-                )
-            })
-            .unwrap_or_default();
-        let _ = writeln!(
-            s,
-            "{:<8} {:>9} {:>10} {:>10} {:>8}  {:<12} {}",
-            t.name,
-            t.shape
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join("×"),
-            sci(t.difference, 2),
-            sci(t.resolution, 1),
-            if t.max_excess < 1e4 {
-                format!("{:.2}", t.max_excess)
-            } else {
-                sci(t.max_excess, 1)
-            },
-            t.verdict.label(),
-            worst
-        );
-        if let Some(d) = &t.diagnosis {
-            let _ = writeln!(s, "{:<8} ↳ {}", "", d.message);
-        }
-        let tiny = t
-            .worst
+        "{:<8} {:>9} {:>10} {:>10} {:>8}  {:<12} {}",
+        t.name,
+        t.shape
             .iter()
-            .map(|w| (w.analytic - w.numeric).abs() / w.analytic.abs().max(w.numeric.abs()));
-        if !t.passed
-            && t.verdict == crate::verdict::Verdict::Fail
-            && tiny.fold(0.0, f64::max) < 1e-6
-        {
-            let _ = writeln!(
-                s,
-                "{:<8} ↳ a real but tiny error (under 1e-6 relative everywhere): far below what affects training — e.g. a stabilising 1e-8 inside a log makes the gradient exact for a slightly different cost",
-                ""
-            );
-        }
-        // A tensor that did not pass lists its other worst elements too (`--top K`).
-        if !t.passed {
-            for w in t.worst.iter().skip(1) {
-                let (a, n) = distinct(w.analytic, w.numeric);
-                let _ = writeln!(
-                    s,
-                    "{:<8} ↳ also {}{} {a} vs {n} ± {}{}",
-                    "",
-                    w.element,
-                    if w.kink { "*" } else { "" },
-                    sci(w.bound, 1),
-                    off_by(w.analytic, w.numeric, w.bound)
-                );
-            }
-        }
-        if t.unresolved > 0 {
-            let _ = writeln!(
-                s,
-                "{:<8} ↳ {} of {} elements could not be judged at this ε",
-                "",
-                t.unresolved,
-                t.shape.iter().product::<usize>()
-            );
-        }
-        if t.coarse > 0 && t.passed {
-            let _ = writeln!(
-                s,
-                "{:<8} ↳ {} of {} elements checked only as part of the tensor (each one's own bound exceeds {} % of its value)",
-                "",
-                t.coarse,
-                t.shape.iter().product::<usize>(),
-                100.0 * gradcheck_resolution()
-            );
-        }
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("×"),
+        sci(t.difference, 2),
+        sci(t.resolution, 1),
+        if t.max_excess < 1e4 {
+            format!("{:.2}", t.max_excess)
+        } else {
+            sci(t.max_excess, 1)
+        },
+        t.verdict.label(),
+        worst
+    );
+    if let Some(d) = &t.diagnosis {
+        let _ = writeln!(s, "{:<8} ↳ {}", "", d.message);
     }
-    if !r.timings.kernels.is_empty() {
-        let device: f64 = r.timings.kernels.iter().map(|k| k.seconds).sum();
+    let tiny = t
+        .worst
+        .iter()
+        .map(|w| (w.analytic - w.numeric).abs() / w.analytic.abs().max(w.numeric.abs()));
+    if !t.passed && t.verdict == crate::verdict::Verdict::Fail && tiny.fold(0.0, f64::max) < 1e-6 {
         let _ = writeln!(
             s,
-            "\nGPU kernels (device time, every evaluation of the check): {} in all",
-            seconds(device)
+            "{:<8} ↳ a real but tiny error (under 1e-6 relative everywhere): far below what affects training — e.g. a stabilising 1e-8 inside a log makes the gradient exact for a slightly different cost",
+            ""
         );
-        for k in &r.timings.kernels {
+    }
+    // A tensor that did not pass lists its other worst elements too (`--top K`).
+    if !t.passed {
+        for w in t.worst.iter().skip(1) {
+            let (a, n) = distinct(w.analytic, w.numeric);
             let _ = writeln!(
                 s,
-                "  {:<14} {:>6} dispatch{} {:>10} {:>5.1} %",
-                k.kernel,
-                k.dispatches,
-                if k.dispatches == 1 { " " } else { "es" },
-                seconds(k.seconds),
-                100.0 * k.seconds / device.max(f64::MIN_POSITIVE)
+                "{:<8} ↳ also {}{} {a} vs {n} ± {}{}",
+                "",
+                w.element,
+                if w.kink { "*" } else { "" },
+                sci(w.bound, 1),
+                off_by(w.analytic, w.numeric, w.bound)
             );
         }
     }
-    s
+    if t.unresolved > 0 {
+        let _ = writeln!(
+            s,
+            "{:<8} ↳ {} of {} elements could not be judged at this ε",
+            "",
+            t.unresolved,
+            t.shape.iter().product::<usize>()
+        );
+    }
+    if t.coarse > 0 && t.passed {
+        let _ = writeln!(
+            s,
+            "{:<8} ↳ {} of {} elements checked only as part of the tensor (each one's own bound exceeds {} % of its value)",
+            "",
+            t.coarse,
+            t.shape.iter().product::<usize>(),
+            100.0 * gradcheck_resolution()
+        );
+    }
 }
 
 /// [`crate::verdict::RESOLUTION`], as the text prints it.
