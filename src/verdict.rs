@@ -965,178 +965,65 @@ impl Rules {
         ev: &Evidence<'_>,
     ) -> (TensorReport, Option<f64>) {
         let range = slot.range();
-        let count = |f: &dyn Fn(&Judged) -> bool| range.clone().filter(|&i| f(&judged[i])).count();
-        let resolved: Vec<usize> = range
-            .clone()
-            .filter(|&i| judged[i].status.resolved())
-            .collect();
-        let wrong = count(&|j| j.status == Status::Wrong);
-        let suspicious = count(&|j| j.status == Status::Suspicious);
-        let coarse = range
-            .clone()
-            .filter(|&i| {
-                let (j, size) = (&judged[i], grad[i].abs().max(judged[i].numeric.abs()));
-                j.status == Status::Consistent && size > 0.0 && j.bound - j.tie > RESOLUTION * size
-            })
-            .count();
-        let unresolved = range.len() - resolved.len();
-        let kinks = range.clone().filter(|&i| ev.eval.kinks[i] != 0).count();
-        let one_sided = count(&|j| matches!(j.method, Method::Forward | Method::Backward));
-        let norm =
-            |f: &dyn Fn(usize) -> f64| resolved.iter().map(|&i| f(i).powi(2)).sum::<f64>().sqrt();
-        let n_bound = norm(&|i| judged[i].bound - judged[i].tie);
-        let n_round = norm(&|i| judged[i].rounding);
-        let n_signal = norm(&|i| judged[i].signal);
-        let n_grad = norm(&|i| grad[i]).max(norm(&|i| judged[i].numeric));
-        let resolution = if n_bound == 0.0 {
-            0.0
-        } else if n_grad > 0.0 {
-            n_bound / n_grad
-        } else {
-            f64::INFINITY
-        };
-        // Analytic weight of the elements nothing could judge.
-        let g_all = range.clone().map(|i| grad[i].powi(2)).sum::<f64>().sqrt();
-        let g_unres = range
-            .clone()
-            .filter(|&i| !judged[i].status.resolved())
-            .map(|i| grad[i].powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let rms_error = if resolved.is_empty() {
-            0.0
-        } else {
-            (resolved
+        let st = TensorStats::of(range.clone(), grad, judged, ev);
+        let (verdict, reason, suggestion) = decide(&slot.name, range.clone(), judged, &st, ev);
+        let worst = self.worst_elements(range.clone(), layout, grad, judged, ev);
+        let error_estimate = ev.wide.map(|_| {
+            st.resolved
                 .iter()
-                .map(|&i| (grad[i] - judged[i].numeric).powi(2))
-                .sum::<f64>()
-                / resolved.len() as f64)
-                .sqrt()
-        };
-        let excess = |i: usize| {
-            let j = &judged[i];
-            if !j.status.resolved() {
-                -1.0
-            } else if j.bound > 0.0 {
-                (grad[i] - j.numeric).abs() / j.bound
-            } else if grad[i] == j.numeric {
-                0.0
-            } else {
-                f64::INFINITY
-            }
-        };
-        let max_excess = resolved.iter().map(|&i| excess(i)).fold(0.0, f64::max);
-        let name = &slot.name;
-        let mut suggestion: Option<f64> = None;
-        // Kinks are separated by a smaller ε; on the Δ paths that costs no accuracy.
-        let kink_unresolved = range.clone().any(|i| {
-            matches!(
-                judged[i].status,
-                Status::KinkBothSides | Status::KinkWithinTwoEpsilon
-            )
+                .map(|&i| judged[i].truncation)
+                .fold(0.0, f64::max)
         });
-        if kink_unresolved && ev.eval.magnitudes.is_some() && ev.wide.is_some() {
-            suggestion = Some(ev.epsilon / 1000.0);
-        }
-        // θ ± ε rounding to θ is cured by the notebook's ε.
-        if range
-            .clone()
-            .any(|i| judged[i].status == Status::StepUnderflow)
-            && ev.epsilon < DEFAULT_EPSILON
-        {
-            suggestion = Some(DEFAULT_EPSILON);
-        }
-        let (verdict, reason) = if wrong > 0 {
-            (
-                Verdict::Fail,
-                Some(format!(
-                    "{name}: {wrong} of {} elements differ from the numeric gradient by more than {FAIL_MARGIN} × their error bound",
-                    range.len()
-                )),
-            )
-        } else if suspicious > 0 {
-            let r_sig = n_signal / norm(&|i| judged[i].numeric).max(f64::MIN_POSITIVE);
-            if r_sig > ASYMPTOTIC {
-                // Truncation ∝ ε²: bring it to a tenth of the asymptotic limit.
-                suggestion = Some(ev.epsilon * (0.1 * ASYMPTOTIC / r_sig).sqrt().min(0.5));
-                (
-                    Verdict::Inconclusive,
-                    Some(format!(
-                        "{name}: {suspicious} element(s) differ by more than their error bound, but ε = {} is too large for the truncation estimate to be trusted (it is {:.2} % of the gradient): a smaller ε",
-                        py(ev.epsilon),
-                        100.0 * r_sig
-                    )),
-                )
-            } else {
-                (
-                    Verdict::Inconclusive,
-                    Some(format!(
-                        "{name}: {suspicious} element(s) differ by 1–{FAIL_MARGIN} × their error bound: neither shown right nor wrong"
-                    )),
-                )
-            }
-        } else if resolved.is_empty() {
-            (
-                Verdict::Inconclusive,
-                Some(format!(
-                    "{name}: no element could be judged at ε = {} ({})",
-                    py(ev.epsilon),
-                    dominant_reason(range.clone().map(|i| judged[i].status))
-                )),
-            )
-        } else if resolution > RESOLUTION || g_unres > RESOLUTION * g_all {
-            let why = if g_unres > RESOLUTION * g_all {
-                format!(
-                    "{unresolved} element(s) carrying {:.1} % of d{name} could not be judged ({})",
-                    100.0 * g_unres / g_all,
-                    dominant_reason(range.clone().map(|i| judged[i].status))
-                )
-            } else if n_signal > n_round {
-                // Truncation ∝ ε², rounding ∝ 1/ε: the optimum balances them.
-                let e = ev.epsilon * (n_round / (2.0 * n_signal)).cbrt().clamp(1e-3, 0.5);
-                suggestion = Some(e);
-                format!(
-                    "the numeric gradient is only known to {:.2} % (truncation at ε = {} dominates: a smaller ε)",
-                    100.0 * resolution,
-                    py(ev.epsilon)
-                )
-            } else if ev.eval.magnitudes.is_some() {
-                format!(
-                    "the numeric gradient is only known to {:.2} % (rounding dominates: the gradient is too small for {} here)",
-                    100.0 * resolution,
-                    ev.eval.precision
-                )
-            } else {
-                let e = ev.epsilon
-                    * (n_round / (2.0 * n_signal.max(f64::MIN_POSITIVE)))
-                        .cbrt()
-                        .clamp(2.0, 1e3);
-                suggestion = Some(e);
-                format!(
-                    "the numeric gradient is only known to {:.2} % (rounding dominates: ε = {} is too small for the plain arithmetic; the Δ path, --precision f64, has no such limit)",
-                    100.0 * resolution,
-                    py(ev.epsilon)
-                )
-            };
-            (
-                Verdict::Inconclusive,
-                Some(format!(
-                    "{name}: {why}; PASS needs {:.2} %",
-                    100.0 * RESOLUTION
-                )),
-            )
-        } else {
-            (Verdict::Pass, None)
+        (
+            TensorReport {
+                name: slot.name.clone(),
+                shape: if slot.shape.len() == 1 && slot.cols == 1 {
+                    vec![slot.rows, 1]
+                } else {
+                    slot.shape.clone()
+                },
+                difference: difference(&grad[range.clone()], &approx[range]),
+                rms_error: st.rms_error,
+                verdict,
+                passed: verdict == Verdict::Pass,
+                resolution: st.resolution,
+                max_excess: st.max_excess,
+                kinks: st.kinks,
+                one_sided: st.one_sided,
+                unresolved: st.unresolved,
+                wrong: st.wrong,
+                suspicious: st.suspicious,
+                coarse: st.coarse,
+                worst,
+                reason,
+                diagnosis: None,
+                error_estimate,
+            },
+            suggestion,
+        )
+    }
+
+    /// The top k elements by excess (ties by index): a selection, then a sort of those k.
+    fn worst_elements(
+        &self,
+        range: std::ops::Range<usize>,
+        layout: &ParamLayout,
+        grad: &[f64],
+        judged: &[Judged],
+        ev: &Evidence<'_>,
+    ) -> Vec<Worst> {
+        let mut order: Vec<usize> = range.collect();
+        let by_excess = |x: &usize, y: &usize| {
+            excess(grad[*y], &judged[*y])
+                .total_cmp(&excess(grad[*x], &judged[*x]))
+                .then(x.cmp(y))
         };
-        // The top k by excess (ties by index): a selection, then a sort of those k only.
-        let mut order: Vec<usize> = range.clone().collect();
-        let by_excess = |x: &usize, y: &usize| excess(*y).total_cmp(&excess(*x)).then(x.cmp(y));
         if self.top_k > 0 && self.top_k < order.len() {
             order.select_nth_unstable_by(self.top_k - 1, by_excess);
             order.truncate(self.top_k);
         }
         order.sort_by(by_excess);
-        let worst = order
+        order
             .into_iter()
             .take(self.top_k)
             .map(|i| Worst {
@@ -1150,40 +1037,7 @@ impl Rules {
                 status: judged[i].status,
                 kink: ev.eval.kinks[i] != 0,
             })
-            .collect();
-        let error_estimate = ev.wide.map(|_| {
-            resolved
-                .iter()
-                .map(|&i| judged[i].truncation)
-                .fold(0.0, f64::max)
-        });
-        (
-            TensorReport {
-                name: name.clone(),
-                shape: if slot.shape.len() == 1 && slot.cols == 1 {
-                    vec![slot.rows, 1]
-                } else {
-                    slot.shape.clone()
-                },
-                difference: difference(&grad[range.clone()], &approx[range.clone()]),
-                rms_error,
-                verdict,
-                passed: verdict == Verdict::Pass,
-                resolution,
-                max_excess,
-                kinks,
-                one_sided,
-                unresolved,
-                wrong,
-                suspicious,
-                coarse,
-                worst,
-                reason,
-                diagnosis: None,
-                error_estimate,
-            },
-            suggestion,
-        )
+            .collect()
     }
 
     /// [`Rules::judge`] of an evaluation alone (no 2ε evaluation: truncation unknown, so
@@ -1246,5 +1100,249 @@ pub fn validate_threshold(t: f64) -> crate::error::Result<()> {
         Err(crate::error::Error::Config(format!(
             "threshold = {t} must be a finite number > 0"
         )))
+    }
+}
+
+/// |analytic − numeric| in units of the element's bound (−1: not judged).
+fn excess(g: f64, j: &Judged) -> f64 {
+    if !j.status.resolved() {
+        -1.0
+    } else if j.bound > 0.0 {
+        (g - j.numeric).abs() / j.bound
+    } else if g == j.numeric {
+        0.0
+    } else {
+        f64::INFINITY
+    }
+}
+
+/// What a tensor's verdict is decided from: its elements' statuses counted, and the norms
+/// of their bounds, signals and gradients over the resolved ones.
+struct TensorStats {
+    resolved: Vec<usize>,
+    wrong: usize,
+    suspicious: usize,
+    coarse: usize,
+    unresolved: usize,
+    kinks: usize,
+    one_sided: usize,
+    n_round: f64,
+    n_signal: f64,
+    n_numeric: f64,
+    resolution: f64,
+    g_all: f64,
+    g_unres: f64,
+    rms_error: f64,
+    max_excess: f64,
+}
+
+impl TensorStats {
+    fn of(
+        range: std::ops::Range<usize>,
+        grad: &[f64],
+        judged: &[Judged],
+        ev: &Evidence<'_>,
+    ) -> Self {
+        let count = |f: &dyn Fn(&Judged) -> bool| range.clone().filter(|&i| f(&judged[i])).count();
+        let resolved: Vec<usize> = range
+            .clone()
+            .filter(|&i| judged[i].status.resolved())
+            .collect();
+        let coarse = range
+            .clone()
+            .filter(|&i| {
+                let (j, size) = (&judged[i], grad[i].abs().max(judged[i].numeric.abs()));
+                j.status == Status::Consistent && size > 0.0 && j.bound - j.tie > RESOLUTION * size
+            })
+            .count();
+        let norm =
+            |f: &dyn Fn(usize) -> f64| resolved.iter().map(|&i| f(i).powi(2)).sum::<f64>().sqrt();
+        // A tie's width is the function's, not the measurement's: not counted here.
+        let n_bound = norm(&|i| judged[i].bound - judged[i].tie);
+        let n_grad = norm(&|i| grad[i]).max(norm(&|i| judged[i].numeric));
+        let resolution = if n_bound == 0.0 {
+            0.0
+        } else if n_grad > 0.0 {
+            n_bound / n_grad
+        } else {
+            f64::INFINITY
+        };
+        let rms_error = if resolved.is_empty() {
+            0.0
+        } else {
+            (resolved
+                .iter()
+                .map(|&i| (grad[i] - judged[i].numeric).powi(2))
+                .sum::<f64>()
+                / resolved.len() as f64)
+                .sqrt()
+        };
+        TensorStats {
+            wrong: count(&|j| j.status == Status::Wrong),
+            suspicious: count(&|j| j.status == Status::Suspicious),
+            coarse,
+            unresolved: range.len() - resolved.len(),
+            kinks: range.clone().filter(|&i| ev.eval.kinks[i] != 0).count(),
+            one_sided: count(&|j| matches!(j.method, Method::Forward | Method::Backward)),
+            n_round: norm(&|i| judged[i].rounding),
+            n_signal: norm(&|i| judged[i].signal),
+            n_numeric: norm(&|i| judged[i].numeric),
+            resolution,
+            // Analytic weight of all elements, and of those nothing could judge.
+            g_all: range.clone().map(|i| grad[i].powi(2)).sum::<f64>().sqrt(),
+            g_unres: range
+                .clone()
+                .filter(|&i| !judged[i].status.resolved())
+                .map(|i| grad[i].powi(2))
+                .sum::<f64>()
+                .sqrt(),
+            rms_error,
+            max_excess: resolved
+                .iter()
+                .map(|&i| excess(grad[i], &judged[i]))
+                .fold(0.0, f64::max),
+            resolved,
+        }
+    }
+}
+
+/// A tensor's verdict from its stats, the reason when it is not a pass, and the ε that
+/// would resolve it (if that is its problem).
+fn decide(
+    name: &str,
+    range: std::ops::Range<usize>,
+    judged: &[Judged],
+    st: &TensorStats,
+    ev: &Evidence<'_>,
+) -> (Verdict, Option<String>, Option<f64>) {
+    let mut suggestion: Option<f64> = None;
+    // Kinks are separated by a smaller ε; on the Δ paths that costs no accuracy.
+    let kink_unresolved = range.clone().any(|i| {
+        matches!(
+            judged[i].status,
+            Status::KinkBothSides | Status::KinkWithinTwoEpsilon
+        )
+    });
+    if kink_unresolved && ev.eval.magnitudes.is_some() && ev.wide.is_some() {
+        suggestion = Some(ev.epsilon / 1000.0);
+    }
+    // θ ± ε rounding to θ is cured by the notebook's ε.
+    if range
+        .clone()
+        .any(|i| judged[i].status == Status::StepUnderflow)
+        && ev.epsilon < DEFAULT_EPSILON
+    {
+        suggestion = Some(DEFAULT_EPSILON);
+    }
+    let (verdict, reason) = if st.wrong > 0 {
+        (
+            Verdict::Fail,
+            Some(format!(
+                "{name}: {} of {} elements differ from the numeric gradient by more than {FAIL_MARGIN} × their error bound",
+                st.wrong,
+                range.len()
+            )),
+        )
+    } else if st.suspicious > 0 {
+        let r_sig = st.n_signal / st.n_numeric.max(f64::MIN_POSITIVE);
+        if r_sig > ASYMPTOTIC {
+            // Truncation ∝ ε²: bring it to a tenth of the asymptotic limit.
+            suggestion = Some(ev.epsilon * (0.1 * ASYMPTOTIC / r_sig).sqrt().min(0.5));
+            (
+                Verdict::Inconclusive,
+                Some(format!(
+                    "{name}: {} element(s) differ by more than their error bound, but ε = {} is too large for the truncation estimate to be trusted (it is {:.2} % of the gradient): a smaller ε",
+                    st.suspicious,
+                    py(ev.epsilon),
+                    100.0 * r_sig
+                )),
+            )
+        } else {
+            (
+                Verdict::Inconclusive,
+                Some(format!(
+                    "{name}: {} element(s) differ by 1–{FAIL_MARGIN} × their error bound: neither shown right nor wrong",
+                    st.suspicious
+                )),
+            )
+        }
+    } else if st.resolved.is_empty() {
+        (
+            Verdict::Inconclusive,
+            Some(format!(
+                "{name}: no element could be judged at ε = {} ({})",
+                py(ev.epsilon),
+                dominant_reason(range.clone().map(|i| judged[i].status))
+            )),
+        )
+    } else if st.resolution > RESOLUTION || st.g_unres > RESOLUTION * st.g_all {
+        let (why, e) = coarse_reason(name, range, judged, st, ev);
+        if e.is_some() {
+            suggestion = e;
+        }
+        (
+            Verdict::Inconclusive,
+            Some(format!(
+                "{name}: {why}; PASS needs {:.2} %",
+                100.0 * RESOLUTION
+            )),
+        )
+    } else {
+        (Verdict::Pass, None)
+    };
+    (verdict, reason, suggestion)
+}
+
+/// Why a tensor's bounds are too coarse for a PASS, and the ε that would help.
+fn coarse_reason(
+    name: &str,
+    range: std::ops::Range<usize>,
+    judged: &[Judged],
+    st: &TensorStats,
+    ev: &Evidence<'_>,
+) -> (String, Option<f64>) {
+    if st.g_unres > RESOLUTION * st.g_all {
+        (
+            format!(
+                "{} element(s) carrying {:.1} % of d{name} could not be judged ({})",
+                st.unresolved,
+                100.0 * st.g_unres / st.g_all,
+                dominant_reason(range.map(|i| judged[i].status))
+            ),
+            None,
+        )
+    } else if st.n_signal > st.n_round {
+        // Truncation ∝ ε², rounding ∝ 1/ε: the optimum balances them.
+        let e = ev.epsilon * (st.n_round / (2.0 * st.n_signal)).cbrt().clamp(1e-3, 0.5);
+        (
+            format!(
+                "the numeric gradient is only known to {:.2} % (truncation at ε = {} dominates: a smaller ε)",
+                100.0 * st.resolution,
+                py(ev.epsilon)
+            ),
+            Some(e),
+        )
+    } else if ev.eval.magnitudes.is_some() {
+        (
+            format!(
+                "the numeric gradient is only known to {:.2} % (rounding dominates: the gradient is too small for {} here)",
+                100.0 * st.resolution,
+                ev.eval.precision
+            ),
+            None,
+        )
+    } else {
+        let e = ev.epsilon
+            * (st.n_round / (2.0 * st.n_signal.max(f64::MIN_POSITIVE)))
+                .cbrt()
+                .clamp(2.0, 1e3);
+        (
+            format!(
+                "the numeric gradient is only known to {:.2} % (rounding dominates: ε = {} is too small for the plain arithmetic; the Δ path, --precision f64, has no such limit)",
+                100.0 * st.resolution,
+                py(ev.epsilon)
+            ),
+            Some(e),
+        )
     }
 }
