@@ -637,61 +637,13 @@ impl Rules {
             central: w.gradapprox(2.0 * ev.epsilon),
         });
         let kg = ku * self.gradient_roundoff;
-        // Rounding in either side's sums is relative to the magnitudes flowing through
-        // them, not to each element's own value (a small element can be a large
-        // cancellation): per element, the sizes of its own terms when the model is known
-        // (`terms`); otherwise at least the tensor's RMS per-sample term size.
-        let sizes: Vec<[f64; 2]> = match ev.terms {
-            Some(t) => t
-                .numeric
-                .iter()
-                .zip(&t.analytic)
-                .map(|(&n, &a)| [n, a])
-                .collect(),
-            None => {
-                let mut rms_of = vec![[0.0; 2]; grad.len()];
-                for slot in layout.tensors() {
-                    let r = slot.range();
-                    let sq: f64 = r
-                        .clone()
-                        .map(|i| at.term_size(i, grad[i], at.central[i]))
-                        .filter(|t| t.is_finite())
-                        .map(|t| t * t)
-                        .sum();
-                    let rms = (sq / r.len().max(1) as f64).sqrt();
-                    rms_of[r].iter_mut().for_each(|v| *v = [rms; 2]);
-                }
-                rms_of
-            }
-        };
+        let sizes = term_sizes_of(ev, &at);
         // First pass: every element's own truncation estimate; then per tensor a shared
         // allowance and whether its ε is in the asymptotic range; then the verdicts.
         let first: Vec<Judged> = (0..grad.len())
             .map(|i| self.judge_element(i, grad[i], &at, wide.as_ref(), kg, sizes[i], 0.0, true))
             .collect();
-        let mut floor = vec![0.0; grad.len()];
-        let mut provable = vec![true; grad.len()];
-        for slot in layout.tensors() {
-            let r = slot.range();
-            let ok: Vec<usize> = r.clone().filter(|&i| first[i].status.resolved()).collect();
-            let max_signal = ok.iter().map(|&i| first[i].signal).fold(0.0, f64::max);
-            let n_signal = ok
-                .iter()
-                .map(|&i| first[i].signal.powi(2))
-                .sum::<f64>()
-                .sqrt();
-            let n_value = ok
-                .iter()
-                .map(|&i| first[i].numeric.powi(2))
-                .sum::<f64>()
-                .sqrt();
-            let asymptotic = n_signal <= ASYMPTOTIC * n_value;
-            let shared = truncation_floors(slot, &first, max_signal);
-            for (i, f) in r.zip(shared) {
-                floor[i] = f;
-                provable[i] = asymptotic;
-            }
-        }
+        let (floor, provable) = shared_floors(layout, &first);
         let judged: Vec<Judged> = (0..grad.len())
             .map(|i| {
                 self.judge_element(
@@ -723,36 +675,11 @@ impl Rules {
             tensors.push(t);
             suggestions.extend(eps);
         }
-        let resolved: Vec<usize> = (0..grad.len())
+        let (verdict, reasons, suggested_epsilon) = overall(&tensors, &suggestions);
+        let (a, n): (Vec<f64>, Vec<f64>) = (0..grad.len())
             .filter(|&i| judged[i].status.resolved())
-            .collect();
-        let (a, n): (Vec<f64>, Vec<f64>) = resolved
-            .iter()
-            .map(|&i| (grad[i], judged[i].numeric))
+            .map(|i| (grad[i], judged[i].numeric))
             .unzip();
-        let verdict = if tensors.iter().any(|t| t.verdict == Verdict::Fail) {
-            Verdict::Fail
-        } else if tensors.iter().all(|t| t.verdict == Verdict::Pass) {
-            Verdict::Pass
-        } else {
-            Verdict::Inconclusive
-        };
-        let reasons: Vec<String> = tensors
-            .iter()
-            .filter(|t| t.verdict != Verdict::Pass)
-            .filter_map(|t| t.reason.clone())
-            .collect();
-        // One significant digit: a suggestion, not a measurement.
-        let suggested_epsilon = if verdict == Verdict::Inconclusive {
-            suggestions
-                .iter()
-                .copied()
-                .reduce(f64::min)
-                .map(|e| format!("{e:.0e}").parse().unwrap_or(e))
-        } else {
-            None
-        };
-
         let kinks = eval.kinks.iter().filter(|&&k| k != 0).count();
         let difference = difference(grad, &approx);
         // "gpu (adapter name)" from the evaluator: split.
@@ -1345,4 +1272,91 @@ fn coarse_reason(
             Some(e),
         )
     }
+}
+
+/// Per element, the numeric and analytic sides' term sizes (their rounding is relative to
+/// the magnitudes flowing through the sums, not to the element's own value: a small
+/// element can be a large cancellation): each element's own when the model's are known
+/// (`terms`), otherwise its tensor's RMS per-sample term size.
+fn term_sizes_of(ev: &Evidence<'_>, at: &Side<'_>) -> Vec<[f64; 2]> {
+    match ev.terms {
+        Some(t) => t
+            .numeric
+            .iter()
+            .zip(&t.analytic)
+            .map(|(&n, &a)| [n, a])
+            .collect(),
+        None => {
+            let mut rms_of = vec![[0.0; 2]; ev.grad.len()];
+            for slot in ev.layout.tensors() {
+                let r = slot.range();
+                let sq: f64 = r
+                    .clone()
+                    .map(|i| at.term_size(i, ev.grad[i], at.central[i]))
+                    .filter(|t| t.is_finite())
+                    .map(|t| t * t)
+                    .sum();
+                let rms = (sq / r.len().max(1) as f64).sqrt();
+                rms_of[r].iter_mut().for_each(|v| *v = [rms; 2]);
+            }
+            rms_of
+        }
+    }
+}
+
+/// From the first pass: per element the truncation allowance it shares with its row or
+/// column ([`truncation_floors`]), and whether its tensor's ε is in the asymptotic range
+/// (only then can a discrepancy prove a bug).
+fn shared_floors(layout: &ParamLayout, first: &[Judged]) -> (Vec<f64>, Vec<bool>) {
+    let mut floor = vec![0.0; first.len()];
+    let mut provable = vec![true; first.len()];
+    for slot in layout.tensors() {
+        let r = slot.range();
+        let ok: Vec<usize> = r.clone().filter(|&i| first[i].status.resolved()).collect();
+        let max_signal = ok.iter().map(|&i| first[i].signal).fold(0.0, f64::max);
+        let n_signal = ok
+            .iter()
+            .map(|&i| first[i].signal.powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let n_value = ok
+            .iter()
+            .map(|&i| first[i].numeric.powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let asymptotic = n_signal <= ASYMPTOTIC * n_value;
+        let shared = truncation_floors(slot, first, max_signal);
+        for (i, f) in r.zip(shared) {
+            floor[i] = f;
+            provable[i] = asymptotic;
+        }
+    }
+    (floor, provable)
+}
+
+/// The overall verdict from the tensors', their reasons, and the ε to re-check at (one
+/// significant digit: a suggestion, not a measurement).
+fn overall(tensors: &[TensorReport], suggestions: &[f64]) -> (Verdict, Vec<String>, Option<f64>) {
+    let verdict = if tensors.iter().any(|t| t.verdict == Verdict::Fail) {
+        Verdict::Fail
+    } else if tensors.iter().all(|t| t.verdict == Verdict::Pass) {
+        Verdict::Pass
+    } else {
+        Verdict::Inconclusive
+    };
+    let reasons: Vec<String> = tensors
+        .iter()
+        .filter(|t| t.verdict != Verdict::Pass)
+        .filter_map(|t| t.reason.clone())
+        .collect();
+    let suggested_epsilon = if verdict == Verdict::Inconclusive {
+        suggestions
+            .iter()
+            .copied()
+            .reduce(f64::min)
+            .map(|e| format!("{e:.0e}").parse().unwrap_or(e))
+    } else {
+        None
+    };
+    (verdict, reasons, suggested_epsilon)
 }
