@@ -183,115 +183,23 @@ impl GpuContext {
         let sizes = model.sizes();
         let layout = model.layout();
         let wanted = opts.range.clone().unwrap_or(0..n);
-        let to_u32 = |v: usize, what: &str| {
-            u32::try_from(v).map_err(|_| {
-                Error::gpu(
-                    crate::error::GpuErrorKind::Limit,
-                    format!("{what} = {v} exceeds the 32-bit indices of the kernels"),
-                )
-            })
-        };
-        // Model buffer: header | θ | X | Y | dropout factors. The shortcut's margin: the
-        // CPU's in f64; in f32, t and the bounds carry f32 rounding (≤ a few 6e-8).
-        let margin = if R::IS_F64 {
-            cpu::SHORTCUT_MARGIN
-        } else {
-            1e-5
-        };
-        // Header [0], ε, is written before each ε's submission.
-        let mut host: Vec<f64> = vec![0.0, model.l2() / (2.0 * m as f64), fwd.weight_sumsq, margin];
-        let slope_at = host.len();
-        host.extend((0..depth).map(|l| model.activation(l).slope()));
-        let theta_off = host.len();
-        host.extend_from_slice(params.as_slice());
-        let x_off = host.len();
-        host.extend(data.x.iter());
-        let y_off = host.len();
-        host.extend(data.y.iter());
-        // Dropout factors D_l/keep_prob per layer (offset 0 = none: the header is there).
-        let mut mask_off = vec![0u32; depth];
-        for (l, f) in data.masks.iter().enumerate() {
-            if let Some(f) = f {
-                mask_off[l] = host.len() as u32;
-                host.extend(f.iter());
-            }
-        }
-        to_u32(host.len(), "model buffer length")?;
-        // Base buffer: Z_l and A_l of every layer; on the Δ path (taken from the CPU's
-        // f64 pass) followed by BCE's σ(∓z) of the output and the fused layers' shortcut
-        // tables.
-        let mut z_off = Vec::new();
-        let mut a_off = Vec::new();
-        let mut base_len = 0usize;
-        for &nl in &sizes[1..] {
-            z_off.push(base_len);
-            base_len += nl * m;
-            a_off.push(base_len);
-            base_len += nl * m;
-        }
-        let mut host_base = Vec::new();
-        let mut sig_off = 0;
-        let mut act_tables = vec![0u32; depth];
-        // Per layer: None = staged; Some(tables) = fused, with the shortcut's (v, lo, hi)
-        // offsets when it has one (the output layer goes direct, layers without one layer
-        // by layer in `fused_exact`). Every layer of the Δ path is fused unless a test
-        // asks for the staged kernels.
-        let mut fused: Vec<Option<Option<[usize; 3]>>> = vec![None; depth];
-        if delta {
-            host_base.reserve(base_len);
-            for (z, a) in fwd.z.iter().zip(&fwd.a) {
-                host_base.extend(z.iter());
-                host_base.extend(a.iter());
-            }
-            sig_off = host_base.len();
-            if model.loss() == crate::model::Loss::BinaryCrossEntropy {
-                let zl = &fwd.z[depth - 1];
-                host_base.extend(zl.iter().map(|&z| math::sigmoid(-z)));
-                host_base.extend(zl.iter().map(|&z| math::sigmoid(z)));
-            }
-            // tanh layers: tanh z and 1 − |tanh z|; sigmoid layers: σ(z) and σ(−z), of the
-            // base pass, hidden layers (the fused kernels' `layer_act_delta`, as the CPU's
-            // tables).
-            for (l, z) in fwd.z.iter().enumerate().take(depth - 1) {
-                let pair: fn(f64) -> [f64; 2] = match model.activation(l) {
-                    crate::model::Activation::Tanh => |z| [z.tanh(), math::tanh_complement(z)],
-                    crate::model::Activation::Sigmoid => |z| [math::sigmoid(z), math::sigmoid(-z)],
-                    _ => continue,
-                };
-                act_tables[l] = to_u32(host_base.len(), "activation table offset")?;
-                host_base.extend(z.iter().map(|&z| pair(z)[0]));
-                host_base.extend(z.iter().map(|&z| pair(z)[1]));
-            }
-            // Shortcut tables only within the binding limit; a layer whose tables do not
-            // fit goes layer by layer in `fused_exact`.
-            let cap = self.batch_capacity(R::SIZE as u64) as usize;
-            if !opts.staged_only {
-                let shortcuts = cpu::shortcuts(model, params, data, fwd);
-                for (l, sc) in shortcuts.into_iter().enumerate() {
-                    let tables =
-                        sc.filter(|sc| host_base.len() + sc.v.len() + 2 * sc.lo.len() <= cap);
-                    fused[l] = match tables {
-                        Some(sc) => {
-                            let v = host_base.len();
-                            host_base.extend_from_slice(&sc.v);
-                            let lo = host_base.len();
-                            host_base.extend_from_slice(&sc.lo);
-                            let hi = host_base.len();
-                            host_base.extend_from_slice(&sc.hi);
-                            Some(Some([v, lo, hi]))
-                        }
-                        None => Some(None),
-                    };
-                }
-            }
-            if !R::IS_F64 {
-                // ±UNBOUNDED would be f32 infinities.
-                for b in &mut host_base[sig_off..] {
-                    *b = b.clamp(-1e30, 1e30);
-                }
-            }
-        }
-        to_u32(base_len.max(host_base.len()), "activation count")?;
+        let ModelHost {
+            host,
+            slope_at,
+            theta_off,
+            x_off,
+            y_off,
+            mask_off,
+        } = model_host::<R>(model, params, data, fwd)?;
+        let BaseHost {
+            z_off,
+            a_off,
+            base_len,
+            host_base,
+            sig_off,
+            act_tables,
+            fused,
+        } = self.base_host::<R>(model, params, data, fwd, delta, opts.staged_only)?;
 
         let scope_oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let scope_val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -659,6 +567,104 @@ impl GpuContext {
 
     /// Records `jobs` into `enc`: one compute pass, or one pass per dispatch with a
     /// timestamp pair around it when profiling. `groups` = (src a, src b) bind groups.
+    /// [`BaseHost`] of the model (see there).
+    fn base_host<R: Real>(
+        &self,
+        model: &Model,
+        params: &Params,
+        data: &Data,
+        fwd: &mlp::Forward,
+        delta: bool,
+        staged_only: bool,
+    ) -> Result<BaseHost> {
+        let (m, depth, sizes) = (data.m(), model.depth(), model.sizes());
+        // Base buffer: Z_l and A_l of every layer; on the Δ path (taken from the CPU's
+        // f64 pass) followed by BCE's σ(∓z) of the output and the fused layers' shortcut
+        // tables.
+        let mut z_off = Vec::new();
+        let mut a_off = Vec::new();
+        let mut base_len = 0usize;
+        for &nl in &sizes[1..] {
+            z_off.push(base_len);
+            base_len += nl * m;
+            a_off.push(base_len);
+            base_len += nl * m;
+        }
+        let mut host_base = Vec::new();
+        let mut sig_off = 0;
+        let mut act_tables = vec![0u32; depth];
+        // Per layer: None = staged; Some(tables) = fused, with the shortcut's (v, lo, hi)
+        // offsets when it has one (the output layer goes direct, layers without one layer
+        // by layer in `fused_exact`). Every layer of the Δ path is fused unless a test
+        // asks for the staged kernels.
+        let mut fused: Vec<Option<Option<[usize; 3]>>> = vec![None; depth];
+        if delta {
+            host_base.reserve(base_len);
+            for (z, a) in fwd.z.iter().zip(&fwd.a) {
+                host_base.extend(z.iter());
+                host_base.extend(a.iter());
+            }
+            sig_off = host_base.len();
+            if model.loss() == crate::model::Loss::BinaryCrossEntropy {
+                let zl = &fwd.z[depth - 1];
+                host_base.extend(zl.iter().map(|&z| math::sigmoid(-z)));
+                host_base.extend(zl.iter().map(|&z| math::sigmoid(z)));
+            }
+            // tanh layers: tanh z and 1 − |tanh z|; sigmoid layers: σ(z) and σ(−z), of the
+            // base pass, hidden layers (the fused kernels' `layer_act_delta`, as the CPU's
+            // tables).
+            for (l, z) in fwd.z.iter().enumerate().take(depth - 1) {
+                let pair: fn(f64) -> [f64; 2] = match model.activation(l) {
+                    crate::model::Activation::Tanh => |z| [z.tanh(), math::tanh_complement(z)],
+                    crate::model::Activation::Sigmoid => |z| [math::sigmoid(z), math::sigmoid(-z)],
+                    _ => continue,
+                };
+                act_tables[l] = to_u32(host_base.len(), "activation table offset")?;
+                host_base.extend(z.iter().map(|&z| pair(z)[0]));
+                host_base.extend(z.iter().map(|&z| pair(z)[1]));
+            }
+            // Shortcut tables only within the binding limit; a layer whose tables do not
+            // fit goes layer by layer in `fused_exact`.
+            let cap = self.batch_capacity(R::SIZE as u64) as usize;
+            if !staged_only {
+                let shortcuts = cpu::shortcuts(model, params, data, fwd);
+                for (l, sc) in shortcuts.into_iter().enumerate() {
+                    let tables =
+                        sc.filter(|sc| host_base.len() + sc.v.len() + 2 * sc.lo.len() <= cap);
+                    fused[l] = match tables {
+                        Some(sc) => {
+                            let v = host_base.len();
+                            host_base.extend_from_slice(&sc.v);
+                            let lo = host_base.len();
+                            host_base.extend_from_slice(&sc.lo);
+                            let hi = host_base.len();
+                            host_base.extend_from_slice(&sc.hi);
+                            Some(Some([v, lo, hi]))
+                        }
+                        None => Some(None),
+                    };
+                }
+            }
+            if !R::IS_F64 {
+                // ±UNBOUNDED would be f32 infinities.
+                for b in &mut host_base[sig_off..] {
+                    *b = b.clamp(-1e30, 1e30);
+                }
+            }
+        }
+        to_u32(base_len.max(host_base.len()), "activation count")?;
+
+        Ok(BaseHost {
+            z_off,
+            a_off,
+            base_len,
+            host_base,
+            sig_off,
+            act_tables,
+            fused,
+        })
+    }
+
     fn record(
         &self,
         enc: &mut wgpu::CommandEncoder,
@@ -818,4 +824,80 @@ struct RunOutput {
     magnitudes: Option<Vec<f64>>,
     /// Device time per kernel (when profiled).
     kernel_times: Vec<crate::eval::KernelTime>,
+}
+
+/// The model buffer's contents — header (ε, λ/(2m), Σ‖W‖², the shortcut's margin) | the
+/// activations' slopes | θ | X | Y | dropout factors — and where each part starts.
+struct ModelHost {
+    host: Vec<f64>,
+    slope_at: usize,
+    theta_off: usize,
+    x_off: usize,
+    y_off: usize,
+    mask_off: Vec<u32>,
+}
+
+fn model_host<R: Real>(
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    fwd: &mlp::Forward,
+) -> Result<ModelHost> {
+    let (m, depth) = (data.m(), model.depth());
+    // Model buffer: header | θ | X | Y | dropout factors. The shortcut's margin: the
+    // CPU's in f64; in f32, t and the bounds carry f32 rounding (≤ a few 6e-8).
+    let margin = if R::IS_F64 {
+        cpu::SHORTCUT_MARGIN
+    } else {
+        1e-5
+    };
+    // Header [0], ε, is written before each ε's submission.
+    let mut host: Vec<f64> = vec![0.0, model.l2() / (2.0 * m as f64), fwd.weight_sumsq, margin];
+    let slope_at = host.len();
+    host.extend((0..depth).map(|l| model.activation(l).slope()));
+    let theta_off = host.len();
+    host.extend_from_slice(params.as_slice());
+    let x_off = host.len();
+    host.extend(data.x.iter());
+    let y_off = host.len();
+    host.extend(data.y.iter());
+    // Dropout factors D_l/keep_prob per layer (offset 0 = none: the header is there).
+    let mut mask_off = vec![0u32; depth];
+    for (l, f) in data.masks.iter().enumerate() {
+        if let Some(f) = f {
+            mask_off[l] = host.len() as u32;
+            host.extend(f.iter());
+        }
+    }
+    to_u32(host.len(), "model buffer length")?;
+    Ok(ModelHost {
+        host,
+        slope_at,
+        theta_off,
+        x_off,
+        y_off,
+        mask_off,
+    })
+}
+
+/// The base buffer's layout — Z_l and A_l of every layer — and, on the Δ path, its
+/// contents and which layers the fused kernels take (with their shortcut tables).
+struct BaseHost {
+    z_off: Vec<usize>,
+    a_off: Vec<usize>,
+    base_len: usize,
+    host_base: Vec<f64>,
+    sig_off: usize,
+    act_tables: Vec<u32>,
+    fused: Vec<Option<Option<[usize; 3]>>>,
+}
+
+/// A size the kernels index with 32 bits.
+fn to_u32(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| {
+        Error::gpu(
+            crate::error::GpuErrorKind::Limit,
+            format!("{what} = {v} exceeds the 32-bit indices of the kernels"),
+        )
+    })
 }
