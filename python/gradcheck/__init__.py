@@ -148,7 +148,7 @@ class Report:
             note = html.escape(t.diagnosis or t.reason or "")
             rows.append(
                 f'<tr class="gradcheck-{t.verdict}"{style}><td>{html.escape(t.name)}</td>'
-                f"<td>{t.shape[0]}×{t.shape[1]}</td>"
+                f"<td>{'×'.join(map(str, t.shape))}</td>"
                 f"<td>{t.difference:.3e}</td><td>{t.resolution:.1e}</td>"
                 f'<td style="color:{color.get(t.verdict, "black")}"><b>{t.verdict}</b></td>'
                 f"<td>{note}</td></tr>"

@@ -219,3 +219,15 @@ def test_readme_conv_example_runs_and_says_what_the_readme_says():
     r = scope["result"]
     assert r.verdict == "fail"
     assert "in layer 2 (max_pool), the max-pool gradient goes to every entry of the window" in r.tensors[0].diagnosis
+
+
+def test_jupyter_display_of_a_conv_report():
+    """The HTML table shows 4-D and 1-D tensor shapes (it used to index shape[1])."""
+    rng = np.random.default_rng(9)
+    layers, loss, shape, params, X, Y = random_net(0, rng)
+    _, grads = forward_backward(layers, loss, params, X, Y)
+    r = gradcheck.check(params, X, Y, grads, model={"input_shape": list(shape), "layers": layers, "loss": loss},
+                        backend="cpu")
+    html = r._repr_html_()
+    w1 = "×".join(map(str, params["W1"].shape))
+    assert f"<td>{w1}</td>" in html and "<td>3</td>" in html, html
