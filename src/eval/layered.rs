@@ -1,7 +1,7 @@
 //! The f64 Δ path of a network given as layer types (conv nets, …): for each perturbation
-//! and sample, the changed layer's output change in closed form ([`Layer::param_delta`]:
+//! and sample, the changed layer's output change in closed form ([`crate::model::Layer::param_delta`]:
 //! one output channel of a conv layer, one unit of a dense one), carried layer by layer by
-//! each type's Δ form ([`Layer::delta`]: sparse in the entries that changed, kinks
+//! each type's Δ form ([`crate::model::Layer::delta`]: sparse in the entries that changed, kinks
 //! flagged), into the loss's closed-form change; ΔJ± summed over samples with Neumaier's
 //! compensation. No J± is formed, so nothing cancels, whatever ε is.
 //!
@@ -33,7 +33,7 @@ pub fn perturbed_deltas(
 }
 
 /// [`perturbed_deltas`] at each of `epsilons` (a check's ε and 2ε): two at a time, their
-/// ±steps carried together as the four lanes of [`Layer::delta_lanes`].
+/// ±steps carried together as the four lanes of [`crate::model::Layer::delta_lanes`].
 pub fn perturbed_deltas_many(
     model: &Model,
     net: &Net,

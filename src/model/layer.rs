@@ -6,7 +6,7 @@
 //! in `net` (their CPU f64 math), and a new layer type is one more implementation — check,
 //! verdict, report and the front ends see only the trait and the flat parameter layout.
 //!
-//! Activations inside a layered network are `[channels-last]`: a sample's values are laid
+//! Activations inside a layered network are channels-last: a sample's values are laid
 //! out (h, w, c) row-major whatever layout the user's arrays came in; loading converts.
 
 use std::fmt;

@@ -302,7 +302,7 @@ pub fn backprop_with(
 pub struct TermSizes {
     /// The analytic side: as the textbook formulas compute it from the rounded forward
     /// pass (A − Y from A and Y, 1 − A² and A·(1 − A) from A: see
-    /// [`Activation::derivative_term_size`]); saturated units make these large.
+    /// [`crate::model::Activation::derivative_term_size`]); saturated units make these large.
     pub analytic: Vec<f64>,
     /// The numeric side: the per-sample derivatives' own terms (|dZ_L|, |g'|), what the
     /// Δ path's per-sample changes are summed from.
