@@ -549,6 +549,35 @@ pub fn diagnose_report(report: &mut Report, layout: &ParamLayout, grad: &[f64], 
     let approx = std::mem::take(&mut report.gradapprox);
     find_swaps(layout, grad, &approx, &mut report.tensors);
     report.gradapprox = approx;
+    layout_hint(layout, &mut report.tensors);
+}
+
+/// Every square weight transposed: not a slip in each layer but arrays in the other
+/// layout (samples first, W as (n_in, n_out)) — say which switch fits.
+fn layout_hint(layout: &ParamLayout, tensors: &mut [TensorReport]) {
+    let square: Vec<usize> = layout
+        .tensors()
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind == TensorKind::Weight && s.rows == s.cols && s.rows > 1)
+        .map(|(t, _)| t)
+        .collect();
+    let transposed = |t: usize| {
+        tensors[t]
+            .diagnosis
+            .as_ref()
+            .is_some_and(|d| d.kind == MistakeKind::Transposed)
+    };
+    if square.len() < 2 || !square.iter().all(|&t| transposed(t)) {
+        return;
+    }
+    for &t in &square {
+        if let Some(d) = tensors[t].diagnosis.as_mut() {
+            d.message.push_str(
+                " — as is every square weight: the gradients are laid out samples first (W as (n_in, n_out)); transpose them, or give the whole model in that layout (\"layout\": \"samples_first\")",
+            );
+        }
+    }
 }
 
 /// Recognises pairs of failing same-shape tensors whose gradients were swapped, and

@@ -297,3 +297,43 @@ fn other_costs_reductions_and_a_flipped_scalar_are_named() {
     let d = rep.tensors.last().unwrap().diagnosis.as_ref().unwrap();
     assert_eq!(d.kind, MistakeKind::SignFlipped, "{}", d.message);
 }
+
+/// Gradients whose every square weight is transposed come from samples-first code: the
+/// diagnosis says so and names the layout switch.
+#[test]
+fn every_square_weight_transposed_suggests_the_layout() {
+    let mut square = nets()[0].clone();
+    square.layers = vec![4, 4, 4, 3];
+    let (model, params, data) = random_problem(square, 6, 8).unwrap();
+    let mut g = cpu::backprop(&model, &params, &data);
+    for name in ["W1", "W2"] {
+        let slot = model
+            .layout()
+            .tensors()
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap()
+            .clone();
+        let r = slot.range();
+        let w: Vec<f64> = g.as_slice()[r.clone()].to_vec();
+        for i in 0..4 {
+            for j in 0..4 {
+                g.as_mut_slice()[r.start + i * 4 + j] = w[j * 4 + i];
+            }
+        }
+    }
+    let rep = GradCheck::new()
+        .backend(Backend::Cpu)
+        .run(&model, &params, &data, &g)
+        .unwrap();
+    for name in ["W1", "W2"] {
+        let t = rep.tensors.iter().find(|t| t.name == name).unwrap();
+        let d = t.diagnosis.as_ref().unwrap();
+        assert_eq!(d.kind, MistakeKind::Transposed, "{}", d.message);
+        assert!(
+            d.message.contains("\"layout\": \"samples_first\""),
+            "{}",
+            d.message
+        );
+    }
+}
