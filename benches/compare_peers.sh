@@ -20,7 +20,7 @@ cargo build --release --locked --quiet --manifest-path "$root/Cargo.toml"
 bin=${CARGO_TARGET_DIR:-$root/target}/release/gradcheck
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-$(mktemp -d)}
 cases=("$@")
-[ ${#cases[@]} -gt 0 ] || cases=(4,5,3,1 3 64,32,16,1 32 784,64,32,1 64 784,512,256,1 64)
+[ ${#cases[@]} -gt 0 ] || cases=(4,5,3,1 3 10,8,1 16 64,32,16,1 32 784,64,32,1 64 784,512,256,1 64)
 # Three runs: "min–max" seconds.
 range3() {
     local ts=()
