@@ -711,3 +711,57 @@ fn the_plain_path_agrees_with_the_delta_path() {
         assert_ne!(r.verdict, Verdict::Fail, "net {k}: {:?}", r.reasons);
     }
 }
+
+/// Each built-in layer's lane-wise sparse Δ form (what the evaluator runs) equals its
+/// dense one (`delta`, written independently: conv as the forward map without bias,
+/// pooling window by window) on sparse random changes, lane by lane, with the same kink
+/// flags. Tolerance: the two sum a conv output's terms in different orders, a few u of
+/// the largest |Δy|.
+#[test]
+fn sparse_lanes_equal_the_dense_delta_in_every_layer() {
+    use gradcheck::model::LANES;
+    let mut rng = Rng(5);
+    for k in 0..12 {
+        let model = built(random_conv_spec(&mut rng, k));
+        let (params, data) = random_data(&model, 2, k as u64);
+        let net = model.net().unwrap();
+        let fwd = net::forward(&model, net, &params, &data);
+        for (l, layer) in net.layers.iter().enumerate() {
+            let p = net::tensors_of(&model, net, params.as_slice(), l);
+            let (x, y) = (fwd.input(net, l, 1), fwd.output(net, l, 1));
+            let changed: Vec<usize> = (0..layer.in_len()).filter(|i| i % 3 == k % 3).collect();
+            let mut lanes = vec![[0.0; LANES]; layer.in_len()];
+            for &i in &changed {
+                let d = 1e-3 * rng.sym();
+                lanes[i] = [d, -d, 2.0 * d, -2.0 * d];
+            }
+            let mut out = vec![[0.0; LANES]; layer.out_len()];
+            let (mut out_changed, mut dense) = (Vec::new(), vec![0.0; layer.out_len()]);
+            let (kinks, _) =
+                layer.delta_lanes(&p, x, y, &lanes, &changed, &mut out, &mut out_changed, None);
+            for lane in 0..LANES {
+                let dx: Vec<f64> = lanes.iter().map(|v| v[lane]).collect();
+                let kink = layer.delta(&p, x, y, &dx, &mut dense);
+                assert_eq!(
+                    kink,
+                    kinks[lane],
+                    "net {k} layer {l} ({}) lane {lane}",
+                    layer.kind()
+                );
+                let scale = dense.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+                for (q, &d) in dense.iter().enumerate() {
+                    let got = if out_changed.contains(&q) {
+                        out[q][lane]
+                    } else {
+                        0.0
+                    };
+                    assert!(
+                        (got - d).abs() <= 1e-14 * scale,
+                        "net {k} layer {l} ({}) lane {lane} #{q}: {got} vs {d}",
+                        layer.kind()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -213,75 +213,11 @@ impl Layer for Conv2d {
             }
         }
     }
-    fn delta(&self, p: &Tensors<'_>, x: &[f64], y: &[f64], dx: &[f64], dy: &mut [f64]) -> bool {
-        dy.fill(0.0);
-        let all: Vec<usize> = (0..dx.len()).collect();
-        self.delta_sparse(p, x, y, dx, &all, dy, &mut Vec::new(), None)
-            .0
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn delta_sparse(
-        &self,
-        p: &Tensors<'_>,
-        _x: &[f64],
-        _y: &[f64],
-        dx: &[f64],
-        changed: &[usize],
-        dy: &mut [f64],
-        dy_changed: &mut Vec<usize>,
-        _out_grad: Option<&[f64]>,
-    ) -> (bool, f64) {
-        // Linear in x: scatter each changed input entry to the outputs whose windows read it
-        // (first the positions reached, marked with NaN in channel 0 once each).
-        let wt = p[0];
-        dy_changed.clear();
-        for pass in 0..2 {
-            for &k in changed {
-                let d = dx[k];
-                if d == 0.0 {
-                    continue;
-                }
-                let (at, ci) = (k / self.cin, k % self.cin);
-                let (iy, ix) = (at / self.w + self.pad_top, at % self.w + self.pad_left);
-                for i in 0..self.fh.min(iy + 1) {
-                    let oy = iy - i;
-                    if oy % self.stride != 0 || oy / self.stride >= self.oh {
-                        continue;
-                    }
-                    for j in 0..self.fw.min(ix + 1) {
-                        let ox = ix - j;
-                        if ox % self.stride != 0 || ox / self.stride >= self.ow {
-                            continue;
-                        }
-                        let q = (oy / self.stride) * self.ow + ox / self.stride;
-                        let out = &mut dy[q * self.cout..][..self.cout];
-                        if pass == 0 {
-                            if !out[0].is_nan() {
-                                out[0] = f64::NAN;
-                                dy_changed.push(q);
-                            }
-                            continue;
-                        }
-                        for (co, v) in out.iter_mut().enumerate() {
-                            *v += wt[self.widx(i, j, ci, co)] * d;
-                        }
-                    }
-                }
-            }
-            if pass == 0 {
-                for &q in dy_changed.iter() {
-                    dy[q * self.cout] = 0.0;
-                }
-            }
-        }
-        // Positions → their channels.
-        let positions = dy_changed.len();
-        for t in 0..positions {
-            let q = dy_changed[t];
-            dy_changed.extend((1..self.cout).map(|co| q * self.cout + co));
-            dy_changed[t] = q * self.cout;
-        }
-        (false, 0.0)
+    fn delta(&self, p: &Tensors<'_>, _x: &[f64], _y: &[f64], dx: &[f64], dy: &mut [f64]) -> bool {
+        // Linear in x: the forward map of the change, without the bias.
+        let no_bias = vec![0.0; self.cout];
+        self.forward(&[p[0], &no_bias], dx, dy);
+        false
     }
     #[allow(clippy::too_many_arguments)]
     fn delta_lanes(
@@ -295,7 +231,8 @@ impl Layer for Conv2d {
         dy_changed: &mut Vec<usize>,
         _out_grad: Option<&[f64]>,
     ) -> ([bool; LANES], [f64; LANES]) {
-        // As `delta_sparse`, every lane in one pass over the windows.
+        // Linear in x: scatter each changed input entry to the outputs whose windows read it
+        // (first the positions reached, marked with NaN in channel 0 once each).
         let wt = p[0];
         dy_changed.clear();
         for pass in 0..2 {

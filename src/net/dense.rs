@@ -105,30 +105,6 @@ impl Layer for Dense {
         false
     }
     #[allow(clippy::too_many_arguments)]
-    fn delta_sparse(
-        &self,
-        p: &Tensors<'_>,
-        _x: &[f64],
-        _y: &[f64],
-        dx: &[f64],
-        changed: &[usize],
-        dy: &mut [f64],
-        dy_changed: &mut Vec<usize>,
-        _out_grad: Option<&[f64]>,
-    ) -> (bool, f64) {
-        for &i in changed {
-            let d = dx[i];
-            if d != 0.0 {
-                for (o, v) in dy.iter_mut().enumerate() {
-                    *v += p[0][self.w(i, o)] * d;
-                }
-            }
-        }
-        dy_changed.clear();
-        dy_changed.extend(0..self.n_out);
-        (false, 0.0)
-    }
-    #[allow(clippy::too_many_arguments)]
     fn delta_lanes(
         &self,
         p: &Tensors<'_>,
@@ -232,35 +208,6 @@ impl Layer for Act {
             crossed |= kinky && ((z > 0.0) != (z + d > 0.0));
         }
         crossed
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn delta_sparse(
-        &self,
-        _p: &Tensors<'_>,
-        x: &[f64],
-        _y: &[f64],
-        dx: &[f64],
-        changed: &[usize],
-        dy: &mut [f64],
-        dy_changed: &mut Vec<usize>,
-        _out_grad: Option<&[f64]>,
-    ) -> (bool, f64) {
-        let kinky = self.g.has_kink();
-        let mut crossed = false;
-        dy_changed.clear();
-        for &k in changed {
-            let (z, d) = (x[k], dx[k]);
-            if d != 0.0 {
-                let v = act_delta(self.g, z, d);
-                crossed |= kinky && ((z > 0.0) != (z + d > 0.0));
-                // An inactive ReLU unit passes nothing on: leave it out of the list.
-                if v != 0.0 {
-                    dy[k] = v;
-                    dy_changed.push(k);
-                }
-            }
-        }
-        (crossed, 0.0)
     }
     #[allow(clippy::too_many_arguments)]
     fn delta_lanes(
@@ -375,25 +322,6 @@ impl Layer for Flatten {
         // Linear: the change is the forward map of the input's change.
         self.forward(p, dx, dy);
         false
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn delta_sparse(
-        &self,
-        _p: &Tensors<'_>,
-        _x: &[f64],
-        _y: &[f64],
-        dx: &[f64],
-        changed: &[usize],
-        dy: &mut [f64],
-        dy_changed: &mut Vec<usize>,
-        _out_grad: Option<&[f64]>,
-    ) -> (bool, f64) {
-        dy_changed.clear();
-        for &k in changed {
-            dy[self.to(k)] = dx[k];
-            dy_changed.push(self.to(k));
-        }
-        (false, 0.0)
     }
     #[allow(clippy::too_many_arguments)]
     fn delta_lanes(

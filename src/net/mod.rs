@@ -33,31 +33,13 @@ const MAX_SIDE: usize = 1 << 24;
 /// error names the layer and the sizes that do not fit), activations as their own layers,
 /// the last layer's activation kept as the output's (it belongs to the cost).
 pub fn build(spec: &NetSpec) -> Result<Model> {
-    let bad = |msg: String| Err(Error::Spec(msg));
-    // (h, w, c) channels-last.
-    let (mut h, mut w, mut c) = match (spec.layout, spec.input_shape.as_slice()) {
-        (_, [n]) => (1, 1, *n),
-        (ArrayLayout::Course, [h, w, c]) => (*h, *w, *c),
-        (ArrayLayout::Nchw, [c, h, w]) => (*h, *w, *c),
-        (_, other) => {
-            return bad(format!(
-                "input_shape {other:?}: give (H, W, C) (course layout), (C, H, W) (nchw) or (n)"
-            ));
-        }
-    };
+    let (mut h, mut w, mut c) = input_shape_of(spec)?;
     // Every size is checked before anything multiplies it (no overflow on any input).
     let fits = |h: usize, w: usize, c: usize| {
         h.checked_mul(w)
             .and_then(|v| v.checked_mul(c))
             .is_some_and(|n| n <= crate::model::MAX_ELEMENTS)
     };
-    if h == 0 || w == 0 || c == 0 || !fits(h, w, c) {
-        return bad(format!(
-            "input_shape {:?}: every size ≥ 1 and at most {} values per sample",
-            spec.input_shape,
-            crate::model::MAX_ELEMENTS
-        ));
-    }
     let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     let mut output = Activation::Identity;
@@ -66,7 +48,7 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
     for (k, ls) in spec.layers.iter().enumerate() {
         let at = |msg: String| Error::Spec(format!("layer {} ({}): {msg}", k + 1, kind_of(ls)));
         let mut activation = Activation::Identity;
-        match ls {
+        let (layer, shape): (Arc<dyn Layer>, Shape) = match ls {
             LayerSpec::Conv2d {
                 filters,
                 kernel,
@@ -75,71 +57,32 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
                 activation: a,
                 names: given,
             } => {
-                let (fh, fw) = kernel.hw();
-                if *filters == 0 || fh == 0 || fw == 0 || *stride == 0 {
-                    return Err(at("filters, kernel and stride must be ≥ 1".into()));
-                }
-                let pixels = match padding {
-                    Padding::Pixels(p) => *p,
-                    Padding::Named(_) => 0,
-                };
-                if [*filters, fh, fw, *stride, pixels]
-                    .iter()
-                    .any(|&v| v > MAX_SIDE)
-                {
-                    return Err(at(format!(
-                        "filters, kernel, stride and padding must be at most {MAX_SIDE}"
-                    )));
-                }
-                let ((oh, pt), (ow, pl)) = (
-                    conv_extent(h, fh, *stride, padding).map_err(&at)?,
-                    conv_extent(w, fw, *stride, padding).map_err(&at)?,
-                );
-                layers.push(Arc::new(Conv2d {
-                    h,
-                    w,
-                    cin: c,
-                    cout: *filters,
-                    fh,
-                    fw,
-                    stride: *stride,
-                    pad_top: pt,
-                    pad_left: pl,
-                    oh,
-                    ow,
-                    layout: spec.layout,
-                }));
                 numbered += 1;
                 push_names(&mut names, given.as_ref(), numbered, true);
-                (h, w, c) = (oh, ow, *filters);
                 activation = *a;
+                let conv = conv_of(
+                    *filters,
+                    kernel.hw(),
+                    *stride,
+                    padding,
+                    (h, w, c),
+                    spec.layout,
+                )
+                .map_err(&at)?;
+                let shape = (conv.oh, conv.ow, conv.cout);
+                (Arc::new(conv), shape)
             }
             LayerSpec::MaxPool { size, stride } | LayerSpec::AvgPool { size, stride } => {
-                let (fh, fw) = size.hw();
-                let s = stride.unwrap_or(fh);
-                if fh == 0 || fw == 0 || s == 0 || s > MAX_SIDE {
-                    return Err(at(format!("size and stride must be in 1 … {MAX_SIDE}")));
-                }
-                if fh > h || fw > w {
-                    return Err(at(format!(
-                        "a {fh}×{fw} window does not fit the {h}×{w} input"
-                    )));
-                }
-                let win = Window::new(h, w, c, fh, fw, s);
-                (h, w) = (win.oh, win.ow);
-                if matches!(ls, LayerSpec::MaxPool { .. }) {
-                    layers.push(Arc::new(MaxPool(win)));
-                } else {
-                    layers.push(Arc::new(AvgPool(win)));
-                }
+                let max = matches!(ls, LayerSpec::MaxPool { .. });
+                pool_of(size.hw(), *stride, max, (h, w, c)).map_err(&at)?
             }
             LayerSpec::Flatten => {
-                layers.push(Arc::new(Flatten {
+                let flat = Flatten {
                     positions: h * w,
                     channels: c,
                     layout: spec.layout,
-                }));
-                (h, w, c) = (1, 1, h * w * c);
+                };
+                (Arc::new(flat), (1, 1, h * w * c))
             }
             LayerSpec::Dense {
                 units,
@@ -155,18 +98,20 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
                 if *units == 0 {
                     return Err(at("units must be ≥ 1".into()));
                 }
-                layers.push(Arc::new(Dense {
+                numbered += 1;
+                push_names(&mut names, given.as_ref(), numbered, *bias);
+                activation = *a;
+                let dense = Dense {
                     n_in: c,
                     n_out: *units,
                     bias: *bias,
                     layout: spec.layout,
-                }));
-                numbered += 1;
-                push_names(&mut names, given.as_ref(), numbered, *bias);
-                c = *units;
-                activation = *a;
+                };
+                (Arc::new(dense), (1, 1, *units))
             }
-        }
+        };
+        layers.push(layer);
+        (h, w, c) = shape;
         if !fits(h, w, c) {
             return Err(at(format!(
                 "its output {h}×{w}×{c} has more than {} values per sample",
@@ -193,6 +138,100 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
         input_shape: spec.input_shape.clone(),
         array_layout: spec.layout,
         spec: Some(spec.clone()),
+    })
+}
+
+/// (h, w, c) of one sample, channels-last.
+type Shape = (usize, usize, usize);
+
+/// The input's (h, w, c) from the spec's shape in its layout, every size ≥ 1 and the
+/// product within [`crate::model::MAX_ELEMENTS`] (checked without overflow).
+fn input_shape_of(spec: &NetSpec) -> Result<Shape> {
+    let (h, w, c) = match (spec.layout, spec.input_shape.as_slice()) {
+        (_, [n]) => (1, 1, *n),
+        (ArrayLayout::Course, [h, w, c]) => (*h, *w, *c),
+        (ArrayLayout::Nchw, [c, h, w]) => (*h, *w, *c),
+        (_, other) => {
+            return Err(Error::Spec(format!(
+                "input_shape {other:?}: give (H, W, C) (course layout), (C, H, W) (nchw) or (n)"
+            )));
+        }
+    };
+    let size = h.checked_mul(w).and_then(|v| v.checked_mul(c));
+    if h == 0 || w == 0 || c == 0 || size.is_none_or(|n| n > crate::model::MAX_ELEMENTS) {
+        return Err(Error::Spec(format!(
+            "input_shape {:?}: every size ≥ 1 and at most {} values per sample",
+            spec.input_shape,
+            crate::model::MAX_ELEMENTS
+        )));
+    }
+    Ok((h, w, c))
+}
+
+/// A max or average pooling layer on an (h, w, c) input, its window checked.
+fn pool_of(
+    (fh, fw): (usize, usize),
+    stride: Option<usize>,
+    max: bool,
+    (h, w, c): Shape,
+) -> std::result::Result<(Arc<dyn Layer>, Shape), String> {
+    let s = stride.unwrap_or(fh);
+    if fh == 0 || fw == 0 || s == 0 || s > MAX_SIDE {
+        return Err(format!("size and stride must be in 1 … {MAX_SIDE}"));
+    }
+    if fh > h || fw > w {
+        return Err(format!("a {fh}×{fw} window does not fit the {h}×{w} input"));
+    }
+    let win = Window::new(h, w, c, fh, fw, s);
+    let shape = (win.oh, win.ow, c);
+    if max {
+        Ok((Arc::new(MaxPool(win)), shape))
+    } else {
+        Ok((Arc::new(AvgPool(win)), shape))
+    }
+}
+
+/// A convolution on an (h, w, c) input, its geometry checked.
+fn conv_of(
+    filters: usize,
+    (fh, fw): (usize, usize),
+    stride: usize,
+    padding: &Padding,
+    (h, w, c): Shape,
+    layout: ArrayLayout,
+) -> std::result::Result<Conv2d, String> {
+    if filters == 0 || fh == 0 || fw == 0 || stride == 0 {
+        return Err("filters, kernel and stride must be ≥ 1".into());
+    }
+    let pixels = match padding {
+        Padding::Pixels(p) => *p,
+        Padding::Named(_) => 0,
+    };
+    if [filters, fh, fw, stride, pixels]
+        .iter()
+        .any(|&v| v > MAX_SIDE)
+    {
+        return Err(format!(
+            "filters, kernel, stride and padding must be at most {MAX_SIDE}"
+        ));
+    }
+    let ((oh, pad_top), (ow, pad_left)) = (
+        conv_extent(h, fh, stride, padding)?,
+        conv_extent(w, fw, stride, padding)?,
+    );
+    Ok(Conv2d {
+        h,
+        w,
+        cin: c,
+        cout: filters,
+        fh,
+        fw,
+        stride,
+        pad_top,
+        pad_left,
+        oh,
+        ow,
+        layout,
     })
 }
 

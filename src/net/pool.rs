@@ -67,29 +67,8 @@ impl Window {
         })
     }
     /// The outputs whose windows read any of `changed`, no repeats, in the order first
-    /// met (entries whose dx is 0 change nothing). `dy` (all zeros on entry) marks them with
-    /// NaN, which the caller overwrites.
-    fn touched(&self, changed: &[usize], dx: &[f64], dy: &mut [f64], out: &mut Vec<usize>) {
-        out.clear();
-        for &k in changed {
-            if dx[k] == 0.0 {
-                continue;
-            }
-            let pos = k / self.c;
-            let ch = k - pos * self.c;
-            let [oy0, oy1, ox0, ox1] = self.reach[pos].map(|v| v as usize);
-            for oy in oy0..=oy1 {
-                for ox in ox0..=ox1 {
-                    let q = (oy * self.ow + ox) * self.c + ch;
-                    if !dy[q].is_nan() {
-                        dy[q] = f64::NAN;
-                        out.push(q);
-                    }
-                }
-            }
-        }
-    }
-    /// [`Window::touched`] for lane changes: marks with NaN in lane 0.
+    /// met (entries whose change is 0 in every lane change nothing). `dy` (all zeros on
+    /// entry) marks them with NaN in lane 0, which the caller overwrites.
     fn touched_lanes(
         &self,
         changed: &[usize],
@@ -229,77 +208,6 @@ impl Layer for MaxPool {
         crossed
     }
     #[allow(clippy::too_many_arguments)]
-    fn delta_sparse(
-        &self,
-        _p: &Tensors<'_>,
-        x: &[f64],
-        y: &[f64],
-        dx: &[f64],
-        changed: &[usize],
-        dy: &mut [f64],
-        dy_changed: &mut Vec<usize>,
-        out_grad: Option<&[f64]>,
-    ) -> (bool, f64) {
-        // As `delta`, on the windows that read a changed entry. A window whose maxima did
-        // not change keeps them (dx = 0 there), so its change is max(0, the best changed
-        // entry's (x_k − x*) + dx_k): the work follows the changed entries. A window where
-        // a maximum itself changed is redone whole (its tied maxima's spread of dx is the
-        // tie width).
-        self.0.touched(changed, dx, dy, dy_changed);
-        for &q in dy_changed.iter() {
-            dy[q] = f64::NEG_INFINITY;
-        }
-        let mut whole = Vec::new();
-        for &k in changed {
-            if dx[k] == 0.0 {
-                continue; // changes nothing, even at a tie
-            }
-            let pos = k / self.0.c;
-            let ch = k - pos * self.0.c;
-            let [oy0, oy1, ox0, ox1] = self.0.reach[pos].map(|v| v as usize);
-            for oy in oy0..=oy1 {
-                for ox in ox0..=ox1 {
-                    let q = (oy * self.0.ow + ox) * self.0.c + ch;
-                    if x[k] == y[q] {
-                        whole.push(q);
-                    } else {
-                        dy[q] = dy[q].max((x[k] - y[q]) + dx[k]);
-                    }
-                }
-            }
-        }
-        whole.sort_unstable();
-        whole.dedup();
-        let mut crossed = false;
-        for &q in dy_changed.iter() {
-            if whole.binary_search(&q).is_err() {
-                crossed |= dy[q] > 0.0;
-                dy[q] = dy[q].max(0.0);
-            }
-        }
-        let mut spread = 0.0;
-        for &q in &whole {
-            let top = y[q];
-            let (mut tied, mut others) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
-            let (mut lo, mut n_tied) = (f64::INFINITY, 0);
-            self.0.each_entry(q, |k| {
-                if x[k] == top {
-                    tied = tied.max(dx[k]);
-                    lo = lo.min(dx[k]);
-                    n_tied += 1;
-                } else {
-                    others = others.max((x[k] - top) + dx[k]);
-                }
-            });
-            crossed |= others > tied;
-            dy[q] = tied.max(others);
-            if let Some(g) = out_grad.filter(|_| n_tied > 1 && tied > lo) {
-                spread += g[q].abs() * (tied - lo);
-            }
-        }
-        (crossed, spread)
-    }
-    #[allow(clippy::too_many_arguments)]
     fn delta_lanes(
         &self,
         _p: &Tensors<'_>,
@@ -311,7 +219,11 @@ impl Layer for MaxPool {
         dy_changed: &mut Vec<usize>,
         out_grad: Option<&[f64]>,
     ) -> ([bool; LANES], [f64; LANES]) {
-        // As `delta_sparse`, lane by lane inside each window.
+        // max_k(x_k + dx_k) − x* = max_k((x_k − x*) + dx_k), per lane: a term of the
+        // maxima at θ (x_k = x*) is dx_k exactly. A window whose maxima did not change keeps
+        // them (dx = 0 there), so its change is max(0, the best changed entry's term): the
+        // work follows the changed entries. A window where a maximum changed is redone
+        // whole; its tied maxima's spread of dx is the tie width (see `Layer::delta_lanes`).
         self.0.touched_lanes(changed, dx, dy, dy_changed);
         for &q in dy_changed.iter() {
             dy[q] = [f64::NEG_INFINITY; LANES];
@@ -431,27 +343,6 @@ impl Layer for AvgPool {
         // Linear.
         self.forward(p, dx, dy);
         false
-    }
-    #[allow(clippy::too_many_arguments)]
-    fn delta_sparse(
-        &self,
-        _p: &Tensors<'_>,
-        _x: &[f64],
-        _y: &[f64],
-        dx: &[f64],
-        changed: &[usize],
-        dy: &mut [f64],
-        dy_changed: &mut Vec<usize>,
-        _out_grad: Option<&[f64]>,
-    ) -> (bool, f64) {
-        self.0.touched(changed, dx, dy, dy_changed);
-        let n = (self.0.fh * self.0.fw) as f64;
-        for &q in dy_changed.iter() {
-            let mut s = 0.0;
-            self.0.each_entry(q, |k| s += dx[k]);
-            dy[q] = s / n;
-        }
-        (false, 0.0)
     }
     #[allow(clippy::too_many_arguments)]
     fn delta_lanes(
