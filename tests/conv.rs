@@ -693,6 +693,9 @@ fn the_plain_path_agrees_with_the_delta_path() {
         .unwrap();
         assert!((plain.cost - delta.cost).abs() <= 1e-13 * plain.cost.abs());
         for i in 0..n {
+            // Plain J± carry the rounding of the whole cost (a few u·|J| per sum, grown
+            // through ~10 layers and m samples): 64 × 1e-13 covers that with room, while a
+            // wrong ΔJ (≈ ε·|g| ≈ 1e-7 here) is far outside.
             let tol = 1e-13 * (1.0 + plain.cost.abs()) * 64.0;
             assert!(
                 ((plain.plus[i] - plain.cost) - delta.plus[i]).abs() <= tol,

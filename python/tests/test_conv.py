@@ -59,7 +59,10 @@ def test_numpy_gradients_of_random_conv_nets_pass_and_their_slips_fail(k):
     r = gradcheck.check(params, X, Y, grads, model=model, backend="cpu")
     assert r.verdict == "pass", r.to_dict()["reasons"]
     doc = r.to_dict()
-    # Two implementations of the same network: the same cost, gradients within rounding.
+    # Two implementations of the same network: the same cost to rounding (a few hundred
+    # terms, u ≈ 1e-16 each: 1e-13 relative has room), gradients within rounding (the
+    # notebook's difference of two correct f64 gradients is ~1e-15; 1e-12 has room, a 1 %
+    # slip gives ~5e-3).
     assert abs(doc["cost"] - J) <= 1e-13 * abs(J)
     assert r.difference < 1e-12
     for slip, at in [("max_to_all", [i for i, L in enumerate(layers) if L["type"] == "max_pool"][0]),
@@ -164,6 +167,7 @@ def test_pytorch_layout_gives_the_course_layouts_report():
     assert course.verdict == torch.verdict == "fail"
     for a, b in zip(course.tensors, torch.tensors):
         assert a.verdict == b.verdict, a.name
+        # Same numbers in another summation order (see test_layouts).
         assert abs(a.difference - b.difference) <= 1e-9 * a.difference + 1e-13
 
 

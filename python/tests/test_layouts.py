@@ -54,6 +54,8 @@ def test_samples_first_and_feature_major_give_the_same_report(planted):
     assert feature.verdict == sample.verdict == ("pass" if planted == 1.0 else "fail")
     for a, b in zip(feature.tensors, sample.tensors):
         assert a.name == b.name and a.verdict == b.verdict
+        # The same numbers summed in another order: equal to rounding (a correct tensor's
+        # difference is itself rounding, hence the absolute 1e-13).
         assert abs(a.difference - b.difference) <= 1e-9 * a.difference + 1e-13
     # Elements are named as each form indexes them: W1[r, c] feature-major is W1[c, r].
     worst = [t for t in sample.tensors if t.name == "W1"][0].worst[0]
