@@ -44,6 +44,11 @@ struct Job {
     threads: u32,    // fused_exact: threads of the grid-stride loop
     j_begin: u32,    // fused: the samples of this dispatch, [j_begin, j_end) (see `Running`)
     j_end: u32,
+    item0: u32,      // layered: the first (perturbation, sample) item of this dispatch
+    widest: u32,     // layered: entries per scratch region (the widest layer output)
+    n_layers: u32,   // layered: layers in the table
+    tensor_tab: u32, // layered: plist offset of the tensor table
+    n_tensors: u32,  // layered: its rows
 }
 
 // Model buffer: header [0] ε, [1] λ/(2m), [2] Σ‖W‖², [3] the shortcut's margin, [4..]

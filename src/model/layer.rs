@@ -169,6 +169,56 @@ pub trait Layer: fmt::Debug + Send + Sync {
     fn slips(&self) -> &'static [Slip] {
         &[]
     }
+    /// How the GPU's layered kernels (`shaders/layered.wgsl`) compute this type: its kernel
+    /// kind and geometry. `None` (the default): the type has no kernel, and a network
+    /// containing it runs on the CPU (`--backend auto` falls back, saying why).
+    fn kernel(&self) -> Option<Kernel> {
+        None
+    }
+}
+
+/// A built-in layer type's description for the GPU kernels: which branch of
+/// `shaders/layered.wgsl` computes it and the sizes that branch reads, in its order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kernel {
+    /// The branch.
+    pub kind: KernelKind,
+    /// Its geometry words (at most [`Kernel::MAX_WORDS`]), e.g. a conv's h, w, c_in, c_out,
+    /// fh, fw, stride, pad_top, pad_left, oh, ow, layout.
+    pub words: Vec<u32>,
+    /// An activation's leaky-ReLU slope (0 elsewhere).
+    pub slope: f64,
+}
+
+impl Kernel {
+    /// Geometry words a layer-table row has room for.
+    pub const MAX_WORDS: usize = 16;
+}
+
+/// The branches of `shaders/layered.wgsl` (codes as the shader numbers them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// 2-D convolution: words h, w, c_in, c_out, fh, fw, stride, pad_top, pad_left, oh, ow,
+    /// layout (0 course, 1 PyTorch).
+    Conv2d = 1,
+    /// Max pooling: h, w, c, fh, fw, stride, oh, ow.
+    MaxPool = 2,
+    /// Average pooling: as max pooling.
+    AvgPool = 3,
+    /// Flatten: positions, channels, layout.
+    Flatten = 4,
+    /// Dense: n_in, n_out, bias (0/1), layout.
+    Dense = 5,
+    /// Element-wise activation: its code ([`crate::model::Activation::code`]).
+    Activation = 6,
+}
+
+/// The layout word of the kernels: 0 course, 1 PyTorch.
+pub fn layout_word(layout: ArrayLayout) -> u32 {
+    match layout {
+        ArrayLayout::Course => 0,
+        ArrayLayout::Nchw => 1,
+    }
 }
 
 /// A classic backprop mistake of a layer type, which the diagnosis tests a failing tensor

@@ -1,6 +1,7 @@
 //! 2-D convolution as a [`Layer`] type: cross-correlation with zero padding and a bias per
 //! filter, on channels-last samples, weights in the course's or PyTorch's layout.
 
+use crate::model::layer::{Kernel, KernelKind, layout_word};
 use crate::model::{ArrayLayout, LANES, Lanes, Layer, ParamShape, Slip, TensorKind, Tensors};
 
 /// The classic conv backprop slips (index = `slip` in [`Layer::backward`]).
@@ -317,5 +318,28 @@ impl Layer for Conv2d {
     }
     fn slips(&self) -> &'static [Slip] {
         SLIPS
+    }
+    fn kernel(&self) -> Option<Kernel> {
+        Some(Kernel {
+            kind: KernelKind::Conv2d,
+            words: [
+                self.h,
+                self.w,
+                self.cin,
+                self.cout,
+                self.fh,
+                self.fw,
+                self.stride,
+                self.pad_top,
+                self.pad_left,
+                self.oh,
+                self.ow,
+            ]
+            .iter()
+            .map(|&v| v as u32)
+            .chain([layout_word(self.layout)])
+            .collect(),
+            slope: 0.0,
+        })
     }
 }

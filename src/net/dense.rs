@@ -1,5 +1,6 @@
 //! Fully connected layers, element-wise activations and flatten as [`Layer`] types.
 
+use crate::model::layer::{Kernel, KernelKind, layout_word};
 use crate::model::{Activation, ArrayLayout, LANES, Lanes, Layer, ParamShape, TensorKind, Tensors};
 
 use super::math::act_delta;
@@ -156,6 +157,18 @@ impl Layer for Dense {
         dy_changed.clear();
         dy_changed.push(o);
     }
+    fn kernel(&self) -> Option<Kernel> {
+        Some(Kernel {
+            kind: KernelKind::Dense,
+            words: vec![
+                self.n_in as u32,
+                self.n_out as u32,
+                u32::from(self.bias),
+                layout_word(self.layout),
+            ],
+            slope: 0.0,
+        })
+    }
 }
 
 /// An element-wise activation g (not softmax: that one belongs to the cost).
@@ -264,6 +277,13 @@ impl Layer for Act {
         }
         (crossed, [0.0; LANES])
     }
+    fn kernel(&self) -> Option<Kernel> {
+        Some(Kernel {
+            kind: KernelKind::Activation,
+            words: vec![self.g.code()],
+            slope: self.g.slope(),
+        })
+    }
 }
 
 /// (H, W, C) channels-last → a vector: in the course's layout the same order (numpy's
@@ -341,5 +361,16 @@ impl Layer for Flatten {
             dy_changed.push(self.to(k));
         }
         ([false; LANES], [0.0; LANES])
+    }
+    fn kernel(&self) -> Option<Kernel> {
+        Some(Kernel {
+            kind: KernelKind::Flatten,
+            words: vec![
+                self.positions as u32,
+                self.channels as u32,
+                layout_word(self.layout),
+            ],
+            slope: 0.0,
+        })
     }
 }

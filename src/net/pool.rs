@@ -1,6 +1,7 @@
 //! Max and average pooling as [`Layer`] types: per channel, no padding, windows `stride`
 //! apart (overlapping windows add their gradients).
 
+use crate::model::layer::{Kernel, KernelKind};
 use crate::model::{LANES, Lanes, Layer, Slip, Tensors};
 
 /// A pooling window's geometry on channels-last samples.
@@ -105,6 +106,25 @@ impl Window {
             for j in 0..self.fw {
                 f(row + j * self.c);
             }
+        }
+    }
+    /// The kernels' description of a pooling layer over this window.
+    fn kernel(&self, kind: KernelKind) -> Kernel {
+        Kernel {
+            kind,
+            words: [
+                self.h,
+                self.w,
+                self.c,
+                self.fh,
+                self.fw,
+                self.stride,
+                self.oh,
+                self.ow,
+            ]
+            .map(|v| v as u32)
+            .to_vec(),
+            slope: 0.0,
         }
     }
     fn in_len(&self) -> usize {
@@ -292,6 +312,9 @@ impl Layer for MaxPool {
     fn slips(&self) -> &'static [Slip] {
         MAX_SLIPS
     }
+    fn kernel(&self) -> Option<Kernel> {
+        Some(self.0.kernel(KernelKind::MaxPool))
+    }
 }
 
 const AVG_SLIPS: &[Slip] = &[Slip {
@@ -371,5 +394,8 @@ impl Layer for AvgPool {
     }
     fn slips(&self) -> &'static [Slip] {
         AVG_SLIPS
+    }
+    fn kernel(&self) -> Option<Kernel> {
+        Some(self.0.kernel(KernelKind::AvgPool))
     }
 }

@@ -25,6 +25,7 @@
 //! `eval`, `model`, `error`.
 
 mod context;
+mod layered;
 mod pipelines;
 mod plan;
 mod probe;
@@ -76,16 +77,6 @@ impl Evaluator for GpuEvaluator {
         epsilons: &[f64],
         range: Range<usize>,
     ) -> Result<Vec<Evaluation>> {
-        if let Some(net) = model.net() {
-            let kinds: Vec<&str> = net.layers.iter().map(|l| l.kind()).collect();
-            return Err(crate::error::Error::gpu(
-                crate::error::GpuErrorKind::Unsupported,
-                format!(
-                    "the GPU kernels cover fully connected nets; this network's layers ({}) run on the CPU: use --backend cpu or auto",
-                    kinds.join(", ")
-                ),
-            ));
-        }
         let opts = EvalOptions {
             max_chunk: self.max_chunk,
             range: (range != (0..model.n_params())).then_some(range),

@@ -56,6 +56,11 @@ pub(super) struct Job {
     pub(super) threads: u32,
     pub(super) j_begin: u32,
     pub(super) j_end: u32,
+    pub(super) item0: u32,
+    pub(super) widest: u32,
+    pub(super) n_layers: u32,
+    pub(super) tensor_tab: u32,
+    pub(super) n_tensors: u32,
 }
 
 /// Workgroup width of the 1-D kernels, and the tile of `dense` (shaders agree).

@@ -79,6 +79,9 @@ impl GpuContext {
                 )));
             }
         }
+        if let Some(net) = model.net() {
+            return self.evaluate_layered(model, net, params, data, epsilons, precision, &opts);
+        }
         let fwd = mlp::forward(model, params, data);
         let outs = if use_f64 {
             self.run::<f64>(model, params, data, epsilons, &opts, &fwd, delta)?
@@ -665,7 +668,7 @@ impl GpuContext {
         })
     }
 
-    fn record(
+    pub(super) fn record(
         &self,
         enc: &mut wgpu::CommandEncoder,
         pipes: &Pipelines,
@@ -701,7 +704,7 @@ impl GpuContext {
         }
     }
 
-    fn pop_scopes(val: wgpu::ErrorScopeGuard, oom: wgpu::ErrorScopeGuard) -> Result<()> {
+    pub(super) fn pop_scopes(val: wgpu::ErrorScopeGuard, oom: wgpu::ErrorScopeGuard) -> Result<()> {
         if let Some(e) = pollster::block_on(val.pop()) {
             return Err(Error::gpu(
                 crate::error::GpuErrorKind::Internal,
@@ -760,7 +763,7 @@ fn loop_cost_per_sample(sizes: &[usize], l: usize, exact: bool) -> u64 {
 /// The fused kernels' sample windows: [0, m) whole where the adapter has no loop cap,
 /// else windows whose loop iterations (per sample × perturbations per thread × samples) stay
 /// within three quarters of the cap (the rest for the kernels' own bookkeeping loops).
-fn sample_windows(
+pub(super) fn sample_windows(
     budget: u32,
     m: usize,
     per_sample: u64,
@@ -794,9 +797,9 @@ fn windowed(mut job: Job, w: (u32, u32)) -> Job {
 }
 
 /// One recorded dispatch: kernel, its Job, which batch buffer is its source, grid.
-struct Dispatch {
+pub(super) struct Dispatch {
     entry: &'static str,
-    job: Job,
+    pub(super) job: Job,
     src_is_b: bool,
     gx: u32,
     gy: u32,
@@ -804,7 +807,7 @@ struct Dispatch {
 
 impl Dispatch {
     /// A dispatch that binds no batch buffer as its source.
-    fn new(entry: &'static str, job: Job, gx: u32, gy: u32) -> Dispatch {
+    pub(super) fn new(entry: &'static str, job: Job, gx: u32, gy: u32) -> Dispatch {
         Dispatch {
             entry,
             job,
@@ -893,7 +896,7 @@ struct BaseHost {
 }
 
 /// A size the kernels index with 32 bits.
-fn to_u32(v: usize, what: &str) -> Result<u32> {
+pub(super) fn to_u32(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| {
         Error::gpu(
             crate::error::GpuErrorKind::Limit,

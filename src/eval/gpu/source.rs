@@ -19,6 +19,9 @@ pub const COST: &str = include_str!("../../../shaders/cost.wgsl");
 pub const FUSED: &str = include_str!("../../../shaders/fused.wgsl");
 /// The fused Δ path's layer-by-layer samples (own family: its per-thread vectors).
 pub const FUSED_EXACT: &str = include_str!("../../../shaders/fused_exact.wgsl");
+/// Networks given as layer types (conv nets): per (perturbation, sample) Δ and plain
+/// passes and the per-perturbation sums.
+pub const LAYERED: &str = include_str!("../../../shaders/layered.wgsl");
 /// One elementary function over a buffer (accuracy measurements).
 pub const PROBE: &str = include_str!("../../../shaders/probe.wgsl");
 
@@ -52,7 +55,7 @@ pub type Family = (
 );
 
 /// Every kernel family the evaluator uses.
-pub fn families() -> [Family; 6] {
+pub fn families() -> [Family; 7] {
     [
         ("forward", &[FORWARD], &["base_layer"]),
         (
@@ -63,6 +66,11 @@ pub fn families() -> [Family; 6] {
         ("cost", &[LOSS, COST], &["sample_loss", "reduce"]),
         ("fused", &[LOSS, FUSED], &["fused_delta"]),
         ("fused_exact", &[LOSS, FUSED_EXACT], &["fused_exact"]),
+        (
+            "layered",
+            &[LOSS, LAYERED],
+            &["layered_delta", "layered_plain", "layered_reduce"],
+        ),
         ("probe", &[PROBE], &["math_probe"]),
     ]
 }
