@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::eval::cpu::{self, Threads};
 use crate::eval::gpu::GpuContext;
-use crate::eval::{self, Precision};
+use crate::eval::{self, Precision, layered};
 use crate::metric::difference;
 use crate::model::{Data, Grads, Model, Params};
 use crate::verdict::{DEFAULT_EPSILON, F32_EPSILON, F32_PLAIN_EPSILON};
@@ -146,16 +146,6 @@ pub fn compare(
     grads: &Grads,
     epsilon: Option<f64>,
 ) -> Result<Comparison> {
-    if let Some(net) = model.net() {
-        let kinds: Vec<&str> = net.layers.iter().map(|l| l.kind()).collect();
-        return Err(crate::error::Error::gpu(
-            crate::error::GpuErrorKind::Unsupported,
-            format!(
-                "compare puts the GPU's J± beside the CPU's, and the GPU kernels cover fully connected nets; this network's layers ({}) run on the CPU only",
-                kinds.join(", ")
-            ),
-        ));
-    }
     let mut precisions = Vec::new();
     let mut list = vec![
         (Precision::F32, F32_EPSILON),
@@ -185,20 +175,28 @@ pub fn compare(
         } else {
             eps
         };
-        let reference = if gpu.deltas {
-            cpu::perturbed_deltas
-        } else {
-            cpu::perturbed_costs
-        };
         let t0 = std::time::Instant::now();
-        let cpu_eval = reference(
-            model,
-            params,
-            data,
-            cpu_eps,
-            0..model.n_params(),
-            Threads::Parallel,
-        )?;
+        let all = 0..model.n_params();
+        let cpu_eval = match (model.net(), gpu.deltas) {
+            (None, true) => {
+                cpu::perturbed_deltas(model, params, data, cpu_eps, all, Threads::Parallel)?
+            }
+            (None, false) => {
+                cpu::perturbed_costs(model, params, data, cpu_eps, all, Threads::Parallel)?
+            }
+            (Some(net), true) => layered::perturbed_deltas(
+                model,
+                net,
+                params,
+                data,
+                cpu_eps,
+                all,
+                Threads::Parallel,
+            )?,
+            (Some(net), false) => {
+                layered::perturbed_costs(model, net, params, data, cpu_eps, all, Threads::Parallel)?
+            }
+        };
         let cpu_s = t0.elapsed().as_secs_f64();
         let ga_gpu = gpu.gradapprox(eps);
         let ga_cpu: Vec<f64> = cpu_eval

@@ -8,61 +8,23 @@
 
 mod common;
 
+use common::conv_nets::{built, random_conv_spec, random_data};
+
 use std::sync::Arc;
 
 use gradcheck::check::{Backend, GradCheck, Verdict};
 use gradcheck::eval::cpu;
-use gradcheck::model::{
-    ArrayLayout, Layer, NetParts, NetSpec, ParamShape, Spec, TensorKind, Tensors,
-};
+use gradcheck::model::{ArrayLayout, Layer, NetParts, NetSpec, ParamShape, Spec, Tensors};
 use gradcheck::net;
 use gradcheck::rng::Rng;
 use gradcheck::verdict::MistakeKind;
 use gradcheck::{Activation, Data, Grads, Loss, Model, ModelSpec, Params};
-use ndarray::Array2;
 
 fn cpu_check(model: &Model, params: &Params, data: &Data, grads: &Grads) -> gradcheck::Report {
     GradCheck::new()
         .backend(Backend::Cpu)
         .run(model, params, data, grads)
         .unwrap()
-}
-
-fn built(spec: serde_json::Value) -> Model {
-    let Spec::Net(n) = Spec::from_json(&spec.to_string()).unwrap() else {
-        panic!("not a layered spec")
-    };
-    net::build(&n).unwrap()
-}
-
-/// θ with He-scaled uniform weights, X uniform in [−1.5, 1.5), targets that fit the loss.
-fn random_data(model: &Model, m: usize, seed: u64) -> (Params, Data) {
-    let mut rng = Rng(seed);
-    let layout = model.layout().clone();
-    let mut values = vec![0.0; layout.len()];
-    for t in layout.tensors() {
-        let scale = (2.0 / t.fan_in as f64).sqrt();
-        for v in &mut values[t.range()] {
-            *v = rng.sym() * scale * if t.kind == TensorKind::Bias { 0.3 } else { 1.0 };
-        }
-    }
-    let (n_in, n_out) = (model.sizes()[0], model.sizes()[1]);
-    let x = Array2::from_shape_fn((n_in, m), |_| 1.5 * rng.sym());
-    let y = match model.loss() {
-        Loss::SoftmaxCrossEntropy => {
-            let mut y = Array2::zeros((n_out, m));
-            for j in 0..m {
-                y[[(rng.next_f64() * n_out as f64) as usize % n_out, j]] = 1.0;
-            }
-            y
-        }
-        Loss::BinaryCrossEntropy => {
-            Array2::from_shape_fn((n_out, m), |_| f64::from(u8::from(rng.next_f64() < 0.5)))
-        }
-        Loss::MeanSquaredError => Array2::from_shape_fn((n_out, m), |_| rng.sym()),
-    };
-    let data = Data::new(model, x, y).unwrap();
-    (Params::new(layout, values).unwrap(), data)
 }
 
 fn backprop(model: &Model, params: &Params, data: &Data) -> Grads {
@@ -97,54 +59,6 @@ fn built_in_conv_examples_give_the_planted_slips_and_pass_when_fixed() {
     let j = net::forward(&p.model, p.model.net().unwrap(), &p.params, &p.data).cost;
     // fixtures/conv/make.py printed J = 4.316597598901654.
     assert!((j - 4.316597598901654).abs() < 1e-14 * j, "{j}");
-}
-
-/// A random conv net over the layer options: stride 1–3, padding valid/same/k, square and
-/// non-square kernels, 1–4 channels, pooling 2–3 with stride ≠ size, each activation.
-fn random_conv_spec(rng: &mut Rng, k: usize) -> serde_json::Value {
-    let acts = ["relu", "tanh", "sigmoid", "leaky_relu", "identity"];
-    let pick = |rng: &mut Rng, n: usize| (rng.next_f64() * n as f64) as usize % n;
-    let c_in = 1 + pick(rng, 3);
-    let (h, w) = (10 + pick(rng, 4), 10 + pick(rng, 3));
-    let stride = 1 + k % 3;
-    let padding = match k % 3 {
-        0 => serde_json::json!("same"),
-        1 => serde_json::json!("valid"),
-        _ => serde_json::json!(1),
-    };
-    let kernel = if k.is_multiple_of(2) {
-        serde_json::json!(2 + pick(rng, 2))
-    } else {
-        serde_json::json!([2, 3])
-    };
-    let pool = if k % 4 < 2 { "max_pool" } else { "avg_pool" };
-    let (loss, out, units) = match k % 3 {
-        0 => ("softmax_cross_entropy", "softmax", 3),
-        1 => ("binary_cross_entropy", "sigmoid", 1),
-        _ => ("mse", "identity", 2),
-    };
-    let layout = if k % 5 == 4 { "nchw" } else { "course" };
-    let input_shape = if layout == "nchw" {
-        vec![c_in, h, w]
-    } else {
-        vec![h, w, c_in]
-    };
-    serde_json::json!({
-        "input_shape": input_shape,
-        "layout": layout,
-        "layers": [
-            {"type": "conv2d", "filters": 2 + pick(rng, 3), "kernel": kernel, "stride": stride,
-             "padding": padding, "activation": acts[k % acts.len()]},
-            {"type": pool, "size": 2, "stride": 1},
-            {"type": "conv2d", "filters": 1 + pick(rng, 3), "kernel": 2, "padding": "same",
-             "activation": acts[(k + 2) % acts.len()]},
-            {"type": if pool == "max_pool" { "avg_pool" } else { "max_pool" }, "size": 2},
-            {"type": "flatten"},
-            {"type": "dense", "units": units, "activation": out}
-        ],
-        "loss": loss,
-        "l2": if k % 4 == 3 { 0.1 } else { 0.0 }
-    })
 }
 
 #[test]
@@ -475,6 +389,22 @@ fn a_layer_type_written_in_the_test_is_checked_without_library_changes() {
     bad.as_mut_slice()[13] *= -1.0; // b1[1] with the sign of a forgotten −2.5
     let r = cpu_check(&model, &params, &data, &bad);
     assert_eq!(common::failing(&r), ["b1"]);
+    // A type without a GPU kernel (`Layer::kernel` is None): the GPU refuses it by name,
+    // `auto` runs it on the CPU.
+    #[cfg(feature = "gpu")]
+    if let Some(_ctx) = common::gpu() {
+        let e = GradCheck::new()
+            .backend(Backend::Gpu)
+            .run(&model, &params, &data, &good)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("layer 2 (scale_by) has no GPU kernel"), "{e}");
+        let r = GradCheck::new()
+            .backend(Backend::Auto)
+            .run(&model, &params, &data, &good)
+            .unwrap();
+        assert_eq!((r.verdict, r.backend.as_str()), (Verdict::Pass, "cpu"));
+    }
 }
 
 #[test]
@@ -615,18 +545,19 @@ fn conv_nets_go_through_every_front_end() {
     let (code, out, err) = run(&["batch", &s(&manifest)]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(out.contains("[db_one_position]"), "{out}");
-    let (code, _, err) = run(&["compare", "--example", "conv-fixed"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("GPU kernels cover fully connected nets"),
-        "{err}"
-    );
-    let (code, _, err) = run(&["check", "--example", "conv-fixed", "--backend", "gpu"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("use --backend cpu or auto") || err.contains("adapter"),
-        "{err}"
-    );
+    // The GPU runs conv nets too (tests/gpu_conv.rs holds it to the CPU); without an
+    // adapter both say so and exit 2.
+    #[cfg(feature = "gpu")]
+    let has_gpu = gradcheck::eval::gpu::GpuContext::shared(None).is_ok();
+    #[cfg(not(feature = "gpu"))]
+    let has_gpu = false;
+    let (code, out, err) = run(&["compare", "--example", "conv-fixed"]);
+    assert_eq!(code, if has_gpu { 0 } else { 2 }, "{out}{err}");
+    if has_gpu {
+        assert!(out.contains("W1") && out.contains("f32"), "{out}");
+    }
+    let (code, out, err) = run(&["check", "--example", "conv-fixed", "--backend", "gpu"]);
+    assert_eq!(code, if has_gpu { 0 } else { 2 }, "{out}{err}");
 }
 
 /// "dW from one sample instead of the sum over samples", the slip every layer with

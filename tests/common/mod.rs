@@ -3,6 +3,8 @@
 #![cfg_attr(not(all(feature = "cli", feature = "gpu")), allow(unused))]
 #![allow(dead_code)]
 
+pub mod conv_nets;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
