@@ -83,12 +83,12 @@ fn gpu_f64_delta_path_equals_the_cpu_on_random_conv_nets() {
             assert!(gpu.deltas && gpu.precision == "f64");
             let mags = gpu.magnitudes.as_ref().unwrap();
             let mut worst = 0.0f64;
-            for i in 0..model.n_params() {
+            for (i, gm) in mags.iter().enumerate() {
                 // Both sides sum the same per-sample closed forms (in another order within a
                 // sample's sparse sums): rounding of the order of u64 of what was summed.
                 for (g, c, mag, gmag) in [
-                    (gpu.plus[i], cpu.plus[i], cpu.magnitudes[i][0], mags[i][0]),
-                    (gpu.minus[i], cpu.minus[i], cpu.magnitudes[i][1], mags[i][1]),
+                    (gpu.plus[i], cpu.plus[i], cpu.magnitudes[i][0], gm[0]),
+                    (gpu.minus[i], cpu.minus[i], cpu.magnitudes[i][1], gm[1]),
                 ] {
                     let err = (g - c).abs() / mag.max(f64::MIN_POSITIVE);
                     worst = worst.max(err);
