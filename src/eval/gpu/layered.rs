@@ -141,10 +141,19 @@ impl GpuContext {
             ));
         }
 
-        // Threads per dispatch: each has its scratch, within one storage binding.
+        // Threads per dispatch: each has its scratch, within one storage binding of up to
+        // 2 GiB (a conv net's items are few but wide: more threads in flight is what hides
+        // a GPU's memory latency; llvmpipe's 128 MiB binding limit gives ≈ 1,600 threads
+        // for the built-in example, an H100's 2 GiB ≈ 26,000: all 20,960 items at once).
         let capacity = self.batch_capacity(R::SIZE as u64) as usize;
+        let scratch_bytes = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
+            .min(2 << 30);
         let regions = if delta { DELTA_REGIONS } else { PLAIN_REGIONS };
-        let threads = (capacity / (regions * widest)).min(1 << 18) / 64 * 64;
+        let threads =
+            (scratch_bytes as usize / R::SIZE / (regions * widest)).min(1 << 18) / 64 * 64;
         // Perturbations per chunk: their Δloss (and tie widths) per sample in src.
         let per_chunk = capacity / (2 * m) / 2;
         if threads == 0 || per_chunk == 0 {
