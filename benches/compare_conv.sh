@@ -41,7 +41,7 @@ if "$bin" check --example conv-fixed --backend gpu --precision f64 --quiet >/dev
     gpu_whole=$(range3 "$bin" check --example conv-fixed --backend gpu --precision f64 --quiet)
     gpu_json=$("$bin" check --example conv-fixed --backend gpu --precision f64 --json - 2>/dev/null)
     gpu_eval=$(echo "$gpu_json" | "$py" -c 'import json,sys; print("%.3g" % json.load(sys.stdin)["timings"]["evaluate_s"])')
-    gpu_name=$(echo "$gpu_json" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["backend"])')
+    gpu_name=$(echo "$gpu_json" | "$py" -c 'import json,sys; print(json.load(sys.stdin)["adapter"])')
 fi
 np_check=$("$py" "$peer" numpy "$fixtures" | "$py" -c 'import json,sys; print("%.3g" % json.load(sys.stdin)["seconds"])')
 np_whole=$(range3 "$py" "$peer" numpy "$fixtures")
@@ -61,7 +61,7 @@ e = float(sys.argv[1])
 print(f"gradcheck evaluation: {4 * n} perturbations in {e:.3g} s = {e / (4 * n) * 1e6:.2f} µs each; "
       f"dense-forward equivalent {4 * n * m * fwd / 1e9:.2f} GFLOP = {4 * n * m * fwd / e / 1e9:.0f} GFLOP/s")
 PY
-echo "gpu: $gpu_name"
+echo "gpu adapter: $gpu_name"
 printf '%-34s %14s %14s\n' "" "the check (s)" "whole process"
 printf '%-34s %14s %14s\n' "gradcheck cpu f64 (ε and 2ε)" "$(printf '%.3g' "$eval_s")" "$gc"
 printf '%-34s %14s %14s\n' "gradcheck gpu f64 (ε and 2ε)" "$gpu_eval" "$gpu_whole"
