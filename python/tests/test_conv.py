@@ -235,3 +235,42 @@ def test_jupyter_display_of_a_conv_report():
     html = r._repr_html_()
     w1 = "×".join(map(str, params["W1"].shape))
     assert f"<td>{w1}</td>" in html and "<td>3</td>" in html, html
+
+
+def gpu_or_skip():
+    """True where a GPU adapter answers; skips otherwise — except under CI=true, where
+    .ci/run installed llvmpipe and the GPU must be there."""
+    import os
+
+    try:
+        gradcheck.check(
+            {"W1": np.ones((1, 2)) * 0.3, "b1": np.zeros((1, 1))},
+            np.ones((2, 3)), np.array([[0.0, 1.0, 1.0]]), backend="gpu",
+        )
+    except ValueError as e:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no GPU adapter: {e}")
+
+
+@pytest.mark.parametrize("k", [0, 1, 5])
+def test_numpy_conv_nets_get_the_same_verdicts_on_the_gpu(k):
+    """numpy's gradients of random conv nets (correct, and with a planted max-pool slip)
+    checked on the GPU kernels: the CPU's verdicts, differences and diagnoses."""
+    gpu_or_skip()
+    rng = np.random.default_rng(k)
+    layers, loss, shape, params, X, Y = random_net(k, rng)
+    J, grads = forward_backward(layers, loss, params, X, Y)
+    model = {"input_shape": list(shape), "layers": layers, "loss": loss}
+    pool_at = [i for i, L in enumerate(layers) if L["type"] == "max_pool"][0]
+    _, bad = forward_backward(layers, loss, params, X, Y, slips={pool_at: "max_to_all"})
+    for g in (grads, bad):
+        cpu = gradcheck.check(params, X, Y, g, model=model, backend="cpu")
+        gpu = gradcheck.check(params, X, Y, g, model=model, backend="gpu", precision="f64")
+        assert gpu.to_dict()["backend"] == "gpu"
+        assert gpu.verdict == cpu.verdict
+        assert [t.passed for t in gpu.tensors] == [t.passed for t in cpu.tensors]
+        assert [t.diagnosis for t in gpu.tensors] == [t.diagnosis for t in cpu.tensors]
+        # ΔJ± agree to 1e-13 of their magnitudes: the differences to 1e-6 of themselves
+        # (or within the ~1e-16 rounding noise a correct gradient's difference is).
+        assert abs(gpu.difference - cpu.difference) <= 1e-6 * cpu.difference + 1e-14

@@ -12,6 +12,7 @@
 use wgpu::util::DeviceExt;
 
 use super::context::GpuContext;
+use super::pipelines::Pipelines;
 use super::run::{Dispatch, sample_windows, to_u32};
 use super::timing::Profiler;
 use super::{EvalOptions, Real};
@@ -127,11 +128,40 @@ impl GpuContext {
         delta: bool,
     ) -> Result<Vec<LayeredOutput>> {
         let pipes = self.pipelines(R::IS_F64)?;
-        let dev = &self.device;
-        let n = model.n_params();
-        let m = fwd.m;
-        let wanted = opts.range.clone().unwrap_or(0..n);
         let host = Host::new(model, net, kernels, params, fwd, delta)?;
+        let plan = self.plan_layered::<R>(model, net, kernels, &host, opts, delta)?;
+        let scope_oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let scope_val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bufs = self.layered_buffers::<R>(&pipes, &host, &plan, model.n_params());
+        let mut outs = Vec::with_capacity(epsilons.len());
+        for &epsilon in epsilons {
+            outs.push(self.submit_layered::<R>(
+                &pipes,
+                &bufs,
+                &plan,
+                epsilon,
+                opts.timings,
+                delta,
+            )?);
+        }
+        Self::pop_scopes(scope_val, scope_oom)?;
+        Ok(outs)
+    }
+
+    /// The dispatches of one evaluation: per chunk of parameters (their per-sample values
+    /// fit one batch buffer), the item kernel in blocks of as many threads as the scratch
+    /// binding holds, then the sums (in sample windows where the adapter caps loops).
+    fn plan_layered<R: Real>(
+        &self,
+        model: &Model,
+        net: &Net,
+        kernels: &[Kernel],
+        host: &Host,
+        opts: &EvalOptions,
+        delta: bool,
+    ) -> Result<LayeredPlan> {
+        let m = host.m;
+        let wanted = opts.range.clone().unwrap_or(0..model.n_params());
         let widest = net.layers.iter().map(|l| l.out_len()).max().unwrap_or(1);
         if !R::IS_F64 && widest >= 1 << 24 {
             // The lists hold entry indices as reals: exact in f32 below 2²⁴.
@@ -140,12 +170,10 @@ impl GpuContext {
                 format!("a layer output of {widest} values is too wide for the f32 kernels"),
             ));
         }
-
         // Threads per dispatch: each has its scratch, within one storage binding of up to
         // 2 GiB (a conv net's items are few but wide: more threads in flight is what hides
         // a GPU's memory latency; llvmpipe's 128 MiB binding limit gives ≈ 1,600 threads
         // for the built-in example, an H100's 2 GiB ≈ 26,000: all 20,960 items at once).
-        let capacity = self.batch_capacity(R::SIZE as u64) as usize;
         let scratch_bytes = self
             .limits
             .max_storage_buffer_binding_size
@@ -154,8 +182,8 @@ impl GpuContext {
         let regions = if delta { DELTA_REGIONS } else { PLAIN_REGIONS };
         let threads =
             (scratch_bytes as usize / R::SIZE / (regions * widest)).min(1 << 18) / 64 * 64;
-        // Perturbations per chunk: their Δloss (and tie widths) per sample in src.
-        let per_chunk = capacity / (2 * m) / 2;
+        // Parameters per chunk: their Δloss (and tie widths) per sample in the batch buffer.
+        let per_chunk = self.batch_capacity(R::SIZE as u64) as usize / (2 * m) / 2;
         if threads == 0 || per_chunk == 0 {
             return Err(Error::gpu(
                 GpuErrorKind::Limit,
@@ -187,7 +215,7 @@ impl GpuContext {
             let x = groups.min(self.limits.max_compute_workgroups_per_dimension);
             (x, groups.div_ceil(x))
         };
-        let common = host.job(model, m, delta, widest, threads)?;
+        let common = host.job(model, delta, widest, threads)?;
         let entry = if delta {
             "layered_delta"
         } else {
@@ -217,9 +245,22 @@ impl GpuContext {
             }
             first += count;
         }
+        Ok(LayeredPlan {
+            jobs,
+            batch_reals: 4 * per_chunk.min(model.n_params()) * m,
+            scratch_reals: regions * widest * threads,
+        })
+    }
 
-        let scope_oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let scope_val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
+    /// The buffers of the evaluations, uploaded once, and the bind group.
+    fn layered_buffers<R: Real>(
+        &self,
+        pipes: &Pipelines,
+        host: &Host,
+        plan: &LayeredPlan,
+        n: usize,
+    ) -> LayeredBuffers {
+        let dev = &self.device;
         let usage_rw = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
         let init = |label: &str, contents: &[u8], usage| {
             dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
@@ -228,20 +269,20 @@ impl GpuContext {
                 usage,
             })
         };
-        let mk = |label: &str, reals: usize, usage| {
+        let mk = |label: &str, bytes: usize, usage| {
             dev.create_buffer(&wgpu::BufferDescriptor {
                 label: Some(label),
-                size: (reals.max(1) * R::SIZE) as u64,
+                size: bytes.max(4) as u64,
                 usage,
                 mapped_at_creation: false,
             })
         };
-        let model_buf = init(
+        let model = init(
             "model",
             bytemuck::cast_slice(&R::convert(&host.model)),
             wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
         );
-        let base_buf = init(
+        let base = init(
             "base",
             bytemuck::cast_slice(&R::convert(&host.base)),
             wgpu::BufferUsages::STORAGE,
@@ -251,85 +292,120 @@ impl GpuContext {
             bytemuck::cast_slice(&host.table),
             wgpu::BufferUsages::STORAGE,
         );
-        let batch = mk("per-sample losses", 2 * 2 * per_chunk.min(n) * m, usage_rw);
+        let batch = mk("per-sample losses", plan.batch_reals * R::SIZE, usage_rw);
         // Zeroed at creation; every item leaves its scratch zero again (the Δ path's
         // invariant), so it is never cleared.
-        let scratch = mk("scratch", regions * widest * threads, usage_rw);
+        let scratch = mk("scratch", plan.scratch_reals * R::SIZE, usage_rw);
         // ΔJ± (or J±), magnitudes, carries of the sample windows, tie widths.
-        let results = mk("results", 8 * n, usage_rw);
-        let kinks = dev.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kinks"),
-            size: (n.max(1) * 4) as u64,
-            usage: wgpu::BufferUsages::STORAGE
+        let results_bytes = 8 * n.max(1) * R::SIZE;
+        let results = mk("results", results_bytes, usage_rw);
+        let kinks = mk(
+            "kinks",
+            n.max(1) * 4,
+            wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let readback = |label: &str, size: u64| {
-            dev.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        };
-        let results_len = (8 * n.max(1) * R::SIZE) as u64;
-        let results_rb = readback("results readback", results_len);
-        let kinks_rb = readback("kinks readback", (n.max(1) * 4) as u64);
-        let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|d| &d.job));
-        let group = self.bind_group(
-            &pipes,
-            &ubuf,
-            [
-                &model_buf, &base_buf, &batch, &scratch, &results, &kinks, &table,
-            ],
         );
-        let mut outs = Vec::with_capacity(epsilons.len());
-        for &epsilon in epsilons {
-            self.queue
-                .write_buffer(&model_buf, 0, bytemuck::cast_slice(&R::convert(&[epsilon])));
-            let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+        let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let results_rb = mk("results readback", results_bytes, read);
+        let kinks_rb = mk("kinks readback", n.max(1) * 4, read);
+        let (jobs, stride) = self.jobs_buffer(plan.jobs.iter().map(|d| &d.job));
+        let group = self.bind_group(
+            pipes,
+            &jobs,
+            [&model, &base, &batch, &scratch, &results, &kinks, &table],
+        );
+        LayeredBuffers {
+            model,
+            results,
+            kinks,
+            results_rb,
+            kinks_rb,
+            stride,
+            group,
+            n,
+        }
+    }
+
+    /// One evaluation at `epsilon`: ε into the header, one submission, the results read.
+    fn submit_layered<R: Real>(
+        &self,
+        pipes: &Pipelines,
+        bufs: &LayeredBuffers,
+        plan: &LayeredPlan,
+        epsilon: f64,
+        timings: bool,
+        delta: bool,
+    ) -> Result<LayeredOutput> {
+        let n = bufs.n;
+        self.queue.write_buffer(
+            &bufs.model,
+            0,
+            bytemuck::cast_slice(&R::convert(&[epsilon])),
+        );
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("gradcheck layered"),
             });
-            enc.clear_buffer(&kinks, 0, None);
-            let mut profiler = (opts.timings && self.has_timestamps).then(Profiler::new);
-            self.record(
-                &mut enc,
-                &pipes,
-                &jobs,
-                stride,
-                [&group, &group],
-                profiler.as_mut(),
-            );
-            if let Some(p) = profiler.as_mut() {
-                p.resolve(self, &mut enc);
-            }
-            enc.copy_buffer_to_buffer(&results, 0, &results_rb, 0, results_len);
-            enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, (n.max(1) * 4) as u64);
-            self.queue.submit([enc.finish()]);
-            let vals: Vec<f64> =
-                bytemuck::pod_collect_to_vec::<u8, R>(&self.read_back(&results_rb)?)
-                    .into_iter()
-                    .map(Real::to_f64)
-                    .collect();
-            let flags: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&kinks_rb)?);
-            let kernel_times = match profiler {
-                Some(p) => p.collect(self)?,
-                None => Vec::new(),
-            };
-            // Bit 0: the +ε step crossed a kink, bit 1: the −ε step.
-            outs.push(LayeredOutput {
-                plus: (0..n).map(|i| vals[2 * i]).collect(),
-                minus: (0..n).map(|i| vals[2 * i + 1]).collect(),
-                kinks: flags.iter().take(n).map(|&f| (f & 3) as u8).collect(),
-                magnitudes: delta.then(|| vals[2 * n..4 * n].to_vec()),
-                ties: vals[6 * n..8 * n].to_vec(),
-                kernel_times,
-            });
+        enc.clear_buffer(&bufs.kinks, 0, None);
+        let mut profiler = (timings && self.has_timestamps).then(Profiler::new);
+        let group = &bufs.group;
+        self.record(
+            &mut enc,
+            pipes,
+            &plan.jobs,
+            bufs.stride,
+            [group, group],
+            profiler.as_mut(),
+        );
+        if let Some(p) = profiler.as_mut() {
+            p.resolve(self, &mut enc);
         }
-        Self::pop_scopes(scope_val, scope_oom)?;
-        Ok(outs)
+        enc.copy_buffer_to_buffer(&bufs.results, 0, &bufs.results_rb, 0, None);
+        enc.copy_buffer_to_buffer(&bufs.kinks, 0, &bufs.kinks_rb, 0, None);
+        self.queue.submit([enc.finish()]);
+        let vals: Vec<f64> =
+            bytemuck::pod_collect_to_vec::<u8, R>(&self.read_back(&bufs.results_rb)?)
+                .into_iter()
+                .map(Real::to_f64)
+                .collect();
+        let flags: Vec<u32> = bytemuck::pod_collect_to_vec(&self.read_back(&bufs.kinks_rb)?);
+        let kernel_times = match profiler {
+            Some(p) => p.collect(self)?,
+            None => Vec::new(),
+        };
+        // Bit 0: the +ε step crossed a kink, bit 1: the −ε step.
+        Ok(LayeredOutput {
+            plus: (0..n).map(|i| vals[2 * i]).collect(),
+            minus: (0..n).map(|i| vals[2 * i + 1]).collect(),
+            kinks: flags.iter().take(n).map(|&f| (f & 3) as u8).collect(),
+            magnitudes: delta.then(|| vals[2 * n..4 * n].to_vec()),
+            ties: vals[6 * n..8 * n].to_vec(),
+            kernel_times,
+        })
     }
+}
+
+/// The dispatches of one evaluation and the sizes of the buffers they use.
+struct LayeredPlan {
+    jobs: Vec<Dispatch>,
+    /// Per-sample values of a chunk: Δloss (or loss) and tie widths.
+    batch_reals: usize,
+    /// Every thread's scratch regions.
+    scratch_reals: usize,
+}
+
+/// The buffers an evaluation reads and writes, and the one bind group over them.
+struct LayeredBuffers {
+    model: wgpu::Buffer,
+    results: wgpu::Buffer,
+    kinks: wgpu::Buffer,
+    results_rb: wgpu::Buffer,
+    kinks_rb: wgpu::Buffer,
+    stride: usize,
+    group: wgpu::BindGroup,
+    n: usize,
 }
 
 /// What one evaluation of a layered net brings back.
@@ -382,6 +458,8 @@ struct Host {
     out_a: usize,
     sig_off: usize,
     tensor_tab: usize,
+    /// Samples.
+    m: usize,
 }
 
 impl Host {
@@ -394,8 +472,8 @@ impl Host {
         delta: bool,
     ) -> Result<Host> {
         let m = fwd.m;
-        let depth = net.layers.len();
         let n_out = model.sizes()[1];
+        // Model buffer.
         let mut host = vec![
             0.0,
             model.l2() / (2.0 * m as f64),
@@ -409,93 +487,23 @@ impl Host {
         let theta_off = host.len();
         host.extend_from_slice(params.as_slice());
         let y_off = host.len();
-        for c in 0..n_out {
-            host.extend((0..m).map(|j| fwd.y[j * n_out + c]));
-        }
-
-        let mut base = fwd.x.clone();
-        let mut out_off = Vec::with_capacity(depth);
-        for out in &fwd.outs {
-            out_off.push(base.len());
-            base.extend_from_slice(out);
-        }
-        let mut grad_off = vec![0; depth];
-        if delta && net.layers.iter().any(|l| l.kind() == "max_pool") {
-            let grads = net::output_gradients(model, net, params, fwd);
-            for (q, g) in grads.into_iter().enumerate() {
-                if net.layers[q].kind() == "max_pool" {
-                    grad_off[q] = base.len();
-                    base.extend(g);
-                }
-            }
-        }
-        let last = &fwd.outs[depth - 1];
-        let out_z = base.len();
-        for c in 0..n_out {
-            base.extend((0..m).map(|j| last[j * n_out + c]));
-        }
-        let out_a = base.len();
-        for c in 0..n_out {
-            base.extend((0..m).map(|j| net.output.apply(last[j * n_out + c])));
-        }
-        let sig_off = base.len();
-        if model.loss() == Loss::BinaryCrossEntropy {
-            for sign in [-1.0, 1.0] {
-                for c in 0..n_out {
-                    base.extend((0..m).map(|j| math::sigmoid(sign * last[j * n_out + c])));
-                }
-            }
-        }
-
-        let slots = model.layout().tensors();
-        let mut table = Vec::with_capacity(depth * LW + slots.len() * TW);
-        for (q, (layer, k)) in net.layers.iter().zip(kernels).enumerate() {
-            let tensors = net.tensors[q].clone();
-            let offset = |t: Option<usize>| {
-                t.map_or(Ok(0), |t| to_u32(theta_off + slots[t].offset, "θ offset"))
-            };
-            let mut row = vec![
-                k.kind as u32,
-                to_u32(layer.in_len(), "layer input")?,
-                to_u32(layer.out_len(), "layer output")?,
-                to_u32(if q == 0 { 0 } else { out_off[q - 1] }, "base offset")?,
-                to_u32(out_off[q], "base offset")?,
-                offset(tensors.clone().next())?,
-                offset(tensors.clone().nth(1))?,
-                to_u32(grad_off[q], "base offset")?,
-            ];
-            row.extend(&k.words);
-            if k.kind == KernelKind::Activation {
-                row.push(to_u32(slopes + q, "slope index")?);
-            }
-            row.resize(LW, 0);
-            table.extend(row);
-        }
-        let tensor_tab = table.len();
-        for (q, r) in net.tensors.iter().enumerate() {
-            for (k, t) in r.clone().enumerate() {
-                let is_w = u32::from(slots[t].kind == TensorKind::Weight);
-                table.extend([
-                    to_u32(slots[t].offset, "θ offset")?,
-                    to_u32(slots[t].len(), "tensor length")?,
-                    q as u32,
-                    k as u32 | is_w << 8,
-                ]);
-            }
-        }
+        host.extend(feature_major(&fwd.y, n_out, m));
+        let (base, offsets) = base_of(model, net, params, fwd, delta);
+        let table = tables_of(model, net, kernels, &offsets, theta_off, slopes)?;
         to_u32(host.len(), "model buffer length")?;
         to_u32(base.len(), "base buffer length")?;
         Ok(Host {
             model: host,
             base,
+            tensor_tab: net.layers.len() * LW,
             table,
             theta_off,
             y_off,
             out_slope,
-            out_z,
-            out_a,
-            sig_off,
-            tensor_tab,
+            out_z: offsets.out_z,
+            out_a: offsets.out_a,
+            sig_off: offsets.sig_off,
+            m,
         })
     }
 
@@ -503,14 +511,13 @@ impl Host {
     fn job(
         &self,
         model: &Model,
-        m: usize,
         delta: bool,
         widest: usize,
         threads: usize,
     ) -> Result<super::pipelines::Job> {
         let net = model.net().expect("a layered model");
         Ok(super::pipelines::Job {
-            m: to_u32(m, "samples")?,
+            m: to_u32(self.m, "samples")?,
             y_off: to_u32(self.y_off, "Y offset")?,
             theta_off: to_u32(self.theta_off, "θ offset")?,
             loss: model.loss().code(),
@@ -523,7 +530,7 @@ impl Host {
             out_a: to_u32(self.out_a, "base offset")?,
             out_act: net.output.code(),
             out_slope: to_u32(self.out_slope, "slope index")?,
-            j_end: m as u32,
+            j_end: self.m as u32,
             widest: to_u32(widest, "layer width")?,
             threads: to_u32(threads, "threads")?,
             n_layers: net.layers.len() as u32,
@@ -532,6 +539,119 @@ impl Host {
             ..Default::default()
         })
     }
+}
+
+/// Sample-major values (m × n) as the kernels' loss reads them: n × m.
+fn feature_major(v: &[f64], n: usize, m: usize) -> impl Iterator<Item = f64> + '_ {
+    (0..n).flat_map(move |c| (0..m).map(move |j| v[j * n + c]))
+}
+
+/// Where the parts of the base buffer start.
+struct BaseOffsets {
+    /// Per layer, its output (its input: the layer before's, X for the first at 0).
+    outs: Vec<usize>,
+    /// Per layer, its ∂J/∂y table (max pooling on the Δ path; 0: none).
+    grads: Vec<usize>,
+    out_z: usize,
+    out_a: usize,
+    sig_off: usize,
+}
+
+/// The base buffer: X and every layer's output (sample-major, the CPU's f64 pass) |
+/// max-pool ∂J/∂y (Δ path: the tie widths) | the output's Z and A (n_out × m) | BCE's
+/// σ(−z), σ(z).
+fn base_of(
+    model: &Model,
+    net: &Net,
+    params: &Params,
+    fwd: &net::Forward,
+    delta: bool,
+) -> (Vec<f64>, BaseOffsets) {
+    let (m, depth, n_out) = (fwd.m, net.layers.len(), model.sizes()[1]);
+    let mut base = fwd.x.clone();
+    let mut outs = Vec::with_capacity(depth);
+    for out in &fwd.outs {
+        outs.push(base.len());
+        base.extend_from_slice(out);
+    }
+    let mut grads = vec![0; depth];
+    if delta && net.layers.iter().any(|l| l.kind() == "max_pool") {
+        let all = net::output_gradients(model, net, params, fwd);
+        for (q, g) in all.into_iter().enumerate() {
+            if net.layers[q].kind() == "max_pool" {
+                grads[q] = base.len();
+                base.extend(g);
+            }
+        }
+    }
+    let last = &fwd.outs[depth - 1];
+    let out_z = base.len();
+    base.extend(feature_major(last, n_out, m));
+    let out_a = base.len();
+    base.extend(feature_major(last, n_out, m).map(|z| net.output.apply(z)));
+    let sig_off = base.len();
+    if model.loss() == Loss::BinaryCrossEntropy {
+        for sign in [-1.0, 1.0] {
+            base.extend(feature_major(last, n_out, m).map(|z| math::sigmoid(sign * z)));
+        }
+    }
+    (
+        base,
+        BaseOffsets {
+            outs,
+            grads,
+            out_z,
+            out_a,
+            sig_off,
+        },
+    )
+}
+
+/// The layer table (`LW` words per layer: kind, sizes, offsets, the kernel's geometry, an
+/// activation's slope index) and the tensor table (`TW` per tensor).
+fn tables_of(
+    model: &Model,
+    net: &Net,
+    kernels: &[Kernel],
+    offsets: &BaseOffsets,
+    theta_off: usize,
+    slopes: usize,
+) -> Result<Vec<u32>> {
+    let slots = model.layout().tensors();
+    let mut table = Vec::with_capacity(net.layers.len() * LW + slots.len() * TW);
+    for (q, (layer, k)) in net.layers.iter().zip(kernels).enumerate() {
+        let mut tensors = net.tensors[q].clone();
+        let offset =
+            |t: Option<usize>| t.map_or(Ok(0), |t| to_u32(theta_off + slots[t].offset, "θ offset"));
+        let mut row = vec![
+            k.kind as u32,
+            to_u32(layer.in_len(), "layer input")?,
+            to_u32(layer.out_len(), "layer output")?,
+            to_u32(if q == 0 { 0 } else { offsets.outs[q - 1] }, "base offset")?,
+            to_u32(offsets.outs[q], "base offset")?,
+            offset(tensors.next())?,
+            offset(tensors.next())?,
+            to_u32(offsets.grads[q], "base offset")?,
+        ];
+        row.extend(&k.words);
+        if k.kind == KernelKind::Activation {
+            row.push(to_u32(slopes + q, "slope index")?);
+        }
+        row.resize(LW, 0);
+        table.extend(row);
+    }
+    for (q, r) in net.tensors.iter().enumerate() {
+        for (k, t) in r.clone().enumerate() {
+            let is_w = u32::from(slots[t].kind == TensorKind::Weight);
+            table.extend([
+                to_u32(slots[t].offset, "θ offset")?,
+                to_u32(slots[t].len(), "tensor length")?,
+                q as u32,
+                k as u32 | (is_w << 8),
+            ]);
+        }
+    }
+    Ok(table)
 }
 
 /// The layers owning a parameter of `range` (a perturbation of each runs through every
