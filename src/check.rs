@@ -107,7 +107,7 @@ impl GradCheck {
 
     /// The evaluator the configured backend stands for.
     pub fn evaluator(&self) -> Result<Box<dyn Evaluator>> {
-        let mut e = crate::eval::evaluator(
+        let mut e = crate::eval::backend::evaluator(
             self.backend,
             self.precision,
             self.adapter.as_deref(),

@@ -19,12 +19,16 @@ use crate::model::{Activation, Data, Loss, Model, Params, TensorKind};
 pub use crate::net::math::{
     act_delta, loss_delta, sample_loss, sample_loss_stable, sigmoid, softplus, tanh_complement,
 };
-use crate::net::math::{expm1, log1p};
+use crate::net::math::{dot, expm1, log1p};
 pub use crate::net::mlp::{
     DropoutBackward, Forward, TermSizes, backprop, backprop_with, cost, forward, noise_scale,
     stable_cost, term_sizes,
 };
 use crate::net::mlp::{mask, mask_at, total_cost};
+pub use crate::net::shortcut::{
+    SHORTCUT_MARGIN, Shortcut, UNBOUNDED, inside, shortcut_fits, shortcut_table_budget,
+    shortcut_table_bytes, shortcuts,
+};
 
 /// J(θ ± ε·e_i) for a range of parameters, plus which of them cross an activation kink.
 #[derive(Debug, Clone, PartialEq)]
@@ -460,24 +464,6 @@ fn deltas(
     Ok(assemble(stable_cost(model, &fwd, data), scale, rows, true))
 }
 
-/// Σ a_t·b_t with four accumulators (the Δ path's dot products: vectorisable; their
-/// rounding is part of the error bound, they need not match any other order).
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0; 4];
-    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..4 {
-            acc[k] += x[k] * y[k];
-        }
-    }
-    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
 /// The base pass rearranged for the Δ path: everything a perturbation reads, sample-major
 /// and contiguous (no strided or bounds-checked indexing in the hot loops).
 struct DeltaCtx<'a> {
@@ -507,73 +493,6 @@ struct DeltaCtx<'a> {
     /// Per layer l, when every hidden layer after l + 1 is piecewise linear: the shortcut
     /// through them (see [`Shortcut`]).
     shortcut: Vec<Option<Shortcut>>,
-}
-
-/// Past layer l, a perturbation of row r reaches the output, sample by sample, through
-/// ΔZ_out[:, j] = v_{r,j}·t with t = ΔA_l[r, j] — exactly, as long as no ReLU/leaky kink
-/// after layer l is crossed (each layer is then linear on its side): v is the chain
-/// W_L·D_{L−1}·…·D_{l+2}·W_{l+2}·D_{l+1}·W_{l+1}[:, r] with D the slopes (and dropout
-/// factors) at the base pass, and the t that cross no kink form an interval. Inside it a
-/// perturbation costs O(nL) per sample instead of the dense layers; outside, the exact
-/// path runs. The rounding differs from the layer-by-layer path by the same dot products
-/// regrouped, which the error bound's growth factor covers.
-///
-/// The GPU's fused kernel reads the same tables ([`shortcuts`]).
-pub struct Shortcut {
-    /// [(r·m + j)·nL + o]: the output's change per unit of t.
-    pub v: Vec<f64>,
-    /// [r·m + j]: the open interval (lo, hi) of t crossing no kink; ±[`UNBOUNDED`] where
-    /// no kink bounds that side (finite, so that the margin arithmetic stays finite).
-    pub lo: Vec<f64>,
-    /// See `lo`.
-    pub hi: Vec<f64>,
-}
-
-/// The "no bound" of a [`Shortcut`] interval (an infinite one would make
-/// `lo + margin·|lo|` NaN and silently turn the shortcut off).
-pub const UNBOUNDED: f64 = 1e300;
-
-/// How far inside its interval t must lie for the shortcut (relative to the bound): keeps
-/// the rounding of t and of the bounds (≤ a few ulps in f64) off the kink.
-pub const SHORTCUT_MARGIN: f64 = 1e-9;
-
-/// Bytes the shortcut tables of one layer may take ([`Shortcut`]: n_{l+1}·m·(nL + 2)
-/// values): 2 GiB, or `GRADCHECK_MAX_TABLE_BYTES`. A layer over it takes the
-/// layer-by-layer Δ path (the same numbers, more work per sample) instead of exhausting
-/// memory (a 64-4096-256 net at m = 2,048 would need 17 GB).
-pub fn shortcut_table_budget() -> u64 {
-    std::env::var("GRADCHECK_MAX_TABLE_BYTES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2 << 30)
-}
-
-/// The bytes of layer l's shortcut tables.
-pub fn shortcut_table_bytes(model: &Model, data: &Data, l: usize) -> u64 {
-    let sizes = model.sizes();
-    let per_row = (*sizes.last().expect("a model has layers") as u64 + 2) * 8;
-    sizes[l + 1] as u64 * data.m() as u64 * per_row
-}
-
-/// Whether layer l's shortcut tables fit [`shortcut_table_budget`].
-pub fn shortcut_fits(model: &Model, data: &Data, l: usize) -> bool {
-    shortcut_table_bytes(model, data, l) <= shortcut_table_budget()
-}
-
-/// Whether t lies inside the open interval (lo, hi) by the relative `margin`.
-pub fn inside(t: f64, lo: f64, hi: f64, margin: f64) -> bool {
-    t > lo + margin * lo.abs() && t < hi - margin * hi.abs()
-}
-
-/// The piecewise-linear shortcut of every layer that has one (see [`Shortcut`]), from
-/// the base pass `fwd` at θ.
-pub fn shortcuts(
-    model: &Model,
-    params: &Params,
-    data: &Data,
-    fwd: &Forward,
-) -> Vec<Option<Shortcut>> {
-    DeltaCtx::new(model, params, data, fwd, 0.0, true).shortcut
 }
 
 impl<'a> DeltaCtx<'a> {
@@ -642,107 +561,12 @@ impl<'a> DeltaCtx<'a> {
             sig,
             shortcut: Vec::new(),
         };
-        ctx.shortcut = (0..depth)
-            .map(|l| {
-                let linear = (l + 2..depth).all(|q| {
-                    matches!(
-                        model.activation(q - 1),
-                        Activation::Relu | Activation::LeakyRelu(_) | Activation::Identity
-                    )
-                });
-                (l + 1 < depth && linear && shortcuts && shortcut_fits(model, data, l))
-                    .then(|| ctx.shortcut_of(l))
-            })
-            .collect();
+        if shortcuts {
+            ctx.shortcut = crate::net::shortcut::shortcuts(model, params, data, fwd);
+        } else {
+            ctx.shortcut = (0..depth).map(|_| None).collect();
+        }
         ctx
-    }
-
-    /// The [`Shortcut`] past layer l.
-    fn shortcut_of(&self, l: usize) -> Shortcut {
-        let (sizes, m) = (self.model.sizes(), self.data.m());
-        let ny = sizes[self.model.depth()];
-        // Rows r are independent: in parallel (the GPU's fused kernels wait for these).
-        let rows: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = (0..sizes[l + 1])
-            .into_par_iter()
-            .map_init(
-                || (Vec::new(), Vec::new()),
-                |(u, next), r| {
-                    let mut row = (vec![0.0; m * ny], vec![-UNBOUNDED; m], vec![UNBOUNDED; m]);
-                    for j in 0..m {
-                        self.shortcut_at(l, r, j, u, next, &mut row, ny);
-                    }
-                    row
-                },
-            )
-            .collect();
-        let mut sc = Shortcut {
-            v: Vec::with_capacity(rows.len() * m * ny),
-            lo: Vec::with_capacity(rows.len() * m),
-            hi: Vec::with_capacity(rows.len() * m),
-        };
-        for (v, lo, hi) in rows {
-            sc.v.extend(v);
-            sc.lo.extend(lo);
-            sc.hi.extend(hi);
-        }
-        sc
-    }
-
-    /// Sample j of row r of [`Self::shortcut_of`] into `row` = (v, lo, hi) of that row.
-    #[allow(clippy::too_many_arguments)]
-    fn shortcut_at(
-        &self,
-        l: usize,
-        r: usize,
-        j: usize,
-        u: &mut Vec<f64>,
-        next: &mut Vec<f64>,
-        row: &mut (Vec<f64>, Vec<f64>, Vec<f64>),
-        ny: usize,
-    ) {
-        let (model, sizes) = (self.model, self.model.sizes());
-        let depth = model.depth();
-        let (v, lo, hi) = row;
-        u.clear();
-        u.extend_from_slice(&self.wcols[l + 1][r * sizes[l + 2]..(r + 1) * sizes[l + 2]]);
-        for p in l + 1..depth {
-            let np = sizes[p + 1];
-            let g = model.activation(p);
-            let z0 = &self.zt[p][j * np..(j + 1) * np];
-            if g.has_kink() {
-                // z0 + U·t stays on z0's side of 0 (z0 > 0: > 0; z0 ≤ 0: ≤ 0).
-                for ii in 0..np {
-                    if u[ii] == 0.0 || self.mask(p, j * np + ii) == 0.0 {
-                        continue;
-                    }
-                    let edge = -z0[ii] / u[ii];
-                    let upward = (z0[ii] > 0.0) == (u[ii] > 0.0);
-                    if upward {
-                        lo[j] = lo[j].max(edge);
-                    } else {
-                        hi[j] = hi[j].min(edge);
-                    }
-                }
-            }
-            if p + 1 == depth {
-                v[j * ny..(j + 1) * ny].copy_from_slice(u);
-                return;
-            }
-            // D ⊙ U, then W_{p+1}·(D ⊙ U).
-            for (ii, x) in u.iter_mut().enumerate() {
-                let slope = if g == Activation::Identity || z0[ii] > 0.0 {
-                    1.0
-                } else {
-                    g.slope()
-                };
-                *x *= slope * self.mask(p, j * np + ii);
-            }
-            let w = self.params.weight(p + 1);
-            let w = w.as_slice().expect("standard layout");
-            next.clear();
-            next.extend((0..sizes[p + 2]).map(|o| dot(&w[o * np..(o + 1) * np], u)));
-            std::mem::swap(u, next);
-        }
     }
 
     /// ΔA of unit `at` (sample-major) of layer l: through the base-pass tables where the

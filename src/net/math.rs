@@ -212,3 +212,21 @@ pub fn loss_conditioning(loss: Loss, z: f64, a: f64, y: f64) -> f64 {
         Loss::MeanSquaredError => (a - y).abs() * (a.abs() + z.abs()),
     }
 }
+
+/// Σ a_t·b_t with four accumulators (the Δ path's dot products: vectorisable; their
+/// rounding is part of the error bound, they need not match any other order).
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0; 4];
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}

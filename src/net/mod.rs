@@ -11,6 +11,7 @@ pub mod dense;
 pub mod math;
 pub mod mlp;
 pub mod pool;
+pub mod shortcut;
 
 use std::sync::Arc;
 

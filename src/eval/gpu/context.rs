@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::pipelines::Pipelines;
+use super::pipelines::{self, Job, PipelineCache, Pipelines};
 use crate::error::{Error, Result};
 
 /// One adapter's device, queue and pipelines, shared by every check of a process.
@@ -18,7 +18,7 @@ pub struct GpuContext {
     /// Whether the device has TIMESTAMP_QUERY (per-kernel times).
     pub(super) has_timestamps: bool,
     pub(super) lost: Arc<AtomicBool>,
-    pub(super) pipelines: Mutex<HashMap<bool, Arc<Pipelines>>>,
+    pipelines: PipelineCache,
     /// Loop iterations one invocation may run in all ([`GpuContext::loop_cap`]), probed once.
     loop_cap: OnceLock<u32>,
 }
@@ -171,7 +171,7 @@ impl GpuContext {
             has_f64,
             has_timestamps,
             lost,
-            pipelines: Mutex::new(HashMap::new()),
+            pipelines: PipelineCache::default(),
             loop_cap: OnceLock::new(),
         })
     }
@@ -188,6 +188,29 @@ impl GpuContext {
         let c = Arc::new(GpuContext::new(filter)?);
         map.lock().expect("context map").insert(key, c.clone());
         Ok(c)
+    }
+
+    /// The pipelines of f64 (or f32), built on first use.
+    pub(super) fn pipelines(&self, f64: bool) -> Result<Arc<Pipelines>> {
+        self.pipelines.get(&self.device, f64)
+    }
+
+    /// The uniform buffer of a list of jobs and its stride (see [`pipelines::jobs_buffer`]).
+    pub(super) fn jobs_buffer<'a>(
+        &self,
+        jobs: impl IntoIterator<Item = &'a Job>,
+    ) -> (wgpu::Buffer, usize) {
+        pipelines::jobs_buffer(&self.device, &self.limits, jobs)
+    }
+
+    /// The bind group of the shared layout over `buffers` (see [`pipelines::bind_group`]).
+    pub(super) fn bind_group(
+        &self,
+        pipes: &Pipelines,
+        jobs: &wgpu::Buffer,
+        buffers: [&wgpu::Buffer; 7],
+    ) -> wgpu::BindGroup {
+        pipelines::bind_group(&self.device, pipes, jobs, buffers)
     }
 
     /// The adapter's name.

@@ -7,7 +7,7 @@
 //! * **Δ paths** (`f64`, `f32`): the fused kernels, one thread per perturbation, nothing
 //!   per sample written. `fused_delta` takes the changed row of Z_l sample by sample to
 //!   the output in closed form — e_r·ΔZ for an output-layer parameter, v·t past
-//!   piecewise-linear layers (the CPU's [`crate::eval::cpu::Shortcut`] tables) while t
+//!   piecewise-linear layers ([`crate::net::shortcut::Shortcut`] tables, as the CPU's) while t
 //!   stays inside its kink-free interval — then the loss change and the compensated sum.
 //!   `fused_exact` carries the other samples (outside the interval, or every sample of a
 //!   layer without a shortcut) layer by layer in per-thread scratch vectors. The base pass

@@ -3,12 +3,11 @@
 //! precision and kept in the context.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytemuck::{Pod, Zeroable};
 use wgpu::util::DeviceExt;
 
-use super::context::GpuContext;
 use super::source;
 use crate::error::{Error, Result};
 
@@ -73,146 +72,141 @@ pub(super) struct Pipelines {
     pub(super) by_entry: HashMap<&'static str, wgpu::ComputePipeline>,
 }
 
-impl GpuContext {
-    pub(super) fn pipelines(&self, f64: bool) -> Result<Arc<Pipelines>> {
-        if let Some(p) = self.pipelines.lock().expect("pipelines").get(&f64) {
+/// The pipelines of each precision, built on first use (a context keeps one cache).
+#[derive(Default)]
+pub(super) struct PipelineCache(Mutex<HashMap<bool, Arc<Pipelines>>>);
+
+impl PipelineCache {
+    /// The pipelines of f64 (or f32) on `device`, built once.
+    pub(super) fn get(&self, device: &wgpu::Device, f64: bool) -> Result<Arc<Pipelines>> {
+        if let Some(p) = self.0.lock().expect("pipelines").get(&f64) {
             return Ok(p.clone());
         }
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only },
-                has_dynamic_offset: false,
-                min_binding_size: None,
+        let built = Arc::new(build(device, f64)?);
+        self.0.lock().expect("pipelines").insert(f64, built.clone());
+        Ok(built)
+    }
+}
+
+/// The bind group layout, the pipeline layout and every family's pipelines at a precision.
+fn build(device: &wgpu::Device, f64: bool) -> Result<Pipelines> {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    };
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("gradcheck"),
+        entries: &[
+            wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: true,
+                    min_binding_size: wgpu::BufferSize::new(std::mem::size_of::<Job>() as u64),
+                },
+                count: None,
             },
-            count: None,
-        };
-        let layout = self
-            .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("gradcheck"),
-                entries: &[
-                    wgpu::BindGroupLayoutEntry {
-                        binding: 0,
-                        visibility: wgpu::ShaderStages::COMPUTE,
-                        ty: wgpu::BindingType::Buffer {
-                            ty: wgpu::BufferBindingType::Uniform,
-                            has_dynamic_offset: true,
-                            min_binding_size: wgpu::BufferSize::new(
-                                std::mem::size_of::<Job>() as u64
-                            ),
-                        },
-                        count: None,
-                    },
-                    storage(1, true),
-                    storage(2, false),
-                    storage(3, false),
-                    storage(4, false),
-                    storage(5, false),
-                    storage(6, false),
-                    storage(7, true),
-                ],
+            storage(1, true),
+            storage(2, false),
+            storage(3, false),
+            storage(4, false),
+            storage(5, false),
+            storage(6, false),
+            storage(7, true),
+        ],
+    });
+    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some("gradcheck"),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let mut by_entry = HashMap::new();
+    for (name, parts, entries) in source::families() {
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(name),
+            source: wgpu::ShaderSource::Wgsl(source::module_for_build(parts, f64).into()),
+        });
+        for &entry in entries {
+            let p = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(entry),
+                layout: Some(&pl),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
             });
-        let pl = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("gradcheck"),
-                bind_group_layouts: &[Some(&layout)],
-                immediate_size: 0,
-            });
-        let mut by_entry = HashMap::new();
-        for (name, parts, entries) in source::families() {
-            let module = self
-                .device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(name),
-                    source: wgpu::ShaderSource::Wgsl(source::module_for_build(parts, f64).into()),
-                });
-            for &entry in entries {
-                let p = self
-                    .device
-                    .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                        label: Some(entry),
-                        layout: Some(&pl),
-                        module: &module,
-                        entry_point: Some(entry),
-                        compilation_options: Default::default(),
-                        cache: None,
-                    });
-                by_entry.insert(entry, p);
-            }
+            by_entry.insert(entry, p);
         }
-        if let Some(e) = pollster::block_on(scope.pop()) {
-            return Err(Error::gpu(
-                crate::error::GpuErrorKind::Internal,
-                format!(
-                    "building the {} kernels failed: {e}",
-                    if f64 { "f64" } else { "f32" }
-                ),
-            ));
-        }
-        let p = Arc::new(Pipelines { layout, by_entry });
-        self.pipelines
-            .lock()
-            .expect("pipelines")
-            .insert(f64, p.clone());
-        Ok(p)
     }
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::gpu(
+            crate::error::GpuErrorKind::Internal,
+            format!(
+                "building the {} kernels failed: {e}",
+                if f64 { "f64" } else { "f32" }
+            ),
+        ));
+    }
+    Ok(Pipelines { layout, by_entry })
+}
 
-    /// The uniform buffer of a list of jobs, one per `stride` bytes (the adapter's
-    /// dynamic-offset alignment), and that stride.
-    pub(super) fn jobs_buffer<'a>(
-        &self,
-        jobs: impl IntoIterator<Item = &'a Job>,
-    ) -> (wgpu::Buffer, usize) {
-        let size = std::mem::size_of::<Job>();
-        // Dynamic offsets must be multiples of the alignment: round the Job size up.
-        let stride =
-            size.next_multiple_of(self.limits.min_uniform_buffer_offset_alignment as usize);
-        let mut bytes = Vec::new();
-        for job in jobs {
-            let at = bytes.len();
-            bytes.resize(at + stride, 0);
-            bytes[at..at + size].copy_from_slice(bytemuck::bytes_of(job));
-        }
-        let buf = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("jobs"),
-                contents: &bytes,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        (buf, stride)
+/// The uniform buffer of a list of jobs, one per `stride` bytes (the adapter's
+/// dynamic-offset alignment), and that stride.
+pub(super) fn jobs_buffer<'a>(
+    device: &wgpu::Device,
+    limits: &wgpu::Limits,
+    jobs: impl IntoIterator<Item = &'a Job>,
+) -> (wgpu::Buffer, usize) {
+    let size = std::mem::size_of::<Job>();
+    // Dynamic offsets must be multiples of the alignment: round the Job size up.
+    let stride = size.next_multiple_of(limits.min_uniform_buffer_offset_alignment as usize);
+    let mut bytes = Vec::new();
+    for job in jobs {
+        let at = bytes.len();
+        bytes.resize(at + stride, 0);
+        bytes[at..at + size].copy_from_slice(bytemuck::bytes_of(job));
     }
+    let buf = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: Some("jobs"),
+        contents: &bytes,
+        usage: wgpu::BufferUsages::UNIFORM,
+    });
+    (buf, stride)
+}
 
-    /// The bind group of the shared layout: the jobs uniform (bound one Job wide, moved
-    /// by dynamic offsets), then model, base, src, dst, results, kinks, the parameter list.
-    pub(super) fn bind_group(
-        &self,
-        pipes: &Pipelines,
-        jobs: &wgpu::Buffer,
-        buffers: [&wgpu::Buffer; 7],
-    ) -> wgpu::BindGroup {
-        let mut entries = vec![wgpu::BindGroupEntry {
-            binding: 0,
-            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                buffer: jobs,
-                offset: 0,
-                size: wgpu::BufferSize::new(std::mem::size_of::<Job>() as u64),
-            }),
-        }];
-        for (n, b) in buffers.iter().enumerate() {
-            entries.push(wgpu::BindGroupEntry {
-                binding: n as u32 + 1,
-                resource: b.as_entire_binding(),
-            });
-        }
-        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("gradcheck"),
-            layout: &pipes.layout,
-            entries: &entries,
-        })
+/// The bind group of the shared layout: the jobs uniform (bound one Job wide, moved
+/// by dynamic offsets), then model, base, src, dst, results, kinks, the parameter list.
+pub(super) fn bind_group(
+    device: &wgpu::Device,
+    pipes: &Pipelines,
+    jobs: &wgpu::Buffer,
+    buffers: [&wgpu::Buffer; 7],
+) -> wgpu::BindGroup {
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: jobs,
+            offset: 0,
+            size: wgpu::BufferSize::new(std::mem::size_of::<Job>() as u64),
+        }),
+    }];
+    for (n, b) in buffers.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: n as u32 + 1,
+            resource: b.as_entire_binding(),
+        });
     }
+    device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some("gradcheck"),
+        layout: &pipes.layout,
+        entries: &entries,
+    })
 }

@@ -13,9 +13,9 @@ use super::plan::Plan;
 use super::timing::Profiler;
 use super::{EvalOptions, Real};
 use crate::error::{Error, Result};
-use crate::eval::{Evaluation, Precision, cpu, validate_epsilon};
+use crate::eval::{Evaluation, Precision, validate_epsilon};
 use crate::model::{Data, Model, Params};
-use crate::net::{math, mlp};
+use crate::net::{math, mlp, shortcut};
 
 impl GpuContext {
     /// Capacity in reals of one batch buffer: the adapter's binding/buffer limits, capped
@@ -630,7 +630,7 @@ impl GpuContext {
             // fit goes layer by layer in `fused_exact`.
             let cap = self.batch_capacity(R::SIZE as u64) as usize;
             if !staged_only {
-                let shortcuts = cpu::shortcuts(model, params, data, fwd);
+                let shortcuts = shortcut::shortcuts(model, params, data, fwd);
                 for (l, sc) in shortcuts.into_iter().enumerate() {
                     let tables =
                         sc.filter(|sc| host_base.len() + sc.v.len() + 2 * sc.lo.len() <= cap);
@@ -850,7 +850,7 @@ fn model_host<R: Real>(
     // Model buffer: header | θ | X | Y | dropout factors. The shortcut's margin: the
     // CPU's in f64; in f32, t and the bounds carry f32 rounding (≤ a few 6e-8).
     let margin = if R::IS_F64 {
-        cpu::SHORTCUT_MARGIN
+        shortcut::SHORTCUT_MARGIN
     } else {
         1e-5
     };
