@@ -179,197 +179,126 @@ impl GpuContext {
         delta: bool,
     ) -> Result<Vec<RunOutput>> {
         let pipes = self.pipelines(R::IS_F64)?;
-        let dev = &self.device;
         let n = model.n_params();
-        let m = data.m();
-        let depth = model.depth();
-        let sizes = model.sizes();
-        let layout = model.layout();
-        let wanted = opts.range.clone().unwrap_or(0..n);
-        let ModelHost {
-            host,
-            slope_at,
-            theta_off,
-            x_off,
-            y_off,
-            mask_off,
-        } = model_host::<R>(model, params, data, fwd)?;
-        let BaseHost {
-            z_off,
-            a_off,
-            base_len,
-            host_base,
-            sig_off,
-            act_tables,
-            fused,
-        } = self.base_host::<R>(model, params, data, fwd, delta, opts.staged_only)?;
-
-        let scope_oom = dev.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let scope_val = dev.push_error_scope(wgpu::ErrorFilter::Validation);
-        let usage_rw = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
-        let init = |label: &str, contents: &[u8], usage| {
-            dev.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents,
-                usage,
-            })
-        };
-        // COPY_DST: ε (header [0]) is written before each ε's submission.
-        let model_buf = init(
-            "model",
-            bytemuck::cast_slice(&R::convert(&host)),
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-        );
-        let mk = |label: &str, reals: usize| {
-            dev.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size: (reals.max(1) * R::SIZE) as u64,
-                usage: usage_rw,
-                mapped_at_creation: false,
-            })
-        };
-        // The Δ path linearises around the base pass: take the CPU's f64 one (already
-        // computed for J(θ)), at the user's θ and rounded once, rather than an f32 pass
-        // whose accumulated rounding would move that point. Plain paths run their own.
-        let base_buf = if delta {
-            init(
-                "base",
-                bytemuck::cast_slice(&R::convert(&host_base)),
-                usage_rw,
-            )
-        } else {
-            mk("base", base_len)
-        };
-        // J± (plain) or ΔJ± then Σ|Δloss|/m (Δ path), plus even and minus odd; on the Δ
-        // path the fused kernels' carries follow (read back: the first 4N).
-        let results_reals = if delta { 4 * n } else { 2 * n };
-        let results = mk("results", if delta { 6 * n } else { results_reals });
-        let readback = |label: &str, size: u64| {
-            dev.create_buffer(&wgpu::BufferDescriptor {
-                label: Some(label),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            })
-        };
-
-        let grid = |total: u32| -> (u32, u32) {
-            let groups = total.div_ceil(WG).max(1);
-            let x = groups.min(self.limits.max_compute_workgroups_per_dimension);
-            (x, groups.div_ceil(x))
-        };
-        // Fields every dispatch shares.
-        let out = depth - 1;
-        let common = Job {
-            m: m as u32,
-            y_off: y_off as u32,
-            theta_off: theta_off as u32,
-            loss: model.loss().code(),
-            l2: u32::from(model.l2() != 0.0),
-            n_params: n as u32,
-            delta: u32::from(delta),
-            sig_off: sig_off as u32,
-            n_out: sizes[depth] as u32,
-            out_z: z_off[out] as u32,
-            out_a: a_off[out] as u32,
-            out_act: model.activation(out).code(),
-            out_slope: (slope_at + out) as u32,
-            j_end: m as u32,
-            ..Job::default()
-        };
+        let mh = model_host::<R>(model, params, data, fwd)?;
+        let bh = self.base_host::<R>(model, params, data, fwd, delta, opts.staged_only)?;
         let budget = match opts.loop_budget {
             Some(b) => b,
             None => self.loop_cap()?,
         };
-        let windows =
-            |per_sample: u64, per_thread: u64| sample_windows(budget, m, per_sample, per_thread);
-        let param_off = |i: usize| (theta_off + i) as u32;
-        // A stage computing layer q: its activation, sizes, W and b, input, base Z/A and
-        // dropout factors (each kernel reads the ones it needs).
-        let at_layer = |mut s: Job, q: usize| {
-            s.act = model.activation(q).code();
-            s.slope_idx = (slope_at + q) as u32;
-            s.is_output = u32::from(q + 1 == depth);
-            s.in_dim = sizes[q] as u32;
-            s.out_dim = sizes[q + 1] as u32;
-            s.w_off = param_off(layout.weight(q).offset);
-            s.b_off = param_off(layout.bias(q).offset);
-            s.in_is_x = u32::from(q == 0);
-            s.in_off = (if q == 0 { x_off } else { a_off[q - 1] }) as u32;
-            s.z_off = z_off[q] as u32;
-            s.a_off = a_off[q] as u32;
-            s.mask_off = mask_off[q];
-            s.w_param = layout.weight(q).offset as u32;
-            s.rows_l = sizes[q + 1] as u32;
-            s.cols_l = sizes[q] as u32;
-            s
-        };
-
-        // Phase 1, the fused layers, one thread per perturbation: `fused_delta` (output
-        // layer; shortcut layers, putting the perturbations with samples outside their
-        // interval on a work list in the kinks buffer) and `fused_exact` (those samples, or
-        // every sample of a layer without a shortcut, layer by layer in per-thread
-        // scratch vectors). One submission with the staged phase, no readback between.
-        let layer_of = |l: usize| layout.weight(l).offset..layout.bias(l).range().end;
-        let mut staged: Vec<usize> = Vec::new();
-        let mut jobs = Vec::new();
-        let mut kinks_len = n.max(1);
-        let mut scratch_len = 1;
-        // Scratch threads: enough to fill a large GPU, within the scratch binding.
+        let stages = Stages::new(model, data.m(), &mh, &bh, delta, budget, &self.limits);
+        let wanted = opts.range.clone().unwrap_or(0..n);
         let scratch_cap = self.batch_capacity(R::SIZE as u64) as usize;
-        for (l, f) in fused.iter().enumerate() {
-            let range = layer_of(l);
-            let range = range.start.max(wanted.start)..range.end.min(wanted.end);
-            let Some(tables) = f else {
-                staged.extend(range);
-                continue;
-            };
-            if range.is_empty() {
-                continue;
-            }
-            let mut j = at_layer(common, l);
-            j.layer = l as u32;
-            j.first = range.start as u32;
-            j.total = to_u32(2 * range.len(), "perturbations of a layer")?;
-            if l + 1 == depth {
-                let (gx, gy) = grid(j.total);
-                for w in windows(loop_cost_per_sample(sizes, l, false), 1)? {
-                    jobs.push(Dispatch::new("fused_delta", windowed(j, w), gx, gy));
-                }
-                continue;
-            }
-            let width = sizes[l + 2..].iter().copied().max().expect("a later layer");
-            j.scratch_w = to_u32(width, "layer width")?;
-            j.threads = (2 * range.len())
-                .min(scratch_cap / (2 * width))
-                .min(1 << 18) as u32;
-            if j.threads == 0 {
-                return Err(Error::gpu(
-                    crate::error::GpuErrorKind::Limit,
-                    format!("a layer of width {width} does not fit the adapter's storage binding"),
-                ));
-            }
-            scratch_len = scratch_len.max(j.threads as usize * 2 * width);
-            let (ex, ey) = grid(j.threads);
-            if let Some([v, lo, hi]) = tables {
-                j.sc_v = to_u32(*v, "shortcut table offset")?;
-                j.sc_lo = to_u32(*lo, "shortcut table offset")?;
-                j.sc_hi = to_u32(*hi, "shortcut table offset")?;
-                j.list_off = to_u32(kinks_len, "work list offset")?;
-                kinks_len += 1 + 2 * range.len();
-                let (gx, gy) = grid(j.total);
-                for w in windows(loop_cost_per_sample(sizes, l, false), 1)? {
-                    jobs.push(Dispatch::new("fused_delta", windowed(j, w), gx, gy));
-                }
-                // cols = 1: redo fused_delta's work list.
-                j.cols = 1;
-            }
-            let per_thread = (2 * range.len()).div_ceil(j.threads as usize) as u64;
-            for w in windows(loop_cost_per_sample(sizes, l, true), per_thread)? {
-                jobs.push(Dispatch::new("fused_exact", windowed(j, w), ex, ey));
-            }
+        let fused = stages.fused(&bh.fused, &wanted, scratch_cap)?;
+        let plan = Plan::new(
+            model,
+            data,
+            self.batch_capacity(R::SIZE as u64),
+            opts.max_chunk,
+            &fused.staged,
+        )?;
+        let staged_jobs = stages.staged(&plan, &self.info.name)?;
+
+        let scope_oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let scope_val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let bufs = self.mlp_buffers::<R>(&mh, &bh, delta, n, fused.kinks_len);
+        let mut phases = Vec::new();
+        if !fused.jobs.is_empty() {
+            // The fused kernels' layer table sits where the staged ones bind their list;
+            // src is unused, dst is fused_exact's scratch.
+            let table = stages.layer_table(&bh.act_tables);
+            let table = self.upload("layer table", bytemuck::cast_slice(&table), false);
+            let unused = self.storage::<R>("unused", 1);
+            let scratch = self.storage::<R>("scratch", fused.scratch_len);
+            let (ubuf, stride) = self.jobs_buffer(fused.jobs.iter().map(|d| &d.job));
+            let group = self.bind_group(
+                &pipes,
+                &ubuf,
+                [
+                    &bufs.model,
+                    &bufs.base,
+                    &unused,
+                    &scratch,
+                    &bufs.results,
+                    &bufs.kinks,
+                    &table,
+                ],
+            );
+            phases.push((fused.jobs, ubuf, stride, [group.clone(), group]));
         }
-        to_u32(kinks_len, "kinks buffer length")?;
+        if !staged_jobs.is_empty() {
+            let batch_a = self.storage::<R>("batch a", plan.batch_reals);
+            let batch_b = self.storage::<R>("batch b", plan.batch_reals);
+            let items: Vec<u32> = fused.staged.iter().map(|&p| p as u32).collect();
+            let items = if items.is_empty() { vec![0u32] } else { items };
+            let plist = self.upload("parameter list", bytemuck::cast_slice(&items), false);
+            let (ubuf, stride) = self.jobs_buffer(staged_jobs.iter().map(|d| &d.job));
+            // Two bind groups: (src, dst) = (a, b) and (b, a).
+            let [m_, b_, r_, k_] = [&bufs.model, &bufs.base, &bufs.results, &bufs.kinks];
+            let g_ab = self.bind_group(&pipes, &ubuf, [m_, b_, &batch_a, &batch_b, r_, k_, &plist]);
+            let g_ba = self.bind_group(&pipes, &ubuf, [m_, b_, &batch_b, &batch_a, r_, k_, &plist]);
+            phases.push((staged_jobs, ubuf, stride, [g_ab, g_ba]));
+        }
+        let mut outs = Vec::with_capacity(epsilons.len());
+        for &epsilon in epsilons {
+            outs.push(self.submit::<R>(&pipes, &bufs, &phases, epsilon, opts.timings, delta)?);
+        }
+        Self::pop_scopes(scope_val, scope_oom)?;
+        Ok(outs)
+    }
+
+    /// A buffer initialised with `contents` (storage; COPY_DST where it is written later).
+    fn upload(&self, label: &str, contents: &[u8], writable: bool) -> wgpu::Buffer {
+        let mut usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
+        if writable {
+            usage |= wgpu::BufferUsages::COPY_DST;
+        }
+        self.device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents,
+                usage,
+            })
+    }
+
+    /// A zeroed storage buffer of `reals` values.
+    fn storage<R: Real>(&self, label: &str, reals: usize) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: (reals.max(1) * R::SIZE) as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// The buffers every phase binds: model (ε written per submission), base pass,
+    /// results, kink flags (and the fused kernels' work lists), and their readbacks.
+    fn mlp_buffers<R: Real>(
+        &self,
+        mh: &ModelHost,
+        bh: &BaseHost,
+        delta: bool,
+        n: usize,
+        kinks_len: usize,
+    ) -> MlpBuffers {
+        let dev = &self.device;
+        let model = self.upload("model", bytemuck::cast_slice(&R::convert(&mh.host)), true);
+        // The Δ path linearises around the base pass: take the CPU's f64 one (already
+        // computed for J(θ)), at the user's θ and rounded once, rather than an f32 pass
+        // whose accumulated rounding would move that point. Plain paths run their own.
+        let base = if delta {
+            self.upload(
+                "base",
+                bytemuck::cast_slice(&R::convert(&bh.host_base)),
+                false,
+            )
+        } else {
+            self.storage::<R>("base", bh.base_len)
+        };
+        // J± (plain) or ΔJ± then Σ|Δloss|/m (Δ path), plus even and minus odd; on the Δ
+        // path the fused kernels' carries follow (read back: the first 4N).
+        let results_reals = if delta { 4 * n } else { 2 * n };
+        let results = self.storage::<R>("results", if delta { 6 * n } else { results_reals });
         let kinks = dev.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kinks and work lists"),
             size: (kinks_len * 4) as u64,
@@ -378,194 +307,65 @@ impl GpuContext {
                 | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let kinks_rb = readback("kinks readback", (n.max(1) * 4) as u64);
-        // Recorded per ε below: (dispatches, jobs uniform and its stride, bind groups).
-        let mut phases = Vec::new();
-        if !jobs.is_empty() {
-            let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|d| &d.job));
-            // The fused kernels' layer table sits where the staged ones bind their list.
-            let mut table = Vec::with_capacity(8 * depth);
-            for (q, &tables_at) in act_tables.iter().enumerate() {
-                let j = at_layer(common, q);
-                table.extend([
-                    j.w_off,
-                    j.in_dim,
-                    j.out_dim,
-                    j.z_off,
-                    j.act,
-                    j.slope_idx,
-                    j.mask_off,
-                    tables_at,
-                ]);
-            }
-            let table = init(
-                "layer table",
-                bytemuck::cast_slice(&table),
-                wgpu::BufferUsages::STORAGE,
-            );
-            // src unused, dst = fused_exact's scratch.
-            let unused = mk("unused", 1);
-            let scratch = mk("scratch", scratch_len);
-            let group = self.bind_group(
-                &pipes,
-                &ubuf,
-                [
-                    &model_buf, &base_buf, &unused, &scratch, &results, &kinks, &table,
-                ],
-            );
-            phases.push((jobs, ubuf, stride, [group.clone(), group]));
-        }
-
-        // Phase 2, the staged kernels: the base forward pass (plain paths), then every
-        // chunk of the listed parameters: perturb_row → rank1 → dense… → sample_loss →
-        // reduce.
-        let plan = Plan::new(
+        let readback = |label: &str, size: u64| {
+            dev.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let results_len = (results_reals.max(1) * R::SIZE) as u64;
+        MlpBuffers {
+            results_rb: readback("results readback", results_len),
+            kinks_rb: readback("kinks readback", (n.max(1) * 4) as u64),
+            results_len,
             model,
-            data,
-            self.batch_capacity(R::SIZE as u64),
-            opts.max_chunk,
-            &staged,
-        )?;
-        let mut jobs: Vec<Dispatch> = Vec::new();
-        if !plan.chunks.is_empty() || !delta {
-            // The staged kernels loop over the samples (reduce) and a layer's inputs
-            // within one invocation: no windows there, so refuse what the cap cuts short.
-            let widest = sizes.iter().copied().max().unwrap_or(1);
-            let longest = (m.max(widest) as u64) * 2 + 64;
-            if longest > u64::from(budget) {
-                return Err(Error::gpu(
-                    crate::error::GpuErrorKind::Limit,
-                    format!(
-                        "{} ends every loop of a shader invocation after {budget} iterations, and the staged kernels (the plain precisions) would need {longest} for m = {m} samples and layers up to {widest} wide: use --precision f64 or f32 (the fused Δ path splits its samples to fit), or --backend cpu",
-                        self.info.name
-                    ),
-                ));
-            }
+            base,
+            results,
+            kinks,
+            n,
         }
-        for l in (0..depth).filter(|_| !delta) {
-            let mut j = at_layer(common, l);
-            j.total = to_u32(sizes[l + 1] * m, "layer size × m")?;
-            let (gx, gy) = grid(j.total);
-            jobs.push(Dispatch {
-                entry: "base_layer",
-                job: j,
-                src_is_b: false,
-                gx,
-                gy,
-            });
-        }
-        for chunk in &plan.chunks {
-            let l = chunk.layer;
-            let k = 2 * chunk.count;
-            let cols = to_u32(k * m, "chunk columns")?;
-            let mut j = at_layer(common, l);
-            j.first = chunk.first as u32;
-            j.cols = cols;
-            let mut push = |entry, job, src_is_b, (gx, gy): (u32, u32)| {
-                jobs.push(Dispatch {
-                    entry,
-                    job,
-                    src_is_b,
-                    gx,
-                    gy,
-                })
-            };
-            // perturb_row: → batch a.
-            let mut s = j;
-            s.total = cols;
-            push("perturb_row", s, true, grid(s.total));
-            let mut in_a = true; // the latest output is in batch a
-            if l + 1 < depth {
-                let mut s = at_layer(j, l + 1);
-                (s.w_param, s.rows_l, s.cols_l) = (j.w_param, j.rows_l, j.cols_l);
-                s.total = to_u32(sizes[l + 2] * k * m, "rank-1 stage size")?;
-                push("rank1", s, !in_a, grid(s.total));
-                in_a = !in_a;
-                for q in l + 2..depth {
-                    let mut s = at_layer(j, q);
-                    let out = sizes[q + 1] as u32;
-                    if out < TILE {
-                        s.total = to_u32(sizes[q + 1] * k * m, "dense stage size")?;
-                        push("dense_narrow", s, !in_a, grid(s.total));
-                        in_a = !in_a;
-                        continue;
-                    }
-                    let gx = cols.div_ceil(TILE);
-                    if gx > self.limits.max_compute_workgroups_per_dimension {
-                        return Err(Error::Internal(format!(
-                            "a chunk of {cols} columns exceeds the workgroup limit"
-                        )));
-                    }
-                    push("dense", s, !in_a, (gx, out.div_ceil(TILE)));
-                    in_a = !in_a;
-                }
-            }
-            // The losses read the output layer's base Z (and A for MSE).
-            let mut s = at_layer(j, depth - 1);
-            (s.w_param, s.rows_l, s.cols_l) = (j.w_param, j.rows_l, j.cols_l);
-            s.total = cols;
-            push("sample_loss", s, !in_a, grid(s.total));
-            in_a = !in_a;
-            let mut s = j;
-            s.total = k as u32;
-            push("reduce", s, !in_a, grid(s.total));
-        }
-        if !jobs.is_empty() {
-            let batch_a = mk("batch a", plan.batch_reals);
-            let batch_b = mk("batch b", plan.batch_reals);
-            let items: Vec<u32> = staged.iter().map(|&p| p as u32).collect();
-            let plist = init(
-                "parameter list",
-                bytemuck::cast_slice(if items.is_empty() { &[0u32] } else { &items }),
-                wgpu::BufferUsages::STORAGE,
-            );
-            let (ubuf, stride) = self.jobs_buffer(jobs.iter().map(|d| &d.job));
-            // Two bind groups: (src, dst) = (a, b) and (b, a).
-            let g_ab = self.bind_group(
-                &pipes,
-                &ubuf,
-                [
-                    &model_buf, &base_buf, &batch_a, &batch_b, &results, &kinks, &plist,
-                ],
-            );
-            let g_ba = self.bind_group(
-                &pipes,
-                &ubuf,
-                [
-                    &model_buf, &base_buf, &batch_b, &batch_a, &results, &kinks, &plist,
-                ],
-            );
-            phases.push((jobs, ubuf, stride, [g_ab, g_ba]));
-        }
-        let results_len = (results_reals * R::SIZE) as u64;
-        let results_rb = readback("results readback", results_len);
-        let mut outs = Vec::with_capacity(epsilons.len());
-        for &epsilon in epsilons {
-            self.queue
-                .write_buffer(&model_buf, 0, bytemuck::cast_slice(&R::convert(&[epsilon])));
-            let mut enc = dev.create_command_encoder(&wgpu::CommandEncoderDescriptor {
+    }
+
+    /// One evaluation at `epsilon`: ε into the model header, every phase recorded into
+    /// one encoder, one submission, J± (or ΔJ±) and the kink flags read back.
+    fn submit<R: Real>(
+        &self,
+        pipes: &Pipelines,
+        bufs: &MlpBuffers,
+        phases: &[Phase],
+        epsilon: f64,
+        timings: bool,
+        delta: bool,
+    ) -> Result<RunOutput> {
+        self.queue.write_buffer(
+            &bufs.model,
+            0,
+            bytemuck::cast_slice(&R::convert(&[epsilon])),
+        );
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("gradcheck"),
             });
-            enc.clear_buffer(&kinks, 0, None);
-            let mut profiler = (opts.timings && self.has_timestamps).then(Profiler::new);
-            for (jobs, _, stride, groups) in &phases {
-                let [a, b] = groups;
-                self.record(&mut enc, &pipes, jobs, *stride, [a, b], profiler.as_mut());
-            }
-            if let Some(p) = profiler.as_mut() {
-                p.resolve(self, &mut enc);
-            }
-            enc.copy_buffer_to_buffer(&results, 0, &results_rb, 0, results_len);
-            enc.copy_buffer_to_buffer(&kinks, 0, &kinks_rb, 0, (n.max(1) * 4) as u64);
-            self.queue.submit([enc.finish()]);
-            let mut out = self.read_results::<R>(&results_rb, &kinks_rb, n, delta)?;
-            if let Some(p) = profiler {
-                out.kernel_times = p.collect(self)?;
-            }
-            outs.push(out);
+        enc.clear_buffer(&bufs.kinks, 0, None);
+        let mut profiler = (timings && self.has_timestamps).then(Profiler::new);
+        for (jobs, _, stride, [a, b]) in phases {
+            self.record(&mut enc, pipes, jobs, *stride, [a, b], profiler.as_mut());
         }
-        Self::pop_scopes(scope_val, scope_oom)?;
-        Ok(outs)
+        if let Some(p) = profiler.as_mut() {
+            p.resolve(self, &mut enc);
+        }
+        let n = bufs.n;
+        enc.copy_buffer_to_buffer(&bufs.results, 0, &bufs.results_rb, 0, bufs.results_len);
+        enc.copy_buffer_to_buffer(&bufs.kinks, 0, &bufs.kinks_rb, 0, (n.max(1) * 4) as u64);
+        self.queue.submit([enc.finish()]);
+        let mut out = self.read_results::<R>(&bufs.results_rb, &bufs.kinks_rb, n, delta)?;
+        if let Some(p) = profiler {
+            out.kernel_times = p.collect(self)?;
+        }
+        Ok(out)
     }
 
     /// Records `jobs` into `enc`: one compute pass, or one pass per dispatch with a
@@ -739,6 +539,328 @@ impl GpuContext {
             magnitudes: delta.then(|| vals[2 * n..4 * n].iter().map(|v| v.to_f64()).collect()),
             kernel_times: Vec::new(),
         })
+    }
+}
+
+/// One phase of a submission: its dispatches, their jobs uniform and stride, and the
+/// bind groups (src, dst) = (a, b) and (b, a).
+type Phase = (Vec<Dispatch>, wgpu::Buffer, usize, [wgpu::BindGroup; 2]);
+
+/// The buffers every phase of an MLP evaluation binds, and the readbacks.
+struct MlpBuffers {
+    model: wgpu::Buffer,
+    base: wgpu::Buffer,
+    results: wgpu::Buffer,
+    kinks: wgpu::Buffer,
+    results_rb: wgpu::Buffer,
+    kinks_rb: wgpu::Buffer,
+    /// Bytes of results read back (J± or ΔJ± and magnitudes).
+    results_len: u64,
+    n: usize,
+}
+
+/// The fused phase's dispatches, the parameters left to the staged kernels, and the sizes
+/// of the buffers the fused kernels need.
+struct FusedList {
+    jobs: Vec<Dispatch>,
+    staged: Vec<usize>,
+    /// u32s of the kinks buffer: the flags, then each shortcut layer's work list.
+    kinks_len: usize,
+    /// Reals of fused_exact's scratch.
+    scratch_len: usize,
+}
+
+/// What every dispatch list of an MLP evaluation is built from: the model's sizes, where
+/// each part of the buffers starts, and the adapter's grid and loop limits.
+struct Stages<'a> {
+    model: &'a Model,
+    m: usize,
+    common: Job,
+    slope_at: usize,
+    theta_off: usize,
+    x_off: usize,
+    z_off: &'a [usize],
+    a_off: &'a [usize],
+    mask_off: &'a [u32],
+    delta: bool,
+    budget: u32,
+    max_groups: u32,
+}
+
+impl<'a> Stages<'a> {
+    fn new(
+        model: &'a Model,
+        m: usize,
+        mh: &'a ModelHost,
+        bh: &'a BaseHost,
+        delta: bool,
+        budget: u32,
+        limits: &wgpu::Limits,
+    ) -> Stages<'a> {
+        let depth = model.depth();
+        let out = depth - 1;
+        // Fields every dispatch shares.
+        let common = Job {
+            m: m as u32,
+            y_off: mh.y_off as u32,
+            theta_off: mh.theta_off as u32,
+            loss: model.loss().code(),
+            l2: u32::from(model.l2() != 0.0),
+            n_params: model.n_params() as u32,
+            delta: u32::from(delta),
+            sig_off: bh.sig_off as u32,
+            n_out: model.sizes()[depth] as u32,
+            out_z: bh.z_off[out] as u32,
+            out_a: bh.a_off[out] as u32,
+            out_act: model.activation(out).code(),
+            out_slope: (mh.slope_at + out) as u32,
+            j_end: m as u32,
+            ..Job::default()
+        };
+        Stages {
+            model,
+            m,
+            common,
+            slope_at: mh.slope_at,
+            theta_off: mh.theta_off,
+            x_off: mh.x_off,
+            z_off: &bh.z_off,
+            a_off: &bh.a_off,
+            mask_off: &mh.mask_off,
+            delta,
+            budget,
+            max_groups: limits.max_compute_workgroups_per_dimension,
+        }
+    }
+
+    /// A 1-D grid of `total` threads as (x, y) workgroups within the per-dimension limit.
+    fn grid(&self, total: u32) -> (u32, u32) {
+        let groups = total.div_ceil(WG).max(1);
+        let x = groups.min(self.max_groups);
+        (x, groups.div_ceil(x))
+    }
+
+    fn windows(&self, per_sample: u64, per_thread: u64) -> Result<Vec<(u32, u32)>> {
+        sample_windows(self.budget, self.m, per_sample, per_thread)
+    }
+
+    /// `s` as a stage computing layer q: its activation, sizes, W and b, input, base Z/A
+    /// and dropout factors (each kernel reads the ones it needs).
+    fn at_layer(&self, mut s: Job, q: usize) -> Job {
+        let (model, sizes, layout) = (self.model, self.model.sizes(), self.model.layout());
+        s.act = model.activation(q).code();
+        s.slope_idx = (self.slope_at + q) as u32;
+        s.is_output = u32::from(q + 1 == model.depth());
+        s.in_dim = sizes[q] as u32;
+        s.out_dim = sizes[q + 1] as u32;
+        s.w_off = (self.theta_off + layout.weight(q).offset) as u32;
+        s.b_off = (self.theta_off + layout.bias(q).offset) as u32;
+        s.in_is_x = u32::from(q == 0);
+        s.in_off = (if q == 0 {
+            self.x_off
+        } else {
+            self.a_off[q - 1]
+        }) as u32;
+        s.z_off = self.z_off[q] as u32;
+        s.a_off = self.a_off[q] as u32;
+        s.mask_off = self.mask_off[q];
+        s.w_param = layout.weight(q).offset as u32;
+        s.rows_l = sizes[q + 1] as u32;
+        s.cols_l = sizes[q] as u32;
+        s
+    }
+
+    /// The fused layers' dispatches, one thread per perturbation: `fused_delta` (output
+    /// layer; shortcut layers, putting the perturbations with samples outside their
+    /// interval on a work list in the kinks buffer) and `fused_exact` (those samples, or
+    /// every sample of a layer without a shortcut, layer by layer in per-thread scratch
+    /// vectors of at most `scratch_cap` reals in all). The other layers' parameters of
+    /// `wanted` are left to the staged kernels.
+    fn fused(
+        &self,
+        fused: &[Option<Option<[usize; 3]>>],
+        wanted: &std::ops::Range<usize>,
+        scratch_cap: usize,
+    ) -> Result<FusedList> {
+        let (sizes, layout) = (self.model.sizes(), self.model.layout());
+        let depth = self.model.depth();
+        let mut list = FusedList {
+            jobs: Vec::new(),
+            staged: Vec::new(),
+            kinks_len: self.model.n_params().max(1),
+            scratch_len: 1,
+        };
+        for (l, f) in fused.iter().enumerate() {
+            let range = layout.weight(l).offset..layout.bias(l).range().end;
+            let range = range.start.max(wanted.start)..range.end.min(wanted.end);
+            let Some(tables) = f else {
+                list.staged.extend(range);
+                continue;
+            };
+            if range.is_empty() {
+                continue;
+            }
+            let mut j = self.at_layer(self.common, l);
+            j.layer = l as u32;
+            j.first = range.start as u32;
+            j.total = to_u32(2 * range.len(), "perturbations of a layer")?;
+            let (gx, gy) = self.grid(j.total);
+            if l + 1 == depth {
+                for w in self.windows(loop_cost_per_sample(sizes, l, false), 1)? {
+                    list.jobs
+                        .push(Dispatch::new("fused_delta", windowed(j, w), gx, gy));
+                }
+                continue;
+            }
+            // Scratch threads: enough to fill a large GPU, within the scratch binding.
+            let width = sizes[l + 2..].iter().copied().max().expect("a later layer");
+            j.scratch_w = to_u32(width, "layer width")?;
+            j.threads = (2 * range.len())
+                .min(scratch_cap / (2 * width))
+                .min(1 << 18) as u32;
+            if j.threads == 0 {
+                return Err(Error::gpu(
+                    crate::error::GpuErrorKind::Limit,
+                    format!("a layer of width {width} does not fit the adapter's storage binding"),
+                ));
+            }
+            list.scratch_len = list.scratch_len.max(j.threads as usize * 2 * width);
+            if let Some([v, lo, hi]) = tables {
+                j.sc_v = to_u32(*v, "shortcut table offset")?;
+                j.sc_lo = to_u32(*lo, "shortcut table offset")?;
+                j.sc_hi = to_u32(*hi, "shortcut table offset")?;
+                j.list_off = to_u32(list.kinks_len, "work list offset")?;
+                list.kinks_len += 1 + 2 * range.len();
+                for w in self.windows(loop_cost_per_sample(sizes, l, false), 1)? {
+                    list.jobs
+                        .push(Dispatch::new("fused_delta", windowed(j, w), gx, gy));
+                }
+                // cols = 1: redo fused_delta's work list.
+                j.cols = 1;
+            }
+            let per_thread = (2 * range.len()).div_ceil(j.threads as usize) as u64;
+            let (ex, ey) = self.grid(j.threads);
+            for w in self.windows(loop_cost_per_sample(sizes, l, true), per_thread)? {
+                list.jobs
+                    .push(Dispatch::new("fused_exact", windowed(j, w), ex, ey));
+            }
+        }
+        to_u32(list.kinks_len, "kinks buffer length")?;
+        Ok(list)
+    }
+
+    /// The fused kernels' layer table: per layer, W offset, in and out widths, Z offset,
+    /// activation, slope index, dropout offset, activation tables' offset.
+    fn layer_table(&self, act_tables: &[u32]) -> Vec<u32> {
+        let mut table = Vec::with_capacity(8 * act_tables.len());
+        for (q, &tables_at) in act_tables.iter().enumerate() {
+            let j = self.at_layer(self.common, q);
+            table.extend([
+                j.w_off,
+                j.in_dim,
+                j.out_dim,
+                j.z_off,
+                j.act,
+                j.slope_idx,
+                j.mask_off,
+                tables_at,
+            ]);
+        }
+        table
+    }
+
+    /// The staged kernels' dispatches: the base forward pass (plain paths), then per
+    /// chunk of the listed parameters perturb_row → rank1 → dense… → sample_loss → reduce.
+    fn staged(&self, plan: &Plan, adapter: &str) -> Result<Vec<Dispatch>> {
+        let (sizes, depth, m) = (self.model.sizes(), self.model.depth(), self.m);
+        let mut jobs: Vec<Dispatch> = Vec::new();
+        if plan.chunks.is_empty() && self.delta {
+            return Ok(jobs);
+        }
+        // The staged kernels loop over the samples (reduce) and a layer's inputs within
+        // one invocation: no windows there, so refuse what the cap cuts short.
+        let widest = sizes.iter().copied().max().unwrap_or(1);
+        let longest = (m.max(widest) as u64) * 2 + 64;
+        if longest > u64::from(self.budget) {
+            return Err(Error::gpu(
+                crate::error::GpuErrorKind::Limit,
+                format!(
+                    "{adapter} ends every loop of a shader invocation after {} iterations, and the staged kernels (the plain precisions) would need {longest} for m = {m} samples and layers up to {widest} wide: use --precision f64 or f32 (the fused Δ path splits its samples to fit), or --backend cpu",
+                    self.budget
+                ),
+            ));
+        }
+        for l in (0..depth).filter(|_| !self.delta) {
+            let mut j = self.at_layer(self.common, l);
+            j.total = to_u32(sizes[l + 1] * m, "layer size × m")?;
+            let (gx, gy) = self.grid(j.total);
+            jobs.push(Dispatch::new("base_layer", j, gx, gy));
+        }
+        for chunk in &plan.chunks {
+            self.staged_chunk(chunk, &mut jobs)?;
+        }
+        Ok(jobs)
+    }
+
+    /// One chunk's perturb_row → rank1 → dense… → sample_loss → reduce, alternating the
+    /// two batch buffers.
+    fn staged_chunk(&self, chunk: &super::plan::Chunk, jobs: &mut Vec<Dispatch>) -> Result<()> {
+        let (sizes, depth, m) = (self.model.sizes(), self.model.depth(), self.m);
+        let l = chunk.layer;
+        let k = 2 * chunk.count;
+        let cols = to_u32(k * m, "chunk columns")?;
+        let mut j = self.at_layer(self.common, l);
+        j.first = chunk.first as u32;
+        j.cols = cols;
+        let mut push = |entry, job, src_is_b, (gx, gy): (u32, u32)| {
+            jobs.push(Dispatch {
+                entry,
+                job,
+                src_is_b,
+                gx,
+                gy,
+            })
+        };
+        // perturb_row: → batch a.
+        let mut s = j;
+        s.total = cols;
+        push("perturb_row", s, true, self.grid(s.total));
+        let mut in_a = true; // the latest output is in batch a
+        if l + 1 < depth {
+            let mut s = self.at_layer(j, l + 1);
+            (s.w_param, s.rows_l, s.cols_l) = (j.w_param, j.rows_l, j.cols_l);
+            s.total = to_u32(sizes[l + 2] * k * m, "rank-1 stage size")?;
+            push("rank1", s, !in_a, self.grid(s.total));
+            in_a = !in_a;
+            for q in l + 2..depth {
+                let mut s = self.at_layer(j, q);
+                let out = sizes[q + 1] as u32;
+                if out < TILE {
+                    s.total = to_u32(sizes[q + 1] * k * m, "dense stage size")?;
+                    push("dense_narrow", s, !in_a, self.grid(s.total));
+                    in_a = !in_a;
+                    continue;
+                }
+                let gx = cols.div_ceil(TILE);
+                if gx > self.max_groups {
+                    return Err(Error::Internal(format!(
+                        "a chunk of {cols} columns exceeds the workgroup limit"
+                    )));
+                }
+                push("dense", s, !in_a, (gx, out.div_ceil(TILE)));
+                in_a = !in_a;
+            }
+        }
+        // The losses read the output layer's base Z (and A for MSE).
+        let mut s = self.at_layer(j, depth - 1);
+        (s.w_param, s.rows_l, s.cols_l) = (j.w_param, j.rows_l, j.cols_l);
+        s.total = cols;
+        push("sample_loss", s, !in_a, self.grid(s.total));
+        in_a = !in_a;
+        let mut s = j;
+        s.total = k as u32;
+        push("reduce", s, !in_a, self.grid(s.total));
+        Ok(())
     }
 }
 
