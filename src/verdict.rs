@@ -490,6 +490,78 @@ struct Judged {
     status: Status,
 }
 
+impl Judged {
+    /// An element that cannot be judged: no bound, no method.
+    fn unresolved(status: Status, numeric: f64) -> Judged {
+        Judged {
+            numeric,
+            tie: 0.0,
+            bound: f64::INFINITY,
+            rounding: f64::INFINITY,
+            truncation: f64::INFINITY,
+            signal: 0.0,
+            method: Method::None,
+            status,
+        }
+    }
+}
+
+/// The difference chosen for an element ([`Rules::estimate`]).
+struct Chosen {
+    /// Its kink flags (0 where kinks are included).
+    kinks: u8,
+    method: Method,
+    /// Whether the difference is central (before Richardson's combination).
+    central: bool,
+    est: Estimate,
+}
+
+/// An element's status from its bound: consistent within it; on a kink at θ, consistent
+/// anywhere between the two one-sided derivatives (a subgradient, the interval's width
+/// counted in its bound); wrong only far outside (and where `provable`), suspicious
+/// between.
+fn decide_element(
+    g: f64,
+    mut judged: Judged,
+    at: &Side<'_>,
+    i: usize,
+    kinks: u8,
+    provable: bool,
+) -> Judged {
+    let (numeric, bound) = (judged.numeric, judged.bound);
+    let d = (g - numeric).abs();
+    if d <= bound {
+        return judged;
+    }
+    // θ exactly on a kink (z = 0 for some unit): every value between the two one-sided
+    // derivatives is a valid subgradient (relu'(0) ∈ [0, 1]). The crossing side's
+    // difference bounds that interval; a g inside it is consistent, with the interval's
+    // width counted in its bound (so that such elements cannot make a PASS cheap).
+    let mut far = d > FAIL_MARGIN * bound && judged.signal <= 0.1 * d;
+    if kinks != 0 {
+        let other = at.one_sided(i, kinks == KINK_MINUS);
+        if other.value.is_finite() {
+            let (lo, hi) = (numeric.min(other.value), numeric.max(other.value));
+            let outside = (lo - g).max(g - hi).max(0.0);
+            let slack = bound + other.rounding;
+            if outside <= slack {
+                judged.truncation += (hi - lo) + other.rounding;
+                judged.bound = judged.rounding + judged.truncation;
+                return judged;
+            }
+            far &= outside > FAIL_MARGIN * slack;
+        } else {
+            far = false;
+        }
+    }
+    judged.status = if far && provable {
+        Status::Wrong
+    } else {
+        Status::Suspicious
+    };
+    judged
+}
+
 /// A difference and its error bound's parts.
 #[derive(Debug, Clone, Copy)]
 struct Estimate {
@@ -748,33 +820,64 @@ impl Rules {
         floor: f64,
         provable: bool,
     ) -> Judged {
-        let unresolved = |status, numeric| Judged {
-            numeric,
-            tie: 0.0,
-            bound: f64::INFINITY,
-            rounding: f64::INFINITY,
-            truncation: f64::INFINITY,
-            signal: 0.0,
-            method: Method::None,
-            status,
-        };
         let c = at.central[i];
         if !g.is_finite() {
             return Judged {
                 status: Status::Wrong,
-                tie: 0.0,
                 bound: 0.0,
                 rounding: 0.0,
                 truncation: 0.0,
-                signal: 0.0,
                 method: Method::Central,
-                numeric: c,
+                ..Judged::unresolved(Status::Wrong, c)
             };
         }
         let step_error = at.eval.step_errors.as_ref().map_or(0.0, |s| s[i]);
         if at.half_step(i) == 0.0 || step_error >= 0.5 {
-            return unresolved(Status::StepUnderflow, c);
+            return Judged::unresolved(Status::StepUnderflow, c);
         }
+        let chosen = match self.estimate(i, at, wide) {
+            Ok(chosen) => chosen,
+            Err(status) => return Judged::unresolved(status.0, status.1),
+        };
+        let numeric = chosen.est.value;
+        if !numeric.is_finite() {
+            return Judged::unresolved(Status::NotFinite, numeric);
+        }
+        // Both sides' rounding, at least the tensor's (see `judge`), the nominal-step gap,
+        // and underflow of ΔJ.
+        let [numeric_terms, analytic_terms] = sizes;
+        let rounding = chosen.est.rounding.max(at.ku * numeric_terms)
+            + kg * at.term_size(i, g, numeric).max(analytic_terms)
+            + numeric.abs() * step_error
+            + f64::MIN_POSITIVE / at.half_step(i);
+        // An exact max-pool tie at θ: any tied entry may take the gradient, so the valid
+        // derivatives fill an interval whose midpoint the central difference is (a
+        // one-sided difference is one of its ends).
+        let tie = at.eval.tie_widths.as_ref().map_or(0.0, |w| w[i])
+            * if chosen.central { 0.5 } else { 1.0 };
+        let judged = Judged {
+            numeric,
+            bound: rounding + chosen.est.truncation + floor + tie,
+            tie,
+            rounding,
+            truncation: chosen.est.truncation + floor + tie,
+            signal: chosen.est.signal,
+            method: chosen.method,
+            status: Status::Consistent,
+        };
+        decide_element(g, judged, at, i, chosen.kinks, provable)
+    }
+
+    /// The difference an element is judged by: central where neither step crossed a kink,
+    /// one-sided on the smooth side where one did, with its truncation estimated from
+    /// the 2ε evaluation (and Richardson's combination for stencil 4). `Err`: the element
+    /// cannot be judged (a kink both ways, or within 2ε), with the value to report.
+    fn estimate(
+        &self,
+        i: usize,
+        at: &Side<'_>,
+        wide: Option<&Side<'_>>,
+    ) -> std::result::Result<Chosen, (Status, f64)> {
         let include = self.kinks == KinkPolicy::Include;
         let kinks = if include { 0 } else { at.kinks(i) };
         let wide_kinks = match wide {
@@ -801,12 +904,12 @@ impl Rules {
                 wide.filter(|_| wide_kinks & KINK_PLUS == 0)
                     .map(|w| w.one_sided(i, true)),
             ),
-            _ => return unresolved(Status::KinkBothSides, c),
+            _ => return Err((Status::KinkBothSides, at.central[i])),
         };
         let central = method == Method::Central;
         let Some(w) = w else {
             // A kink within 2ε (or no 2ε evaluation): the truncation is unknown.
-            return unresolved(Status::KinkWithinTwoEpsilon, est.value);
+            return Err((Status::KinkWithinTwoEpsilon, est.value));
         };
         let mut est = with_truncation(est, w, central);
         let method = if central && self.stencil == 4 {
@@ -816,69 +919,12 @@ impl Rules {
         } else {
             method
         };
-        let numeric = est.value;
-        if !numeric.is_finite() {
-            return unresolved(Status::NotFinite, numeric);
-        }
-        // Both sides' rounding, at least the tensor's (see `judge`), the nominal-step gap,
-        // and underflow of ΔJ.
-        let [numeric_terms, analytic_terms] = sizes;
-        let rounding = est.rounding.max(at.ku * numeric_terms)
-            + kg * at.term_size(i, g, numeric).max(analytic_terms)
-            + numeric.abs() * step_error
-            + f64::MIN_POSITIVE / at.half_step(i);
-        // An exact max-pool tie at θ: any tied entry may take the gradient, so the valid
-        // derivatives fill an interval whose midpoint the central difference is (a
-        // one-sided difference is one of its ends).
-        let tie =
-            at.eval.tie_widths.as_ref().map_or(0.0, |w| w[i]) * if central { 0.5 } else { 1.0 };
-        let truncation = est.truncation + floor + tie;
-        let bound = rounding + truncation;
-        let judged = |numeric, rounding: f64, truncation: f64, status| Judged {
-            numeric,
-            bound: rounding + truncation,
-            tie,
-            rounding,
-            truncation,
-            signal: est.signal,
+        Ok(Chosen {
+            kinks,
             method,
-            status,
-        };
-        let d = (g - numeric).abs();
-        if d <= bound {
-            return judged(numeric, rounding, truncation, Status::Consistent);
-        }
-        // θ exactly on a kink (z = 0 for some unit): every value between the two one-sided
-        // derivatives is a valid subgradient (relu'(0) ∈ [0, 1]). The crossing side's
-        // difference bounds that interval; a g inside it is consistent, with the interval's
-        // width counted in its bound (so that such elements cannot make a PASS cheap).
-        let mut far = d > FAIL_MARGIN * bound && est.signal <= 0.1 * d;
-        if kinks != 0 {
-            let other = at.one_sided(i, kinks == KINK_MINUS);
-            if other.value.is_finite() {
-                let (lo, hi) = (numeric.min(other.value), numeric.max(other.value));
-                let outside = (lo - g).max(g - hi).max(0.0);
-                let slack = bound + other.rounding;
-                if outside <= slack {
-                    let width = hi - lo;
-                    return judged(
-                        numeric,
-                        rounding,
-                        truncation + width + other.rounding,
-                        Status::Consistent,
-                    );
-                }
-                far &= outside > FAIL_MARGIN * slack;
-            } else {
-                far = false;
-            }
-        }
-        let status = if far && provable {
-            Status::Wrong
-        } else {
-            Status::Suspicious
-        };
-        judged(numeric, rounding, truncation, status)
+            central,
+            est,
+        })
     }
 
     /// A tensor's verdict, and the ε that would resolve it (if that is its problem).
