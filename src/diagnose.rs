@@ -402,6 +402,14 @@ fn diagnose_tensor_with(
     judged_wrong: Option<&[bool]>,
 ) -> Option<Diagnosis> {
     let gname = format!("d{}", slot.name);
+    degenerate(&gname, a, n)
+        .or_else(|| whole_tensor_pattern(slot, &gname, a, n, m, resolution))
+        .or_else(|| where_wrong(slot, &gname, a, n, judged_wrong))
+}
+
+/// NaN/infinite entries, an all-zero gradient, or a one-element tensor (its sign, or no
+/// pattern to find).
+fn degenerate(gname: &str, a: &[f64], n: &[f64]) -> Option<Diagnosis> {
     let bad = a.iter().filter(|v| !v.is_finite()).count();
     if bad > 0 {
         return Some(Diagnosis {
@@ -420,11 +428,6 @@ fn diagnose_tensor_with(
             ),
         });
     }
-    // Equal to m (or 1/m) within what the numeric gradient resolves, not just within the
-    // fit tolerance: a factor of 3.02 with m = 3 is a scaling, not a missing 1/m.
-    let exactly = |c: f64, want: f64| {
-        (c - want).abs() <= (4.0 * resolution).clamp(1e-9, FIT_TOLERANCE) * want.abs()
-    };
     if a.len() == 1 && nn > 0.0 && close(a[0], -n[0]) {
         return Some(Diagnosis {
             kind: MistakeKind::SignFlipped,
@@ -445,56 +448,88 @@ fn diagnose_tensor_with(
             ),
         });
     }
-    if nn > 0.0 {
-        // Least-squares factor c minimising ‖a − c·n‖.
-        let c = a.iter().zip(n).map(|(x, y)| x * y).sum::<f64>() / (nn * nn);
-        if residual(a, n.iter().map(|y| c * y)) <= FIT_TOLERANCE && !close(c, 1.0) {
-            let mf = m as f64;
-            let (kind, message) = if close(c, -1.0) {
-                (
-                    MistakeKind::SignFlipped,
-                    format!("{gname} has the wrong sign (−1 × the numeric gradient)"),
-                )
-            } else if m > 1 && exactly(c, mf) {
-                (
-                    MistakeKind::MissingAveraging,
-                    format!(
-                        "{gname} is {} × the numeric gradient = m: the 1/m averaging is missing",
-                        factor(c)
-                    ),
-                )
-            } else if m > 1 && exactly(c, 1.0 / mf) {
-                (
-                    MistakeKind::DoubledAveraging,
-                    format!(
-                        "{gname} is {} × the numeric gradient = 1/m: the 1/m averaging is applied twice",
-                        factor(c)
-                    ),
-                )
-            } else {
-                (
-                    MistakeKind::Scaled,
-                    format!("{gname} is {} × the numeric gradient", factor(c)),
-                )
-            };
+    None
+}
+
+/// The whole tensor a multiple of the numeric gradient (the sign, m, 1/m, any factor) or
+/// its transpose.
+fn whole_tensor_pattern(
+    slot: &TensorSlot,
+    gname: &str,
+    a: &[f64],
+    n: &[f64],
+    m: usize,
+    resolution: f64,
+) -> Option<Diagnosis> {
+    let nn = norm(n);
+    if nn == 0.0 {
+        return None;
+    }
+    // Equal to m (or 1/m) within what the numeric gradient resolves, not just within the
+    // fit tolerance: a factor of 3.02 with m = 3 is a scaling, not a missing 1/m.
+    let exactly = |c: f64, want: f64| {
+        (c - want).abs() <= (4.0 * resolution).clamp(1e-9, FIT_TOLERANCE) * want.abs()
+    };
+    // Least-squares factor c minimising ‖a − c·n‖.
+    let c = a.iter().zip(n).map(|(x, y)| x * y).sum::<f64>() / (nn * nn);
+    if residual(a, n.iter().map(|y| c * y)) <= FIT_TOLERANCE && !close(c, 1.0) {
+        let mf = m as f64;
+        let (kind, message) = if close(c, -1.0) {
+            (
+                MistakeKind::SignFlipped,
+                format!("{gname} has the wrong sign (−1 × the numeric gradient)"),
+            )
+        } else if m > 1 && exactly(c, mf) {
+            (
+                MistakeKind::MissingAveraging,
+                format!(
+                    "{gname} is {} × the numeric gradient = m: the 1/m averaging is missing",
+                    factor(c)
+                ),
+            )
+        } else if m > 1 && exactly(c, 1.0 / mf) {
+            (
+                MistakeKind::DoubledAveraging,
+                format!(
+                    "{gname} is {} × the numeric gradient = 1/m: the 1/m averaging is applied twice",
+                    factor(c)
+                ),
+            )
+        } else {
+            (
+                MistakeKind::Scaled,
+                format!("{gname} is {} × the numeric gradient", factor(c)),
+            )
+        };
+        return Some(Diagnosis {
+            kind,
+            factor: Some(c),
+            message,
+        });
+    }
+    if slot.kind == TensorKind::Weight && slot.rows == slot.cols && slot.rows > 1 {
+        let k = slot.rows;
+        if residual(a, (0..a.len()).map(|i| n[(i % k) * k + i / k])) <= FIT_TOLERANCE {
             return Some(Diagnosis {
-                kind,
-                factor: Some(c),
-                message,
+                kind: MistakeKind::Transposed,
+                factor: None,
+                message: format!("{gname} is the transpose of the numeric gradient"),
             });
         }
-        if slot.kind == TensorKind::Weight && slot.rows == slot.cols && slot.rows > 1 {
-            let k = slot.rows;
-            if residual(a, (0..a.len()).map(|i| n[(i % k) * k + i / k])) <= FIT_TOLERANCE {
-                return Some(Diagnosis {
-                    kind: MistakeKind::Transposed,
-                    factor: None,
-                    message: format!("{gname} is the transpose of the numeric gradient"),
-                });
-            }
-        }
     }
-    // No pattern: where are the wrong elements?
+    None
+}
+
+/// No pattern: which rows and columns hold the wrong elements (those the error model
+/// judged wrong, when known).
+fn where_wrong(
+    slot: &TensorSlot,
+    gname: &str,
+    a: &[f64],
+    n: &[f64],
+    judged_wrong: Option<&[bool]>,
+) -> Option<Diagnosis> {
+    let nn = norm(n);
     let scale = (nn * nn / n.len().max(1) as f64).sqrt();
     let tol = ELEMENT_TOLERANCE * scale + 1e-12;
     let wrong: Vec<usize> = (0..a.len())
