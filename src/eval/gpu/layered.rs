@@ -48,10 +48,9 @@ impl GpuContext {
         opts: &EvalOptions,
     ) -> Result<Vec<Evaluation>> {
         let kernels = kernels_of(net)?;
-        let use_f64 = matches!(precision, Precision::F64 | Precision::F64Plain);
         let delta = matches!(precision, Precision::F64 | Precision::F32);
         let fwd = net::forward(model, net, params, data);
-        let outs = if use_f64 {
+        let outs = if matches!(precision, Precision::F64 | Precision::F64Plain) {
             self.run_layered::<f64>(model, net, &kernels, params, epsilons, opts, &fwd, delta)?
         } else {
             self.run_layered::<f32>(model, net, &kernels, params, epsilons, opts, &fwd, delta)?
@@ -93,23 +92,12 @@ impl GpuContext {
                 cost,
                 plus: plus.collect(),
                 minus: minus.collect(),
-                deltas: delta,
                 cost_scale,
                 kinks: out.kinks,
                 magnitudes,
-                step_errors: (precision == Precision::F64Plain)
-                    .then(|| crate::eval::nominal_step_errors(params.as_slice(), epsilon)),
-                backend: format!("gpu ({})", self.info.name),
-                precision: precision.label().into(),
-                unit_roundoff: if use_f64 {
-                    f64::EPSILON / 2.0
-                } else {
-                    f64::from(f32::EPSILON) / 2.0
-                },
-                steps: (!use_f64).then(|| f32_steps(params.as_slice(), epsilon, delta)),
                 tie_widths,
-                notes: Vec::new(),
                 kernel_times: out.kernel_times,
+                ..self.evaluation_of(precision, params.as_slice(), epsilon)
             });
         }
         Ok(evals)
@@ -753,20 +741,4 @@ fn plain_cost(model: &Model, net: &Net, params: &Params, fwd: &net::Forward) -> 
         cost += model.l2() / (2.0 * m) * net::weight_sumsq(model, params);
     }
     cost
-}
-
-/// The f32 paths' real steps: the Δ path moves by exactly ±fl32(ε); the plain path's
-/// fl32(θ ± ε) − … differs from 2ε by up to u32·|θ|.
-fn f32_steps(theta: &[f64], epsilon: f64, delta: bool) -> Vec<f64> {
-    let e32 = epsilon as f32;
-    theta
-        .iter()
-        .map(|&t| {
-            if delta {
-                2.0 * f64::from(e32)
-            } else {
-                f64::from(t as f32 + e32) - f64::from(t as f32 - e32)
-            }
-        })
-        .collect()
 }

@@ -58,19 +58,7 @@ impl GpuContext {
         for &e in epsilons {
             validate_epsilon(e)?;
         }
-        let precision = match precision {
-            Precision::F64 | Precision::F64Plain if !self.has_f64 => {
-                return Err(Error::gpu(
-                    crate::error::GpuErrorKind::MissingFeature,
-                    format!("{} has no SHADER_F64; use --precision f32", self.info.name),
-                ));
-            }
-            Precision::Auto if self.has_f64 => Precision::F64,
-            Precision::Auto => Precision::F32,
-            p => p,
-        };
-        let use_f64 = matches!(precision, Precision::F64 | Precision::F64Plain);
-        let delta = matches!(precision, Precision::F64 | Precision::F32);
+        let precision = self.resolve(precision)?;
         if let Some(r) = &opts.range {
             if r.start > r.end || r.end > model.n_params() {
                 return Err(Error::Config(format!(
@@ -82,8 +70,9 @@ impl GpuContext {
         if let Some(net) = model.net() {
             return self.evaluate_layered(model, net, params, data, epsilons, precision, &opts);
         }
+        let delta = matches!(precision, Precision::F64 | Precision::F32);
         let fwd = mlp::forward(model, params, data);
-        let outs = if use_f64 {
+        let outs = if matches!(precision, Precision::F64 | Precision::F64Plain) {
             self.run::<f64>(model, params, data, epsilons, &opts, &fwd, delta)?
         } else {
             self.run::<f32>(model, params, data, epsilons, &opts, &fwd, delta)?
@@ -95,34 +84,18 @@ impl GpuContext {
             fwd.cost
         };
         let range = opts.range.clone().unwrap_or(0..model.n_params());
+        let n = model.n_params();
         let mut evals = Vec::with_capacity(epsilons.len());
         for (mut out, &epsilon) in outs.into_iter().zip(epsilons) {
-            let steps = (!use_f64).then(|| {
-                let e32 = epsilon as f32;
-                if delta {
-                    // The Δ path moves each pre-activation by exactly ±fl32(ε)·x: 2·fl32(ε).
-                    vec![2.0 * f64::from(e32); model.n_params()]
-                } else {
-                    // fl(θ ± ε) − θ differs from ε by up to u32·|θ|: divide by the real steps.
-                    params
-                        .as_slice()
-                        .iter()
-                        .map(|&t| f64::from(t as f32 + e32) - f64::from(t as f32 - e32))
-                        .collect()
-                }
-            });
-            for i in (0..range.start).chain(range.end..model.n_params()) {
+            for i in (0..range.start).chain(range.end..n) {
                 out.plus[i] = f64::NAN;
                 out.minus[i] = f64::NAN;
             }
             let magnitudes = out.magnitudes.map(|mag| {
-                (0..model.n_params())
-                    .map(|i| {
-                        if range.contains(&i) {
-                            [mag[2 * i], mag[2 * i + 1]]
-                        } else {
-                            [f64::NAN; 2]
-                        }
+                (0..n)
+                    .map(|i| match range.contains(&i) {
+                        true => [mag[2 * i], mag[2 * i + 1]],
+                        false => [f64::NAN; 2],
                     })
                     .collect::<Vec<_>>()
             });
@@ -131,40 +104,88 @@ impl GpuContext {
                 Some(mag) if !range.is_empty() => {
                     let sq: f64 = range
                         .clone()
-                        .map(|i| {
-                            let a = 0.5 * (mag[i][0] + mag[i][1]);
-                            a * a
-                        })
+                        .map(|i| (0.5 * (mag[i][0] + mag[i][1])).powi(2))
                         .sum();
                     (sq / range.len() as f64).sqrt()
                 }
                 _ => mlp::noise_scale(model, &fwd, data),
             };
-            let plain_f64 = precision == Precision::F64Plain;
             evals.push(Evaluation {
                 cost,
                 plus: out.plus,
                 minus: out.minus,
-                deltas: delta,
                 cost_scale,
                 kinks: out.kinks,
                 magnitudes,
-                step_errors: plain_f64
-                    .then(|| crate::eval::nominal_step_errors(params.as_slice(), epsilon)),
-                backend: format!("gpu ({})", self.info.name),
-                precision: precision.label().into(),
-                unit_roundoff: if use_f64 {
-                    f64::EPSILON / 2.0
-                } else {
-                    f64::from(f32::EPSILON) / 2.0
-                },
-                steps,
-                tie_widths: None,
-                notes: Vec::new(),
                 kernel_times: out.kernel_times,
+                ..self.evaluation_of(precision, params.as_slice(), epsilon)
             });
         }
         Ok(evals)
+    }
+
+    /// The precision asked for as this adapter runs it: Auto is f64 where the adapter has
+    /// SHADER_F64 (f32 elsewhere); an f64 precision without it is an error.
+    fn resolve(&self, precision: Precision) -> Result<Precision> {
+        match precision {
+            Precision::F64 | Precision::F64Plain if !self.has_f64 => Err(Error::gpu(
+                crate::error::GpuErrorKind::MissingFeature,
+                format!("{} has no SHADER_F64; use --precision f32", self.info.name),
+            )),
+            Precision::Auto if self.has_f64 => Ok(Precision::F64),
+            Precision::Auto => Ok(Precision::F32),
+            p => Ok(p),
+        }
+    }
+
+    /// An evaluation on this adapter at a resolved `precision` and `epsilon`: what follows
+    /// from them (backend, arithmetic, unit roundoff, the steps really taken), its values
+    /// empty for the caller to fill.
+    pub(super) fn evaluation_of(
+        &self,
+        precision: Precision,
+        theta: &[f64],
+        epsilon: f64,
+    ) -> Evaluation {
+        let use_f64 = matches!(precision, Precision::F64 | Precision::F64Plain);
+        let delta = matches!(precision, Precision::F64 | Precision::F32);
+        let steps = (!use_f64).then(|| {
+            let e32 = epsilon as f32;
+            theta
+                .iter()
+                .map(|&t| {
+                    if delta {
+                        // The Δ path moves each pre-activation by exactly ±fl32(ε)·x.
+                        2.0 * f64::from(e32)
+                    } else {
+                        // fl(θ ± ε) − θ differs from ε by up to u32·|θ|: the real steps.
+                        f64::from(t as f32 + e32) - f64::from(t as f32 - e32)
+                    }
+                })
+                .collect()
+        });
+        Evaluation {
+            cost: f64::NAN,
+            plus: Vec::new(),
+            minus: Vec::new(),
+            deltas: delta,
+            cost_scale: f64::NAN,
+            kinks: Vec::new(),
+            magnitudes: None,
+            step_errors: (precision == Precision::F64Plain)
+                .then(|| crate::eval::nominal_step_errors(theta, epsilon)),
+            backend: format!("gpu ({})", self.info.name),
+            precision: precision.label().into(),
+            unit_roundoff: if use_f64 {
+                f64::EPSILON / 2.0
+            } else {
+                f64::from(f32::EPSILON) / 2.0
+            },
+            steps,
+            tie_widths: None,
+            notes: Vec::new(),
+            kernel_times: Vec::new(),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
