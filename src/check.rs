@@ -52,6 +52,8 @@ pub struct GradCheck {
     pub auto_epsilon: bool,
     /// Measure every GPU kernel's device time (timestamp queries) into the report.
     pub kernel_timings: bool,
+    /// Where the CPU evaluations count their perturbations (a progress display).
+    pub progress: Option<crate::eval::Progress>,
 }
 
 impl Default for GradCheck {
@@ -70,6 +72,7 @@ impl Default for GradCheck {
             gradient_roundoff: f64::EPSILON / 2.0,
             auto_epsilon: true,
             kernel_timings: false,
+            progress: None,
         }
     }
 }
@@ -112,6 +115,7 @@ impl GradCheck {
             self.precision,
             self.adapter.as_deref(),
             self.threads,
+            self.progress.clone(),
         )?;
         e.set_kernel_timings(self.kernel_timings);
         Ok(e)

@@ -546,7 +546,7 @@ fn plan_of(a: &CheckArgs) -> Plan {
 
 fn run_check(a: CheckArgs) -> Result<ExitCode> {
     preflight(&[a.json.as_ref(), a.save_masks.as_ref(), a.junit.as_ref()])?;
-    let plan = plan_of(&a);
+    let mut plan = plan_of(&a);
     let report = if a.inputs.example == Some(Example::Seed1d) {
         plan.check_one_d()?
     } else {
@@ -574,10 +574,12 @@ fn run_check(a: CheckArgs) -> Result<ExitCode> {
             }
             return Ok(ExitCode::SUCCESS);
         }
+        let counter = gradcheck::eval::Progress::new();
+        plan.progress = Some(counter.clone());
         let bar = if a.quiet {
             Progress::none()
         } else {
-            progress(&p)
+            progress(&p, counter)
         };
         let r = plan.check(&p);
         bar.finish();
@@ -747,7 +749,7 @@ impl Progress {
     }
 }
 
-fn progress(p: &Problem) -> Progress {
+fn progress(p: &Problem, counter: gradcheck::eval::Progress) -> Progress {
     use std::io::IsTerminal as _;
     use std::sync::atomic::Ordering;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -772,11 +774,10 @@ fn progress(p: &Problem) -> Progress {
         })
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let start = gradcheck::eval::cpu::PERTURBATIONS_DONE.load(Ordering::Relaxed);
     let flag = stop.clone();
     let thread = std::thread::spawn(move || {
         while !flag.load(Ordering::SeqCst) {
-            let done = gradcheck::eval::cpu::PERTURBATIONS_DONE.load(Ordering::Relaxed) - start;
+            let done = counter.done();
             bar.set_length(bar.length().unwrap_or(0).max(done as u64));
             bar.set_position(done as u64);
             std::thread::sleep(std::time::Duration::from_millis(100));

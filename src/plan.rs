@@ -72,6 +72,8 @@ pub struct Plan {
     pub auto_epsilon: bool,
     /// CPU threading.
     pub threads: Threads,
+    /// Where the CPU evaluations count their perturbations (a progress display).
+    pub progress: Option<crate::eval::Progress>,
 }
 
 impl Default for Plan {
@@ -89,6 +91,7 @@ impl Default for Plan {
             fast: None,
             auto_epsilon: true,
             threads: Threads::Parallel,
+            progress: None,
         }
     }
 }
@@ -142,6 +145,7 @@ impl Plan {
         gc.kernel_timings = self.kernel_timings;
         gc.auto_epsilon = self.auto_epsilon;
         gc.threads = self.threads;
+        gc.progress = self.progress.clone();
         gc
     }
 

@@ -146,3 +146,35 @@ fn auto_takes_the_cpu_for_a_small_problem_without_looking_for_a_gpu() {
     .unwrap();
     assert!(r.notes.iter().all(|n| !n.contains("without looking")));
 }
+
+/// Progress is counted per check, into the counter its plan carries (no process global):
+/// a CPU check at ε and 2ε counts each ± perturbation of each parameter once per ε, 4N in
+/// all, an MLP and a conv net alike; a check without a counter counts nowhere.
+#[test]
+fn each_check_counts_its_perturbations_into_its_own_counter() {
+    use gradcheck::eval::{Backend, Precision, Progress};
+    for (p, precision) in [
+        (seed_problem(false).unwrap(), Precision::F64),
+        (
+            gradcheck::examples::conv_problem(false).unwrap(),
+            Precision::F64,
+        ),
+    ] {
+        let (mine, other) = (Progress::new(), Progress::new());
+        let plan = Plan {
+            backend: Backend::Cpu,
+            precision,
+            progress: Some(mine.clone()),
+            ..Plan::default()
+        };
+        let r = plan.check(&p).unwrap();
+        assert_eq!(r.verdict, gradcheck::check::Verdict::Pass);
+        assert_eq!(mine.done(), 4 * p.model.n_params());
+        let plain = Plan {
+            backend: Backend::Cpu,
+            ..Plan::default()
+        };
+        plain.check(&p).unwrap();
+        assert_eq!((mine.done(), other.done()), (4 * p.model.n_params(), 0));
+    }
+}

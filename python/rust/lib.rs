@@ -87,6 +87,7 @@ fn check(
         precision: parse::<Precision>("precision", &text("precision", "auto"))?,
         kinks: parse::<KinkPolicy>("kinks", &text("kinks", "exclude"))?,
         stencil: opts["stencil"].as_u64().unwrap_or(2),
+        progress: Some(counter().clone()),
         ..Plan::default()
     };
     let report = if forked() {
@@ -121,11 +122,17 @@ fn forked() -> bool {
     LOADED_IN.get().is_some_and(|&pid| pid != std::process::id())
 }
 
-/// Perturbations the CPU evaluator has done in this process so far (a progress display
-/// polls it from another thread while a check runs).
+/// The counter every check of this module counts its perturbations into (the package's
+/// progress display polls it from another thread while a check runs).
+fn counter() -> &'static gradcheck::eval::Progress {
+    static COUNTER: std::sync::OnceLock<gradcheck::eval::Progress> = std::sync::OnceLock::new();
+    COUNTER.get_or_init(gradcheck::eval::Progress::new)
+}
+
+/// Perturbations the CPU evaluator has done in this module's checks so far.
 #[pyfunction]
 fn progress() -> usize {
-    gradcheck::eval::cpu::PERTURBATIONS_DONE.load(std::sync::atomic::Ordering::Relaxed)
+    counter().done()
 }
 
 /// The version of the Rust library underneath.

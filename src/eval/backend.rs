@@ -7,7 +7,7 @@ use std::ops::Range;
 
 #[cfg(feature = "gpu")]
 use super::gpu;
-use super::{Backend, CpuEvaluator, Evaluation, Evaluator, Precision, Threads};
+use super::{Backend, CpuEvaluator, Evaluation, Evaluator, Precision, Progress, Threads};
 use crate::error::{Error, Result};
 use crate::model::{Data, Model, Params};
 
@@ -102,11 +102,16 @@ pub fn evaluator(
     precision: Precision,
     adapter: Option<&str>,
     threads: Threads,
+    progress: Option<Progress>,
 ) -> Result<Box<dyn Evaluator>> {
-    let cpu = CpuEvaluator { threads, precision };
+    let cpu = CpuEvaluator {
+        threads,
+        precision,
+        progress,
+    };
     let on_cpu = |why: String| -> Box<dyn Evaluator> {
         Box::new(Noted {
-            inner: cpu,
+            inner: cpu.clone(),
             note: why,
         })
     };

@@ -15,6 +15,7 @@ use ndarray::Array2;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::eval::Progress;
 use crate::model::{Activation, Data, Loss, Model, Params, TensorKind};
 pub use crate::net::math::{
     act_delta, loss_delta, sample_loss, sample_loss_stable, sigmoid, softplus, tanh_complement,
@@ -52,10 +53,21 @@ pub struct Perturbed {
     pub tie_widths: Option<Vec<f64>>,
 }
 
-/// Perturbations evaluated by the CPU evaluator in this process so far, to within 512 per
-/// thread (a progress bar reads it).
-pub static PERTURBATIONS_DONE: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    /// The counter the evaluations on this thread report to (set by [`counting_into`]
+    /// for one evaluator call).
+    static COUNTING_INTO: std::cell::RefCell<Option<Progress>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with the CPU evaluations it starts on this thread counting their
+/// perturbations into `progress` (their worker threads included); nothing is counted
+/// outside such a call.
+pub fn counting_into<T>(progress: Option<&Progress>, f: impl FnOnce() -> T) -> T {
+    let before = COUNTING_INTO.with(|c| c.replace(progress.cloned()));
+    let out = f();
+    COUNTING_INTO.with(|c| c.replace(before));
+    out
+}
 
 /// Kink flag: the +ε step crossed a kink.
 pub const KINK_PLUS: u8 = 1;
@@ -138,6 +150,11 @@ pub(crate) fn check_range(model: &Model, range: &Range<usize>) -> Result<()> {
     Ok(())
 }
 
+/// The counter of the current [`counting_into`] call on this thread.
+fn counting_sink() -> Option<Progress> {
+    COUNTING_INTO.with(|c| c.borrow().clone())
+}
+
 /// `one(scratch, i)` for every i of the range, serially or on rayon's pool (one scratch
 /// per work split; the order of the results is the range's either way), counting progress.
 pub(crate) fn each_parameter<T: Send>(
@@ -145,6 +162,12 @@ pub(crate) fn each_parameter<T: Send>(
     threads: Threads,
     one: impl Fn(&mut Scratch, usize) -> T + Sync + Send,
 ) -> Vec<T> {
+    let sink = counting_sink();
+    let scratch = || {
+        let mut s = Scratch::default();
+        s.progress = sink.clone();
+        s
+    };
     let counted = |s: &mut Scratch, i: usize| {
         let row = one(s, i);
         s.count_done();
@@ -152,13 +175,13 @@ pub(crate) fn each_parameter<T: Send>(
     };
     match threads {
         Threads::Serial => {
-            let mut s = Scratch::default();
+            let mut s = scratch();
             range.map(|i| counted(&mut s, i)).collect()
         }
         Threads::Parallel => range
             .into_par_iter()
             .with_min_len(64)
-            .map_init(Scratch::default, counted)
+            .map_init(scratch, counted)
             .collect(),
     }
 }
@@ -211,19 +234,34 @@ pub(crate) struct Scratch {
     losses: Vec<f64>,
     zcol: Vec<f64>,
     ycol: Vec<f64>,
-    /// Perturbations done since this thread last added to [`PERTURBATIONS_DONE`].
+    /// Perturbations done since this thread last added to the check's [`Progress`].
     pending: usize,
+    /// The check's counter (`None`: nothing counts).
+    progress: Option<Progress>,
 }
 
 impl Scratch {
-    /// Counts one ± pair; adds to the shared counter every 512 (a shared atomic per
-    /// parameter would bounce its cache line between the cores).
+    /// Counts one ± pair; adds to the check's counter every 512 (a shared atomic per
+    /// parameter would bounce its cache line between the cores), and the rest when the
+    /// scratch is dropped.
     pub(crate) fn count_done(&mut self) {
         self.pending += 2;
         if self.pending >= 512 {
-            PERTURBATIONS_DONE.fetch_add(self.pending, std::sync::atomic::Ordering::Relaxed);
-            self.pending = 0;
+            self.flush();
         }
+    }
+
+    fn flush(&mut self) {
+        if let Some(p) = &self.progress {
+            p.add(self.pending);
+        }
+        self.pending = 0;
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

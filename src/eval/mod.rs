@@ -19,6 +19,34 @@ use crate::model::{Data, Model, Params};
 
 pub use cpu::{KINK_MINUS, KINK_PLUS, Threads};
 
+/// How many perturbations a check has evaluated so far (±ε and ±2ε of each parameter
+/// count one each): a counter its caller shares with whoever shows progress (the CLI's
+/// bar, Python's `progress()`), never a process global — two checks in one process each
+/// count their own. The CPU evaluators add to it every 512 perturbations per thread.
+#[derive(Debug, Clone, Default)]
+pub struct Progress(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Progress {
+    /// A counter at 0.
+    pub fn new() -> Progress {
+        Progress::default()
+    }
+    /// Perturbations counted so far.
+    pub fn done(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub(crate) fn add(&self, n: usize) {
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Equal whatever they counted: a plan compares by its settings.
+impl PartialEq for Progress {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// Which evaluator computes the J±.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
@@ -223,12 +251,14 @@ pub trait Evaluator {
 
 /// The CPU f64 reference as an [`Evaluator`]: the Δ path (`f64`, the default) or the
 /// notebook's arithmetic (`f64-plain`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CpuEvaluator {
     /// Serial or on all cores (same bits either way).
     pub threads: Threads,
     /// F64Plain for the notebook's arithmetic; anything else evaluates the f64 Δ path.
     pub precision: Precision,
+    /// Where the perturbations done are counted (`None`: nowhere).
+    pub progress: Option<Progress>,
 }
 
 impl CpuEvaluator {
@@ -379,13 +409,15 @@ impl Evaluator for CpuEvaluator {
         epsilons: &[f64],
         range: Range<usize>,
     ) -> Result<Vec<Evaluation>> {
-        if let Some(net) = model.net() {
-            return self.evaluate_layered(model, net, params, data, epsilons, range);
-        }
-        epsilons
-            .iter()
-            .map(|&e| self.evaluate_one(model, params, data, e, range.clone()))
-            .collect()
+        cpu::counting_into(self.progress.as_ref(), || {
+            if let Some(net) = model.net() {
+                return self.evaluate_layered(model, net, params, data, epsilons, range);
+            }
+            epsilons
+                .iter()
+                .map(|&e| self.evaluate_one(model, params, data, e, range.clone()))
+                .collect()
+        })
     }
 
     fn precision(&self) -> &'static str {
