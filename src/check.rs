@@ -178,15 +178,15 @@ impl GradCheck {
     /// The precision the J± will be computed in ("f64", "f64-plain", "f32" or
     /// "f32-plain"), so that the matching default ε and threshold can be chosen before
     /// evaluating.
-    pub fn resolved_precision(&self) -> &'static str {
-        self.evaluator().map_or("f64", |e| e.precision())
+    pub fn resolved_precision(&self) -> Precision {
+        self.evaluator().map_or(Precision::F64, |e| e.precision())
     }
 
-    /// The ε and threshold this check uses for a precision label.
-    pub fn defaults_for(&self, precision: &str) -> (f64, f64) {
+    /// The ε and threshold this check uses for a (resolved) precision.
+    pub fn defaults_for(&self, precision: Precision) -> (f64, f64) {
         let (e, t) = match precision {
-            "f32" => (F32_EPSILON, F32_THRESHOLD),
-            "f32-plain" => (F32_PLAIN_EPSILON, F32_PLAIN_THRESHOLD),
+            Precision::F32 => (F32_EPSILON, F32_THRESHOLD),
+            Precision::F32Plain => (F32_PLAIN_EPSILON, F32_PLAIN_THRESHOLD),
             _ => (DEFAULT_EPSILON, DEFAULT_THRESHOLD),
         };
         (self.epsilon.unwrap_or(e), self.threshold.unwrap_or(t))
@@ -418,7 +418,7 @@ impl GradCheck {
         k: usize,
         seed: u64,
     ) -> Result<Report> {
-        let (epsilon, threshold) = self.defaults_for("f64");
+        let (epsilon, threshold) = self.defaults_for(Precision::F64);
         validate_epsilon(epsilon)?;
         validate_threshold(threshold)?;
         if k == 0 {
@@ -464,7 +464,7 @@ impl GradCheck {
             magnitudes: None,
             step_errors: Some(vec![worst_gap; k]),
             backend: "cpu (fast mode)".into(),
-            precision: "f64-plain".into(),
+            precision: crate::eval::Precision::F64Plain,
             unit_roundoff: f64::EPSILON / 2.0,
             steps: None,
             tie_widths: None,

@@ -43,8 +43,8 @@ pub struct Errors {
 /// One precision's comparison.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PrecisionComparison {
-    /// "f64", "f32" or "f32-plain".
-    pub precision: String,
+    /// The GPU's precision compared.
+    pub precision: Precision,
     /// ε used by both sides.
     pub epsilon: f64,
     /// Over every parameter, then per tensor.
@@ -221,7 +221,7 @@ pub fn compare(
             .map(|t| errors(&t.name, t.range(), &sides))
             .collect();
         precisions.push(PrecisionComparison {
-            precision: p.label().into(),
+            precision: p,
             epsilon: eps,
             all,
             tensors,

@@ -102,7 +102,7 @@ pub const ONE_D_THETA: f64 = 4.0;
 /// The seed notebook's 1-D check J(θ) = θ·x (x = 2, θ = 4) on the CPU: it has no network
 /// to batch. `gc` supplies ε, the threshold and the verdict rules.
 pub fn one_d_report(gc: &GradCheck) -> Result<Report> {
-    let (epsilon, threshold) = gc.defaults_for("f64");
+    let (epsilon, threshold) = gc.defaults_for(crate::eval::Precision::F64);
     crate::check::validate_threshold(threshold)?;
     let eval = check_fn(|t| t[0] * ONE_D_X, &[ONE_D_THETA], epsilon)?;
     let wide = check_fn(|t| t[0] * ONE_D_X, &[ONE_D_THETA], 2.0 * epsilon)?;

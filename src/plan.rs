@@ -270,7 +270,7 @@ impl Plan {
         self.validate()?;
         let (eval, wide, epsilon) = crate::shard::merge(parts, problem, mix_backends)?;
         let gc = self.engine(problem);
-        let (_, threshold) = gc.defaults_for(&eval.precision);
+        let (_, threshold) = gc.defaults_for(eval.precision);
         crate::check::validate_threshold(threshold)?;
         let mut r = gc.judge(&crate::check::Evidence {
             layout: problem.model.layout(),

@@ -60,8 +60,8 @@ pub struct Partial {
     pub epsilon: f64,
     /// Evaluator.
     pub backend: String,
-    /// Precision.
-    pub precision: String,
+    /// Precision and arithmetic.
+    pub precision: crate::eval::Precision,
     /// J(θ).
     #[serde(with = "lossless_one")]
     pub cost: f64,
@@ -181,7 +181,7 @@ impl Fnv {
 
 /// The fingerprint of a problem (without the gradients, which merge brings itself) and
 /// the settings that change J±.
-pub fn fingerprint(p: &Problem, epsilon: f64, precision: &str) -> String {
+pub fn fingerprint(p: &Problem, epsilon: f64, precision: crate::eval::Precision) -> String {
     let mut h = Fnv(0xcbf2_9ce4_8422_2325);
     let spec = match p.model.net().and_then(|n| n.spec.as_ref()) {
         Some(net) => serde_json::to_string(net),
@@ -195,7 +195,7 @@ pub fn fingerprint(p: &Problem, epsilon: f64, precision: &str) -> String {
         h.floats(m.iter());
     }
     h.floats([&epsilon]);
-    h.bytes(precision.as_bytes());
+    h.bytes(precision.label().as_bytes());
     format!("{:016x}", h.0)
 }
 
@@ -234,10 +234,10 @@ pub fn evaluate_shard(gc: &GradCheck, p: &Problem, i: usize, n: usize) -> Result
         shard: [i, n],
         range: [range.start, range.end],
         n_params: total,
-        fingerprint: fingerprint(p, epsilon, &e.precision),
+        fingerprint: fingerprint(p, epsilon, e.precision),
         epsilon,
         backend: e.backend.clone(),
-        precision: e.precision.clone(),
+        precision: e.precision,
         cost: e.cost,
         at: slice_of(e, &range),
         wide: slice_of(w, &range),
@@ -280,7 +280,7 @@ pub fn merge(
                 q.epsilon, q.precision, first.epsilon, first.precision
             )));
         }
-        let want = fingerprint(p, q.epsilon, &q.precision);
+        let want = fingerprint(p, q.epsilon, q.precision);
         if q.fingerprint != want {
             return Err(Error::Config(format!(
                 "{what} was computed on another problem (fingerprint {} ≠ {want} of these --params/--data/--model): its J± do not belong to these inputs",
@@ -349,7 +349,7 @@ pub fn merge(
             tie_widths: all(&|s| s.tie_widths.is_some())
                 .then(|| cat(&|s| s.tie_widths.clone().unwrap_or_default())),
             backend: first.backend.clone(),
-            precision: first.precision.clone(),
+            precision: first.precision,
             unit_roundoff: s0.unit_roundoff,
             steps: all(&|s| s.steps.is_some())
                 .then(|| cat(&|s| s.steps.clone().unwrap_or_default())),

@@ -111,19 +111,15 @@ pub fn sweep(
 ) -> Result<Sweep> {
     let mut curves = Vec::new();
     let mut threshold = None;
-    let mut swept: Vec<&'static str> = Vec::new();
+    let mut swept: Vec<Precision> = Vec::new();
     for &p in precisions {
-        // A layered network (conv, …) has one arithmetic: the CPU's f64 Δ path.
-        if model.net().is_some() && !matches!(p, Precision::F64 | Precision::Auto) {
-            continue;
-        }
         let g = gc.clone().precision(p);
         // Each precision the backend really has, once: a backend without the one asked
         // for (the CPU has no f32) resolves it to another, already swept or not wanted.
         let resolved = g.resolved_precision();
         let wanted = match p {
             Precision::Auto => resolved,
-            other => other.label(),
+            other => other,
         };
         if swept.contains(&resolved) || resolved != wanted {
             continue;
@@ -137,7 +133,7 @@ pub fn sweep(
         for group in eps.chunks(4) {
             let evals = g.evaluate_many(model, params, data, group)?;
             for (&e, eval) in group.iter().zip(evals) {
-                let (_, thr) = g.defaults_for(&eval.precision);
+                let (_, thr) = g.defaults_for(eval.precision);
                 threshold.get_or_insert(thr);
                 curve_threshold = thr;
                 // The notebook's difference over the elements whose steps cross no kink (kinked

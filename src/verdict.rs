@@ -349,8 +349,8 @@ pub struct Report {
     pub backend: String,
     /// The GPU adapter, when the GPU ran.
     pub adapter: Option<String>,
-    /// Its precision ("f64", "f64-plain", "f32", "f32-plain").
-    pub precision: String,
+    /// Its precision and arithmetic.
+    pub precision: crate::eval::Precision,
     /// Whether the analytic gradients are the built-in backprop's (no user gradients given).
     pub builtin_gradients: bool,
     /// N.
@@ -775,7 +775,7 @@ impl Rules {
             epsilon: ev.epsilon,
             backend,
             adapter,
-            precision: eval.precision.clone(),
+            precision: eval.precision,
             builtin_gradients: false,
             n_params: grad.len(),
             m: ev.m,

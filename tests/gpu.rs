@@ -30,7 +30,7 @@ fn seed_examples_on_the_gpu_f64_match_the_notebook() {
         .precision(Precision::F64Plain);
     let p = examples::seed_problem(true).unwrap();
     let r = gc.run(&p.model, &p.params, &p.data, &p.grads).unwrap();
-    assert_eq!(r.precision, "f64-plain");
+    assert_eq!(r.precision, gradcheck::eval::Precision::F64Plain);
     assert!(r.backend.starts_with("gpu"));
     // DESIGN.md's tolerances: buggy to 1e-8 relative, fixed (rounding noise) to 0.5 %.
     assert!(
@@ -57,7 +57,7 @@ fn seed_examples_on_the_gpu_f32_with_f32_defaults() {
         .precision(Precision::F32);
     let p = examples::seed_problem(true).unwrap();
     let r = gc.run(&p.model, &p.params, &p.data, &p.grads).unwrap();
-    assert_eq!(r.precision, "f32");
+    assert_eq!(r.precision, gradcheck::eval::Precision::F32);
     assert!(!r.passed);
     assert_eq!(failing(&r), ["b1", "W2"]);
     let p = examples::seed_problem(false).unwrap();
@@ -352,19 +352,23 @@ fn compare_reports_gpu_against_cpu_per_precision() {
     let f64c = c
         .precisions
         .iter()
-        .find(|x| x.precision == "f64-plain")
+        .find(|x| x.precision == gradcheck::eval::Precision::F64Plain)
         .expect("f64 adapter");
     // Same tolerance as the J± test: ≤ 1e-13 relative; the differences then agree to 1e-8.
     assert!(f64c.all.j_max_rel <= 1e-13, "{}", f64c.all.j_max_rel);
     // The f64 Δ path against the CPU's: the changes ΔJ± themselves agree to a few u
     // (measured 5.6e-16 relative at most on llvmpipe); 1e-13 leaves room for other drivers.
-    let delta64 = c.precisions.iter().find(|x| x.precision == "f64").unwrap();
+    let delta64 = c
+        .precisions
+        .iter()
+        .find(|x| x.precision == gradcheck::eval::Precision::F64)
+        .unwrap();
     assert!(delta64.all.dj_max_rel <= 1e-13, "{:?}", delta64.all);
     assert!(rel(f64c.all.difference_gpu, f64c.all.difference_cpu) <= 1e-8);
     let plain = c
         .precisions
         .iter()
-        .find(|x| x.precision == "f32-plain")
+        .find(|x| x.precision == gradcheck::eval::Precision::F32Plain)
         .unwrap();
     // f32-plain J± are a few hundred f32 ulps at most (θ, X, Y rounded to f32 included)…
     assert!(
@@ -375,7 +379,11 @@ fn compare_reports_gpu_against_cpu_per_precision() {
     // …which at ε = 1e-3 is a large part of the changes ΔJ± themselves (measured: median
     // 3 %), while the Δ path keeps them within a few u32 = 6e-8 (measured: median
     // 7.8e-8, max 2.8e-7): ≥ 10⁴ apart.
-    let delta = c.precisions.iter().find(|x| x.precision == "f32").unwrap();
+    let delta = c
+        .precisions
+        .iter()
+        .find(|x| x.precision == gradcheck::eval::Precision::F32)
+        .unwrap();
     assert_eq!(delta.tensors.len(), 6);
     assert!(
         delta.all.dj_median_rel <= 8.0 * 6e-8 && delta.all.dj_max_rel <= 32.0 * 6e-8,
@@ -529,7 +537,7 @@ fn gpu_f32_delta_path_matches_f64_changes_on_awkward_nets() {
                     Default::default(),
                 )
                 .unwrap();
-            assert!(gpu.deltas && gpu.precision == "f32");
+            assert!(gpu.deltas && gpu.precision == gradcheck::eval::Precision::F32);
             let (mut worst, mut rel_to_change) = (0.0f64, Vec::new());
             for i in 0..model.n_params() {
                 if cpu.kinks[i] != 0 || gpu.kinks[i] != 0 {

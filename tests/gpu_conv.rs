@@ -80,7 +80,7 @@ fn gpu_f64_delta_path_equals_the_cpu_on_random_conv_nets() {
                     EvalOptions::default(),
                 )
                 .unwrap();
-            assert!(gpu.deltas && gpu.precision == "f64");
+            assert!(gpu.deltas && gpu.precision == gradcheck::eval::Precision::F64);
             let mags = gpu.magnitudes.as_ref().unwrap();
             let mut worst = 0.0f64;
             for (i, gm) in mags.iter().enumerate() {
@@ -230,7 +230,7 @@ fn gpu_f64_plain_costs_equal_the_cpus() {
                 EvalOptions::default(),
             )
             .unwrap();
-        assert!(!gpu.deltas && gpu.precision == "f64-plain");
+        assert!(!gpu.deltas && gpu.precision == gradcheck::eval::Precision::F64Plain);
         assert!((gpu.cost - cpu.cost).abs() <= 1e-15 * cpu.cost.abs());
         let mut worst = 0.0f64;
         for i in 0..model.n_params() {
@@ -266,7 +266,7 @@ fn gpu_f32_delta_path_is_within_the_verdicts_bound() {
                 EvalOptions::default(),
             )
             .unwrap();
-        assert!(gpu.deltas && gpu.precision == "f32");
+        assert!(gpu.deltas && gpu.precision == gradcheck::eval::Precision::F32);
         let mut worst = 0.0f64;
         for i in 0..model.n_params() {
             if cpu.kinks[i] != 0 || gpu.kinks[i] != 0 {

@@ -55,7 +55,7 @@ fn the_one_call_gives_the_engines_report_with_the_problems_notes() {
     // The notebook's example in its own arithmetic: its digits, its notes, built-in flag.
     let p = seed_problem(true).unwrap();
     let r = Plan::default().check(&p).unwrap();
-    assert_eq!(r.precision, "f64-plain");
+    assert_eq!(r.precision, gradcheck::eval::Precision::F64Plain);
     assert!(
         (r.difference / 0.2850931567761623 - 1.0).abs() < 1e-8,
         "{}",

@@ -21,7 +21,7 @@ struct GpuOrCpu {
 
 #[cfg(feature = "gpu")]
 impl Evaluator for GpuOrCpu {
-    fn precision(&self) -> &'static str {
+    fn precision(&self) -> Precision {
         self.gpu.precision()
     }
 
@@ -65,7 +65,7 @@ struct Noted<E> {
 }
 
 impl<E: Evaluator> Evaluator for Noted<E> {
-    fn precision(&self) -> &'static str {
+    fn precision(&self) -> Precision {
         self.inner.precision()
     }
 

@@ -107,6 +107,12 @@ impl Precision {
     }
 }
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// J± of every perturbation, however they were computed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Evaluation {
@@ -136,8 +142,8 @@ pub struct Evaluation {
     pub step_errors: Option<Vec<f64>>,
     /// "cpu" or "gpu (adapter name)".
     pub backend: String,
-    /// "f64", "f64-plain", "f32" or "f32-plain".
-    pub precision: String,
+    /// The precision and arithmetic the J± were computed in (resolved: never Auto).
+    pub precision: Precision,
     /// Unit roundoff of the precision the J± were computed in.
     pub unit_roundoff: f64,
     /// The real steps (θ_i + ε) − (θ_i − ε) when they differ from 2ε (f32: fl32(θ ± ε)
@@ -242,7 +248,7 @@ pub trait Evaluator {
 
     /// The precision its J± will be in ("f64", "f64-plain", "f32" or "f32-plain"), known
     /// before evaluating so that the matching defaults can be chosen.
-    fn precision(&self) -> &'static str;
+    fn precision(&self) -> Precision;
 
     /// Asks for per-kernel device times in the evaluations (GPU with timestamp queries;
     /// nothing elsewhere).
@@ -391,7 +397,11 @@ impl CpuEvaluator {
             step_errors: plain.then(|| nominal_step_errors(params.as_slice(), epsilon)),
             tie_widths,
             backend: "cpu".into(),
-            precision: if plain { "f64-plain" } else { "f64" }.into(),
+            precision: if plain {
+                Precision::F64Plain
+            } else {
+                Precision::F64
+            },
             unit_roundoff: f64::EPSILON / 2.0,
             steps: None,
             notes,
@@ -420,11 +430,11 @@ impl Evaluator for CpuEvaluator {
         })
     }
 
-    fn precision(&self) -> &'static str {
+    fn precision(&self) -> Precision {
         if self.precision == Precision::F64Plain {
-            "f64-plain"
+            Precision::F64Plain
         } else {
-            "f64"
+            Precision::F64
         }
     }
 }
@@ -510,7 +520,7 @@ pub fn check_fn<F: FnMut(&[f64]) -> f64>(
         minus,
         deltas: false,
         backend: "cpu".into(),
-        precision: "f64-plain".into(),
+        precision: crate::eval::Precision::F64Plain,
         unit_roundoff: f64::EPSILON / 2.0,
         steps: None,
         tie_widths: None,

@@ -87,11 +87,11 @@ impl Evaluator for GpuEvaluator {
             .evaluate_many(model, params, data, epsilons, self.precision, opts)
     }
 
-    fn precision(&self) -> &'static str {
+    fn precision(&self) -> Precision {
         match self.precision {
-            Precision::Auto if self.context.has_f64() => "f64",
-            Precision::Auto => "f32",
-            p => p.label(),
+            Precision::Auto if self.context.has_f64() => Precision::F64,
+            Precision::Auto => Precision::F32,
+            p => p,
         }
     }
 

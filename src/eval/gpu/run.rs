@@ -175,7 +175,7 @@ impl GpuContext {
             step_errors: (precision == Precision::F64Plain)
                 .then(|| crate::eval::nominal_step_errors(theta, epsilon)),
             backend: format!("gpu ({})", self.info.name),
-            precision: precision.label().into(),
+            precision,
             unit_roundoff: if use_f64 {
                 f64::EPSILON / 2.0
             } else {
