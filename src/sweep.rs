@@ -243,122 +243,174 @@ pub fn render_text(s: &Sweep) -> String {
 /// The sweep as an SVG plot: difference against ε on log axes, the threshold dashed, the
 /// best ε of each curve marked.
 pub fn render_svg(s: &Sweep) -> String {
-    let (w, h, ml, mr, mt, mb) = (820.0, 460.0, 70.0, 220.0, 30.0, 50.0);
-    let all: Vec<&SweepPoint> = s.curves.iter().flat_map(|c| &c.points).collect();
-    let floor = 1e-17;
-    let lx = |e: f64| e.log10();
-    let ly = |d: f64| d.max(floor).log10();
-    let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
-    let (mut y0, mut y1) = (ly(s.threshold), ly(s.threshold));
-    for c in &s.curves {
-        y0 = y0.min(ly(c.threshold));
-        y1 = y1.max(ly(c.threshold));
-    }
-    for p in &all {
-        x0 = x0.min(lx(p.epsilon));
-        x1 = x1.max(lx(p.epsilon));
-        y0 = y0.min(ly(p.difference));
-        y1 = y1.max(ly(p.difference));
-    }
-    let (x0, x1) = (x0.floor(), x1.ceil().max(x0.floor() + 1.0));
-    let (y0, y1) = (y0.floor(), y1.ceil().max(y0.floor() + 1.0));
-    // ε increases to the right, as axes do.
-    let px = |e: f64| ml + (lx(e) - x0) / (x1 - x0) * (w - ml - mr);
-    let py = |d: f64| mt + (y1 - ly(d)) / (y1 - y0) * (h - mt - mb);
+    let plot = Plot::of(s);
     let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
+        Plot::W,
+        Plot::H
     );
-    let (left, right, top, bottom) = (ml, w - mr, mt, h - mb);
-    svg += &format!(
-        "<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\n",
-        (left + right) / 2.0,
-        xml_text(&s.title)
-    );
-    svg += &format!(
-        "<rect x=\"{left}\" y=\"{top}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n",
-        right - left,
-        bottom - top
-    );
-    let mut d = x0;
-    while d <= x1 + 1e-9 {
-        let x = px(10f64.powf(d));
-        svg += &format!(
-            "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">1e{d}</text>\n",
-            bottom + 18.0
-        );
-        d += 1.0;
-    }
-    let step = ((y1 - y0) / 10.0).ceil().max(1.0);
-    let mut d = y0;
-    while d <= y1 + 1e-9 {
-        let y = py(10f64.powf(d));
-        svg += &format!(
-            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{right}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">1e{d}</text>\n",
-            left - 6.0,
-            y + 4.0
-        );
-        d += step;
-    }
-    svg += &format!(
-        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">ε</text>\n",
-        (left + right) / 2.0,
-        h - 12.0
-    );
-    svg += &format!(
-        "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">difference</text>\n",
-        (top + bottom) / 2.0,
-        (top + bottom) / 2.0
-    );
-    let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"];
-    // Each precision's notebook threshold, dashed in its curve's colour.
-    for (n, c) in s.curves.iter().enumerate() {
-        let col = colors[n % colors.len()];
-        let ty = py(c.threshold);
-        // Labels of equal thresholds stack upwards instead of overprinting.
-        let same = s.curves[..n]
-            .iter()
-            .filter(|o| o.threshold == c.threshold)
-            .count() as f64;
-        svg += &format!(
-            "<line class=\"threshold\" x1=\"{left}\" y1=\"{ty:.1}\" x2=\"{right}\" y2=\"{ty:.1}\" stroke=\"{col}\" stroke-dasharray=\"6 4\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{col}\" text-anchor=\"end\">threshold {:e} ({})</text>\n",
-            right - 4.0,
-            ty - 4.0 - 14.0 * same,
-            c.threshold,
-            xml_text(&c.label)
-        );
-    }
-    for (n, c) in s.curves.iter().enumerate() {
-        let col = colors[n % colors.len()];
-        let pts: Vec<String> = c
-            .points
-            .iter()
-            .map(|p| format!("{:.1},{:.1}", px(p.epsilon), py(p.difference)))
-            .collect();
-        svg += &format!(
-            "<polyline fill=\"none\" stroke=\"{col}\" stroke-width=\"2\" points=\"{}\"/>\n",
-            pts.join(" ")
-        );
-        if let Some(b) = c.points.iter().find(|p| p.epsilon == c.best_epsilon) {
-            svg += &format!(
-                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"{col}\"/>\n",
-                px(b.epsilon),
-                py(b.difference)
-            );
-        }
-        svg += &format!(
-            "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{col}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{} (best ε {:.2e})</text>\n",
-            right + 6.0,
-            top + 20.0 + 18.0 * n as f64,
-            right + 26.0,
-            top + 20.0 + 18.0 * n as f64,
-            right + 30.0,
-            top + 24.0 + 18.0 * n as f64,
-            xml_text(&c.label),
-            c.best_epsilon
-        );
-    }
+    svg += &plot.axes(&s.title);
+    svg += &plot.curves(s);
     svg += "</svg>\n";
     svg
+}
+
+/// The plot's frame: log₁₀ ranges of ε (x) and of the difference (y), decades whole, and
+/// where a point lands.
+struct Plot {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+}
+
+impl Plot {
+    const W: f64 = 820.0;
+    const H: f64 = 460.0;
+    /// Margins: left, right (the legend), top, bottom.
+    const ML: f64 = 70.0;
+    const MR: f64 = 220.0;
+    const MT: f64 = 30.0;
+    const MB: f64 = 50.0;
+    /// Differences below this (exact zeros) sit on it.
+    const FLOOR: f64 = 1e-17;
+
+    fn of(s: &Sweep) -> Plot {
+        let ly = |d: f64| d.max(Self::FLOOR).log10();
+        let (mut x0, mut x1) = (f64::INFINITY, f64::NEG_INFINITY);
+        let (mut y0, mut y1) = (ly(s.threshold), ly(s.threshold));
+        for c in &s.curves {
+            y0 = y0.min(ly(c.threshold));
+            y1 = y1.max(ly(c.threshold));
+            for p in &c.points {
+                x0 = x0.min(p.epsilon.log10());
+                x1 = x1.max(p.epsilon.log10());
+                y0 = y0.min(ly(p.difference));
+                y1 = y1.max(ly(p.difference));
+            }
+        }
+        Plot {
+            x0: x0.floor(),
+            x1: x1.ceil().max(x0.floor() + 1.0),
+            y0: y0.floor(),
+            y1: y1.ceil().max(y0.floor() + 1.0),
+        }
+    }
+
+    /// x of ε (increasing to the right, as axes do).
+    fn px(&self, e: f64) -> f64 {
+        Self::ML + (e.log10() - self.x0) / (self.x1 - self.x0) * (Self::W - Self::ML - Self::MR)
+    }
+
+    /// y of a difference.
+    fn py(&self, d: f64) -> f64 {
+        Self::MT
+            + (self.y1 - d.max(Self::FLOOR).log10()) / (self.y1 - self.y0)
+                * (Self::H - Self::MT - Self::MB)
+    }
+
+    /// Title, frame, decade grid lines and labels, axis names.
+    fn axes(&self, title: &str) -> String {
+        let (left, right, top, bottom) =
+            (Self::ML, Self::W - Self::MR, Self::MT, Self::H - Self::MB);
+        let mut svg = format!(
+            "<text x=\"{}\" y=\"18\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\n",
+            (left + right) / 2.0,
+            xml_text(title)
+        );
+        svg += &format!(
+            "<rect x=\"{left}\" y=\"{top}\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"black\"/>\n",
+            right - left,
+            bottom - top
+        );
+        let mut d = self.x0;
+        while d <= self.x1 + 1e-9 {
+            let x = self.px(10f64.powf(d));
+            svg += &format!(
+                "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{bottom}\" stroke=\"#ddd\"/><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">1e{d}</text>\n",
+                bottom + 18.0
+            );
+            d += 1.0;
+        }
+        let step = ((self.y1 - self.y0) / 10.0).ceil().max(1.0);
+        let mut d = self.y0;
+        while d <= self.y1 + 1e-9 {
+            let y = self.py(10f64.powf(d));
+            svg += &format!(
+                "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{right}\" y2=\"{y:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">1e{d}</text>\n",
+                left - 6.0,
+                y + 4.0
+            );
+            d += step;
+        }
+        svg += &format!(
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">ε</text>\n",
+            (left + right) / 2.0,
+            Self::H - 12.0
+        );
+        svg += &format!(
+            "<text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">difference</text>\n",
+            (top + bottom) / 2.0,
+            (top + bottom) / 2.0
+        );
+        svg
+    }
+
+    /// Each precision's threshold (dashed), its curve, its best ε and its legend entry.
+    fn curves(&self, s: &Sweep) -> String {
+        let (left, right, top) = (Self::ML, Self::W - Self::MR, Self::MT);
+        let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd"];
+        let mut svg = String::new();
+        // Each precision's notebook threshold, dashed in its curve's colour.
+        for (n, c) in s.curves.iter().enumerate() {
+            let col = colors[n % colors.len()];
+            let ty = self.py(c.threshold);
+            // Labels of equal thresholds stack upwards instead of overprinting.
+            let same = s.curves[..n]
+                .iter()
+                .filter(|o| o.threshold == c.threshold)
+                .count() as f64;
+            svg += &format!(
+                "<line class=\"threshold\" x1=\"{left}\" y1=\"{ty:.1}\" x2=\"{right}\" y2=\"{ty:.1}\" stroke=\"{col}\" stroke-dasharray=\"6 4\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{col}\" text-anchor=\"end\">threshold {:e} ({})</text>\n",
+                right - 4.0,
+                ty - 4.0 - 14.0 * same,
+                c.threshold,
+                xml_text(&c.label)
+            );
+        }
+        for (n, c) in s.curves.iter().enumerate() {
+            let col = colors[n % colors.len()];
+            let pts: Vec<String> = c
+                .points
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", self.px(p.epsilon), self.py(p.difference)))
+                .collect();
+            svg += &format!(
+                "<polyline fill=\"none\" stroke=\"{col}\" stroke-width=\"2\" points=\"{}\"/>\n",
+                pts.join(" ")
+            );
+            if let Some(b) = c.points.iter().find(|p| p.epsilon == c.best_epsilon) {
+                svg += &format!(
+                    "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"{col}\"/>\n",
+                    self.px(b.epsilon),
+                    self.py(b.difference)
+                );
+            }
+            let row = 18.0 * n as f64;
+            svg += &format!(
+                "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"{col}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{} (best ε {:.2e})</text>\n",
+                right + 6.0,
+                top + 20.0 + row,
+                right + 26.0,
+                top + 20.0 + row,
+                right + 30.0,
+                top + 24.0 + row,
+                xml_text(&c.label),
+                c.best_epsilon
+            );
+        }
+        svg
+    }
 }
 
 /// Text for an SVG element.
