@@ -109,8 +109,7 @@ pub fn sweep(
     eps: &[f64],
     precisions: &[Precision],
 ) -> Result<Sweep> {
-    let mut curves = Vec::new();
-    let mut threshold = None;
+    let mut curves: Vec<SweepCurve> = Vec::new();
     let mut swept: Vec<Precision> = Vec::new();
     for &p in precisions {
         let g = gc.clone().precision(p);
@@ -125,64 +124,90 @@ pub fn sweep(
             continue;
         }
         swept.push(resolved);
-        let mut points = Vec::with_capacity(eps.len());
-        let mut label = String::new();
-        let mut curve_threshold = crate::check::DEFAULT_THRESHOLD;
-        // A few ε per call: shared preparation, bounded memory (each evaluation holds
-        // several vectors of N).
-        for group in eps.chunks(4) {
-            let evals = g.evaluate_many(model, params, data, group)?;
-            for (&e, eval) in group.iter().zip(evals) {
-                let (_, thr) = g.defaults_for(eval.precision);
-                threshold.get_or_insert(thr);
-                curve_threshold = thr;
-                // The notebook's difference over the elements whose steps cross no kink (kinked
-                // ones have no meaningful central difference): the V of rounding and truncation.
-                let approx = eval.gradapprox(e);
-                let grad = grads.as_slice();
-                let include = g.kinks == crate::check::KinkPolicy::Include;
-                let smooth = |r: std::ops::Range<usize>| {
-                    r.filter(|&i| include || eval.kinks[i] == 0)
-                        .collect::<Vec<_>>()
-                };
-                let (difference, _) = diff_and_rms(grad, &approx, &smooth(0..grad.len()));
-                let tensors = model
-                    .layout()
-                    .tensors()
-                    .iter()
-                    .map(|t| TensorPoint {
-                        name: t.name.clone(),
-                        difference: diff_and_rms(grad, &approx, &smooth(t.range())).0,
-                    })
-                    .collect();
-                label = format!(
-                    "{} {}",
-                    eval.backend.split(' ').next().unwrap_or("cpu"),
-                    eval.precision
-                );
-                points.push(SweepPoint {
-                    epsilon: e,
-                    difference,
-                    kinks: eval.kinks.iter().filter(|&&k| k != 0).count(),
-                    tensors,
-                });
-            }
-        }
-        let best_epsilon = points
-            .iter()
-            .filter(|p| !p.difference.is_nan())
-            .min_by(|a, b| a.difference.total_cmp(&b.difference))
-            .map(|p| p.epsilon)
-            .unwrap_or(f64::NAN);
-        curves.push(SweepCurve {
-            label,
-            points,
-            best_epsilon,
-            threshold: curve_threshold,
-        });
+        curves.push(curve(&g, model, params, data, grads, eps)?);
     }
-    let sizes: Vec<String> = match model.net() {
-        // input shape, then the layer types (activations belong to the layer before).
+    Ok(Sweep {
+        title: format!(
+            "{} net, m = {}, {} — difference against ε",
+            sizes_of(model).join("-"),
+            data.m(),
+            model.loss()
+        ),
+        threshold: curves
+            .first()
+            .map_or(crate::check::DEFAULT_THRESHOLD, |c| c.threshold),
+        curves,
+    })
+}
+
+/// One precision's curve: the notebook's difference (and each tensor's) at every ε, over
+/// the elements whose steps cross no kink (kinked ones have no meaningful central
+/// difference): the V of rounding and truncation.
+fn curve(
+    g: &GradCheck,
+    model: &Model,
+    params: &Params,
+    data: &Data,
+    grads: &Grads,
+    eps: &[f64],
+) -> Result<SweepCurve> {
+    let mut points = Vec::with_capacity(eps.len());
+    let mut label = String::new();
+    let mut threshold = crate::check::DEFAULT_THRESHOLD;
+    let grad = grads.as_slice();
+    let include = g.kinks == crate::check::KinkPolicy::Include;
+    // A few ε per call: shared preparation, bounded memory (each evaluation holds several
+    // vectors of N).
+    for group in eps.chunks(4) {
+        let evals = g.evaluate_many(model, params, data, group)?;
+        for (&e, eval) in group.iter().zip(evals) {
+            threshold = g.defaults_for(eval.precision).1;
+            let approx = eval.gradapprox(e);
+            let smooth = |r: std::ops::Range<usize>| {
+                r.filter(|&i| include || eval.kinks[i] == 0)
+                    .collect::<Vec<_>>()
+            };
+            let (difference, _) = diff_and_rms(grad, &approx, &smooth(0..grad.len()));
+            let tensors = model
+                .layout()
+                .tensors()
+                .iter()
+                .map(|t| TensorPoint {
+                    name: t.name.clone(),
+                    difference: diff_and_rms(grad, &approx, &smooth(t.range())).0,
+                })
+                .collect();
+            label = format!(
+                "{} {}",
+                eval.backend.split(' ').next().unwrap_or("cpu"),
+                eval.precision
+            );
+            points.push(SweepPoint {
+                epsilon: e,
+                difference,
+                kinks: eval.kinks.iter().filter(|&&k| k != 0).count(),
+                tensors,
+            });
+        }
+    }
+    let best_epsilon = points
+        .iter()
+        .filter(|p| !p.difference.is_nan())
+        .min_by(|a, b| a.difference.total_cmp(&b.difference))
+        .map(|p| p.epsilon)
+        .unwrap_or(f64::NAN);
+    Ok(SweepCurve {
+        label,
+        points,
+        best_epsilon,
+        threshold,
+    })
+}
+
+/// The net's sizes for the title: the MLP's layer widths, or a layered net's input shape
+/// and layer types (activations belong to the layer before).
+fn sizes_of(model: &Model) -> Vec<String> {
+    match model.net() {
         Some(net) => std::iter::once(
             net.input_shape
                 .iter()
@@ -199,17 +224,7 @@ pub fn sweep(
         )
         .collect(),
         None => model.sizes().iter().map(|n| n.to_string()).collect(),
-    };
-    Ok(Sweep {
-        title: format!(
-            "{} net, m = {}, {} — difference against ε",
-            sizes.join("-"),
-            data.m(),
-            model.loss()
-        ),
-        threshold: threshold.unwrap_or(crate::check::DEFAULT_THRESHOLD),
-        curves,
-    })
+    }
 }
 
 /// The sweep as a table: one row per ε, one column per curve.
