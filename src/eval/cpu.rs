@@ -278,26 +278,49 @@ impl Ctx<'_> {
         let pos = layout.locate(i).expect("index in range");
         let slot = &layout.tensors()[pos.tensor];
         let (l, r) = (slot.layer, pos.row);
-        let depth = model.depth();
-        let m = self.data.m();
         let th = self.params.as_slice()[i];
         let moved = th + sign * self.epsilon;
         let delta = moved - th;
-        let mut kink = false;
+        let mut kink = self.changed_row(s, l, r, slot.kind, pos.col, delta);
+        s.losses.clear();
+        s.losses.extend_from_slice(&fwd.sample_loss);
+        if l + 1 == model.depth() {
+            self.output_row_losses(s, l, r);
+        } else {
+            kink |= self.hidden_row_losses(s, l, r);
+        }
+        let sumsq = match slot.kind {
+            TensorKind::Weight => fwd.weight_sumsq - th * th + moved * moved,
+            TensorKind::Bias => fwd.weight_sumsq,
+        };
+        (total_cost(model, self.data.m(), &s.losses, sumsq), kink)
+    }
 
-        // Row r of Z_l: the only row the step changes.
+    /// Row r of Z_l, the only row the step changes: the samples where it moved into
+    /// `s.cols`, their new values into `s.vals`; whether one crossed a kink.
+    fn changed_row(
+        &self,
+        s: &mut Scratch,
+        l: usize,
+        r: usize,
+        kind: TensorKind,
+        col: usize,
+        delta: f64,
+    ) -> bool {
+        let fwd = self.fwd;
         let input = if l == 0 {
             self.data.x.view()
         } else {
             fwd.a[l - 1].view()
         };
-        let g = model.activation(l);
+        let g = self.model.activation(l);
+        let mut kink = false;
         s.cols.clear();
         s.vals.clear();
-        for j in 0..m {
+        for j in 0..self.data.m() {
             let z0 = fwd.z[l][[r, j]];
-            let z1 = match slot.kind {
-                TensorKind::Weight => z0 + delta * input[[pos.col, j]],
+            let z1 = match kind {
+                TensorKind::Weight => z0 + delta * input[[col, j]],
                 TensorKind::Bias => z0 + delta,
             };
             if z1 != z0 {
@@ -306,91 +329,104 @@ impl Ctx<'_> {
                 s.vals.push(z1);
             }
         }
-        s.losses.clear();
-        s.losses.extend_from_slice(&fwd.sample_loss);
-        let ny = model.sizes()[depth];
+        kink
+    }
 
-        if l + 1 == depth {
-            // Output layer: the changed row goes straight into the loss.
-            for (&j, &z1) in s.cols.iter().zip(&s.vals) {
-                s.zcol.clear();
-                s.zcol.extend(fwd.z[l].column(j).iter());
-                s.zcol[r] = z1;
-                s.ycol.clear();
-                s.ycol.extend(self.data.y.column(j).iter());
-                s.losses[j] = sample_loss(model.loss(), g, &s.zcol, &s.ycol);
-            }
-        } else {
-            // ΔA_l[r, j], keeping only samples where the activation really moved.
-            let mut keep = 0;
-            for k in 0..s.cols.len() {
-                let j = s.cols[k];
-                let da = g.apply(s.vals[k]) * mask_at(self.data, l, r, j) - fwd.a[l][[r, j]];
-                if da != 0.0 {
-                    s.cols[keep] = j;
-                    s.vals[keep] = da;
-                    keep += 1;
-                }
-            }
-            s.cols.truncate(keep);
-            s.vals.truncate(keep);
-            // Layer l+1: rank-1 update of the base pre-activations.
-            let p = l + 1;
-            let np = model.sizes()[p + 1];
-            let w = self.params.weight(p);
-            let gp = model.activation(p);
-            s.cur.clear();
-            for (&j, &da) in s.cols.iter().zip(&s.vals) {
-                for ii in 0..np {
-                    let z0 = fwd.z[p][[ii, j]];
-                    let z1 = z0 + w[[ii, r]] * da;
-                    kink |= crosses(gp, z0, z1) && mask_at(self.data, p, ii, j) != 0.0;
-                    s.cur.push(z1);
-                }
-            }
-            // Dense layers after that, only for the changed samples.
-            let mut width = np;
-            for q in p + 1..depth {
-                let gq = model.activation(q - 1);
-                for (k, &j) in s.cols.iter().enumerate() {
-                    for (ii, v) in s.cur[k * width..(k + 1) * width].iter_mut().enumerate() {
-                        *v = gq.apply(*v) * mask_at(self.data, q - 1, ii, j);
-                    }
-                }
-                let wq = self.params.weight(q);
-                let bq = self.params.bias(q);
-                let nq = model.sizes()[q + 1];
-                let gnext = model.activation(q);
-                s.next.clear();
-                for k in 0..s.cols.len() {
-                    let a = &s.cur[k * width..(k + 1) * width];
-                    for ii in 0..nq {
-                        let mut acc = 0.0;
-                        for (t, &wt) in wq.row(ii).iter().enumerate() {
-                            acc = wt.mul_add(a[t], acc);
-                        }
-                        let z1 = acc + bq[ii];
-                        kink |= crosses(gnext, fwd.z[q][[ii, s.cols[k]]], z1)
-                            && mask_at(self.data, q, ii, s.cols[k]) != 0.0;
-                        s.next.push(z1);
-                    }
-                }
-                std::mem::swap(&mut s.cur, &mut s.next);
-                width = nq;
-            }
-            let gout = model.activation(depth - 1);
-            for (k, &j) in s.cols.iter().enumerate() {
-                s.ycol.clear();
-                s.ycol.extend(self.data.y.column(j).iter());
-                s.losses[j] =
-                    sample_loss(model.loss(), gout, &s.cur[k * ny..(k + 1) * ny], &s.ycol);
+    /// Output layer: the changed row goes straight into the changed samples' losses.
+    fn output_row_losses(&self, s: &mut Scratch, l: usize, r: usize) {
+        let g = self.model.activation(l);
+        for (&j, &z1) in s.cols.iter().zip(&s.vals) {
+            s.zcol.clear();
+            s.zcol.extend(self.fwd.z[l].column(j).iter());
+            s.zcol[r] = z1;
+            s.ycol.clear();
+            s.ycol.extend(self.data.y.column(j).iter());
+            s.losses[j] = sample_loss(self.model.loss(), g, &s.zcol, &s.ycol);
+        }
+    }
+
+    /// A hidden layer's changed row: its activation change, the rank-1 update of layer
+    /// l + 1, the dense layers after it for the changed samples only, their losses;
+    /// whether a unit crossed a kink.
+    fn hidden_row_losses(&self, s: &mut Scratch, l: usize, r: usize) -> bool {
+        let (model, fwd) = (self.model, self.fwd);
+        let depth = model.depth();
+        let ny = model.sizes()[depth];
+        let g = model.activation(l);
+        let mut kink = false;
+        // ΔA_l[r, j], keeping only samples where the activation really moved.
+        let mut keep = 0;
+        for k in 0..s.cols.len() {
+            let j = s.cols[k];
+            let da = g.apply(s.vals[k]) * mask_at(self.data, l, r, j) - fwd.a[l][[r, j]];
+            if da != 0.0 {
+                s.cols[keep] = j;
+                s.vals[keep] = da;
+                keep += 1;
             }
         }
-        let sumsq = match slot.kind {
-            TensorKind::Weight => fwd.weight_sumsq - th * th + moved * moved,
-            TensorKind::Bias => fwd.weight_sumsq,
-        };
-        (total_cost(model, m, &s.losses, sumsq), kink)
+        s.cols.truncate(keep);
+        s.vals.truncate(keep);
+        // Layer l+1: rank-1 update of the base pre-activations.
+        let p = l + 1;
+        let np = model.sizes()[p + 1];
+        let w = self.params.weight(p);
+        let gp = model.activation(p);
+        s.cur.clear();
+        for (&j, &da) in s.cols.iter().zip(&s.vals) {
+            for ii in 0..np {
+                let z0 = fwd.z[p][[ii, j]];
+                let z1 = z0 + w[[ii, r]] * da;
+                kink |= crosses(gp, z0, z1) && mask_at(self.data, p, ii, j) != 0.0;
+                s.cur.push(z1);
+            }
+        }
+        // Dense layers after that, only for the changed samples.
+        let mut width = np;
+        for q in p + 1..depth {
+            kink |= self.dense_layer(s, q, width);
+            width = model.sizes()[q + 1];
+        }
+        let gout = model.activation(depth - 1);
+        for (k, &j) in s.cols.iter().enumerate() {
+            s.ycol.clear();
+            s.ycol.extend(self.data.y.column(j).iter());
+            s.losses[j] = sample_loss(model.loss(), gout, &s.cur[k * ny..(k + 1) * ny], &s.ycol);
+        }
+        kink
+    }
+
+    /// Layer q of the changed samples: A_{q−1} = g(Z_{q−1}) (dropout applied) in place,
+    /// then Z_q = W_q·A_{q−1} + b_q (FMA in index order) into `s.cur`.
+    fn dense_layer(&self, s: &mut Scratch, q: usize, width: usize) -> bool {
+        let (model, fwd) = (self.model, self.fwd);
+        let gq = model.activation(q - 1);
+        let mut kink = false;
+        for (k, &j) in s.cols.iter().enumerate() {
+            for (ii, v) in s.cur[k * width..(k + 1) * width].iter_mut().enumerate() {
+                *v = gq.apply(*v) * mask_at(self.data, q - 1, ii, j);
+            }
+        }
+        let wq = self.params.weight(q);
+        let bq = self.params.bias(q);
+        let nq = model.sizes()[q + 1];
+        let gnext = model.activation(q);
+        s.next.clear();
+        for k in 0..s.cols.len() {
+            let a = &s.cur[k * width..(k + 1) * width];
+            for ii in 0..nq {
+                let mut acc = 0.0;
+                for (t, &wt) in wq.row(ii).iter().enumerate() {
+                    acc = wt.mul_add(a[t], acc);
+                }
+                let z1 = acc + bq[ii];
+                kink |= crosses(gnext, fwd.z[q][[ii, s.cols[k]]], z1)
+                    && mask_at(self.data, q, ii, s.cols[k]) != 0.0;
+                s.next.push(z1);
+            }
+        }
+        std::mem::swap(&mut s.cur, &mut s.next);
+        kink
     }
 }
 
@@ -664,34 +700,14 @@ impl<'a> DeltaCtx<'a> {
         let pos = layout.locate(i).expect("index in range");
         let slot = &layout.tensors()[pos.tensor];
         let (l, r) = (slot.layer, pos.row);
-        let sizes = model.sizes();
         let depth = model.depth();
         let m = self.data.m();
+        let ny = model.sizes()[depth];
         let d = sign * self.epsilon;
-        let mut kink = false;
-        let g = model.activation(l);
-        let ny = sizes[depth];
         // Σ_j Δloss_j (compensated) and Σ_j |Δloss_j|.
         let mut sum = Compensated::default();
         let mut mag = 0.0;
-        // ΔZ_l[r, j] for the samples it moves.
-        s.cols.clear();
-        s.vals.clear();
-        let row = match slot.kind {
-            TensorKind::Weight => Some(&self.input[l][pos.col * m..(pos.col + 1) * m]),
-            TensorKind::Bias => None,
-        };
-        let z_row = &self.zr[l][r * m..(r + 1) * m];
-        let m_row = self.mr[l].as_ref().map(|f| &f[r * m..(r + 1) * m]);
-        for j in 0..m {
-            let dz = row.map_or(d, |x| d * x[j]);
-            if dz != 0.0 {
-                let z0 = z_row[j];
-                kink |= crosses(g, z0, z0 + dz) && m_row.is_none_or(|f| f[j] != 0.0);
-                s.cols.push(j);
-                s.vals.push(dz);
-            }
-        }
+        let mut kink = self.delta_row(s, l, r, slot.kind, pos.col, d);
         // s.cur: per moved sample, the current layer's ΔZ column.
         s.cur.clear();
         if l + 1 == depth {
@@ -701,90 +717,16 @@ impl<'a> DeltaCtx<'a> {
                 s.cur[at + r] = dz;
             }
         } else {
-            // ΔA_l[r, j], keeping the samples whose activation really moved.
-            let mut keep = 0;
-            for k in 0..s.cols.len() {
-                let j = s.cols[k];
-                let da = self.act_delta_at(l, j * sizes[l + 1] + r, z_row[j], s.vals[k])
-                    * m_row.map_or(1.0, |f| f[j]);
-                if da != 0.0 {
-                    s.cols[keep] = j;
-                    s.vals[keep] = da;
-                    keep += 1;
-                }
-            }
-            s.cols.truncate(keep);
-            s.vals.truncate(keep);
-            // Samples whose t stays inside the shortcut's interval go straight to the
-            // output (well inside: a relative margin keeps rounding off the edge) and into
-            // the sum; the others take the exact path below.
+            self.activation_change(s, l, r);
             if let Some(sc) = &self.shortcut[l] {
-                let mut keep = 0;
-                for k in 0..s.cols.len() {
-                    let (j, t) = (s.cols[k], s.vals[k]);
-                    let at = r * m + j;
-                    if inside(t, sc.lo[at], sc.hi[at], SHORTCUT_MARGIN) {
-                        s.zcol.clear();
-                        s.zcol
-                            .extend(sc.v[at * ny..(at + 1) * ny].iter().map(|v| v * t));
-                        let dl = self.sample_delta(j, &s.zcol);
-                        sum.add(dl);
-                        mag += dl.abs();
-                    } else {
-                        s.cols[keep] = j;
-                        s.vals[keep] = t;
-                        keep += 1;
-                    }
-                }
-                s.cols.truncate(keep);
-                s.vals.truncate(keep);
+                self.through_shortcut(s, sc, r, &mut sum, &mut mag);
             }
-            // Layer l+1: ΔZ = W[:, r]·ΔA_l[r, j] (rank 1).
-            let p = l + 1;
-            let np = sizes[p + 1];
-            let wc = &self.wcols[p][r * np..(r + 1) * np];
-            let gp = model.activation(p);
-            let kinky = gp.has_kink();
-            for (&j, &da) in s.cols.iter().zip(&s.vals) {
-                let z0 = &self.zt[p][j * np..(j + 1) * np];
-                let at = s.cur.len();
-                s.cur.extend(wc.iter().map(|&w| w * da));
-                if kinky {
-                    for (ii, (&z, &dz)) in z0.iter().zip(&s.cur[at..]).enumerate() {
-                        kink |= ((z > 0.0) != (z + dz > 0.0)) && self.mask(p, j * np + ii) != 0.0;
-                    }
-                }
-            }
+            kink |= self.rank1(s, l, r);
             // Later layers: ΔA = g(Z + ΔZ) − g(Z), ΔZ_q = W_q·ΔA (no bias).
-            let mut width = np;
-            for q in p + 1..depth {
-                for (k, &j) in s.cols.iter().enumerate() {
-                    let z0 = &self.zt[q - 1][j * width..(j + 1) * width];
-                    for (ii, v) in s.cur[k * width..(k + 1) * width].iter_mut().enumerate() {
-                        *v = self.act_delta_at(q - 1, j * width + ii, z0[ii], *v)
-                            * self.mask(q - 1, j * width + ii);
-                    }
-                }
-                let wq = self.params.weight(q);
-                let wq = wq.as_slice().expect("standard layout");
-                let nq = sizes[q + 1];
-                let gnext = model.activation(q);
-                let kinky = gnext.has_kink();
-                s.next.clear();
-                for (k, &j) in s.cols.iter().enumerate() {
-                    let a = &s.cur[k * width..(k + 1) * width];
-                    let z0 = &self.zt[q][j * nq..(j + 1) * nq];
-                    for ii in 0..nq {
-                        let dz = dot(&wq[ii * width..(ii + 1) * width], a);
-                        if kinky {
-                            kink |= ((z0[ii] > 0.0) != (z0[ii] + dz > 0.0))
-                                && self.mask(q, j * nq + ii) != 0.0;
-                        }
-                        s.next.push(dz);
-                    }
-                }
-                std::mem::swap(&mut s.cur, &mut s.next);
-                width = nq;
+            let mut width = model.sizes()[l + 2];
+            for q in l + 2..depth {
+                kink |= self.delta_layer(s, q, width);
+                width = model.sizes()[q + 1];
             }
         }
         // The exact path's samples' loss changes (the shortcut's were added as they came).
@@ -803,6 +745,148 @@ impl<'a> DeltaCtx<'a> {
             mag += dl2.abs();
         }
         (dj, mag, kink)
+    }
+
+    /// ΔZ_l[r, j] of the step d for the samples it moves (`s.cols`, `s.vals`); whether one
+    /// crossed a kink.
+    fn delta_row(
+        &self,
+        s: &mut Scratch,
+        l: usize,
+        r: usize,
+        kind: TensorKind,
+        col: usize,
+        d: f64,
+    ) -> bool {
+        let m = self.data.m();
+        let g = self.model.activation(l);
+        let mut kink = false;
+        s.cols.clear();
+        s.vals.clear();
+        let row = match kind {
+            TensorKind::Weight => Some(&self.input[l][col * m..(col + 1) * m]),
+            TensorKind::Bias => None,
+        };
+        let z_row = &self.zr[l][r * m..(r + 1) * m];
+        let m_row = self.mr[l].as_ref().map(|f| &f[r * m..(r + 1) * m]);
+        for j in 0..m {
+            let dz = row.map_or(d, |x| d * x[j]);
+            if dz != 0.0 {
+                let z0 = z_row[j];
+                kink |= crosses(g, z0, z0 + dz) && m_row.is_none_or(|f| f[j] != 0.0);
+                s.cols.push(j);
+                s.vals.push(dz);
+            }
+        }
+        kink
+    }
+
+    /// ΔA_l[r, j] from ΔZ_l[r, j] in place, keeping the samples whose activation really
+    /// moved.
+    fn activation_change(&self, s: &mut Scratch, l: usize, r: usize) {
+        let m = self.data.m();
+        let z_row = &self.zr[l][r * m..(r + 1) * m];
+        let m_row = self.mr[l].as_ref().map(|f| &f[r * m..(r + 1) * m]);
+        let n_l = self.model.sizes()[l + 1];
+        let mut keep = 0;
+        for k in 0..s.cols.len() {
+            let j = s.cols[k];
+            let da = self.act_delta_at(l, j * n_l + r, z_row[j], s.vals[k])
+                * m_row.map_or(1.0, |f| f[j]);
+            if da != 0.0 {
+                s.cols[keep] = j;
+                s.vals[keep] = da;
+                keep += 1;
+            }
+        }
+        s.cols.truncate(keep);
+        s.vals.truncate(keep);
+    }
+
+    /// Samples whose t stays inside the shortcut's interval go straight to the output (well
+    /// inside: a relative margin keeps rounding off the edge) and into the sum; the others
+    /// stay listed for the exact path.
+    fn through_shortcut(
+        &self,
+        s: &mut Scratch,
+        sc: &Shortcut,
+        r: usize,
+        sum: &mut Compensated,
+        mag: &mut f64,
+    ) {
+        let (m, ny) = (self.data.m(), self.model.sizes()[self.model.depth()]);
+        let mut keep = 0;
+        for k in 0..s.cols.len() {
+            let (j, t) = (s.cols[k], s.vals[k]);
+            let at = r * m + j;
+            if inside(t, sc.lo[at], sc.hi[at], SHORTCUT_MARGIN) {
+                s.zcol.clear();
+                s.zcol
+                    .extend(sc.v[at * ny..(at + 1) * ny].iter().map(|v| v * t));
+                let dl = self.sample_delta(j, &s.zcol);
+                sum.add(dl);
+                *mag += dl.abs();
+            } else {
+                s.cols[keep] = j;
+                s.vals[keep] = t;
+                keep += 1;
+            }
+        }
+        s.cols.truncate(keep);
+        s.vals.truncate(keep);
+    }
+
+    /// Layer l+1: ΔZ = W[:, r]·ΔA_l[r, j] (rank 1) into `s.cur`; whether a unit crossed a
+    /// kink.
+    fn rank1(&self, s: &mut Scratch, l: usize, r: usize) -> bool {
+        let p = l + 1;
+        let np = self.model.sizes()[p + 1];
+        let wc = &self.wcols[p][r * np..(r + 1) * np];
+        let kinky = self.model.activation(p).has_kink();
+        let mut kink = false;
+        for (&j, &da) in s.cols.iter().zip(&s.vals) {
+            let z0 = &self.zt[p][j * np..(j + 1) * np];
+            let at = s.cur.len();
+            s.cur.extend(wc.iter().map(|&w| w * da));
+            if kinky {
+                for (ii, (&z, &dz)) in z0.iter().zip(&s.cur[at..]).enumerate() {
+                    kink |= ((z > 0.0) != (z + dz > 0.0)) && self.mask(p, j * np + ii) != 0.0;
+                }
+            }
+        }
+        kink
+    }
+
+    /// Layer q of the listed samples: ΔA_{q−1} in place, then ΔZ_q = W_q·ΔA_{q−1} into
+    /// `s.cur`; whether a unit crossed a kink.
+    fn delta_layer(&self, s: &mut Scratch, q: usize, width: usize) -> bool {
+        for (k, &j) in s.cols.iter().enumerate() {
+            let z0 = &self.zt[q - 1][j * width..(j + 1) * width];
+            for (ii, v) in s.cur[k * width..(k + 1) * width].iter_mut().enumerate() {
+                *v = self.act_delta_at(q - 1, j * width + ii, z0[ii], *v)
+                    * self.mask(q - 1, j * width + ii);
+            }
+        }
+        let wq = self.params.weight(q);
+        let wq = wq.as_slice().expect("standard layout");
+        let nq = self.model.sizes()[q + 1];
+        let kinky = self.model.activation(q).has_kink();
+        let mut kink = false;
+        s.next.clear();
+        for (k, &j) in s.cols.iter().enumerate() {
+            let a = &s.cur[k * width..(k + 1) * width];
+            let z0 = &self.zt[q][j * nq..(j + 1) * nq];
+            for ii in 0..nq {
+                let dz = dot(&wq[ii * width..(ii + 1) * width], a);
+                if kinky {
+                    kink |=
+                        ((z0[ii] > 0.0) != (z0[ii] + dz > 0.0)) && self.mask(q, j * nq + ii) != 0.0;
+                }
+                s.next.push(dz);
+            }
+        }
+        std::mem::swap(&mut s.cur, &mut s.next);
+        kink
     }
 }
 
