@@ -516,6 +516,18 @@ struct Chosen {
     est: Estimate,
 }
 
+/// "gpu (adapter name)" from the evaluator as ("gpu", the adapter); other backends as they
+/// are.
+fn backend_and_adapter(backend: &str) -> (String, Option<String>) {
+    match backend
+        .strip_prefix("gpu (")
+        .and_then(|a| a.strip_suffix(')'))
+    {
+        Some(a) => ("gpu".to_string(), Some(a.to_string())),
+        None => (backend.to_string(), None),
+    }
+}
+
 /// An element's status from its bound: consistent within it; on a kink at θ, consistent
 /// anywhere between the two one-sided derivatives (a subgradient, the interval's width
 /// counted in its bound); wrong only far outside (and where `provable`), suspicious
@@ -708,28 +720,7 @@ impl Rules {
             ku: ku * w.unit_roundoff,
             central: w.gradapprox(2.0 * ev.epsilon),
         });
-        let kg = ku * self.gradient_roundoff;
-        let sizes = term_sizes_of(ev, &at);
-        // First pass: every element's own truncation estimate; then per tensor a shared
-        // allowance and whether its ε is in the asymptotic range; then the verdicts.
-        let first: Vec<Judged> = (0..grad.len())
-            .map(|i| self.judge_element(i, grad[i], &at, wide.as_ref(), kg, sizes[i], 0.0, true))
-            .collect();
-        let (floor, provable) = shared_floors(layout, &first);
-        let judged: Vec<Judged> = (0..grad.len())
-            .map(|i| {
-                self.judge_element(
-                    i,
-                    grad[i],
-                    &at,
-                    wide.as_ref(),
-                    kg,
-                    sizes[i],
-                    floor[i],
-                    provable[i],
-                )
-            })
-            .collect();
+        let judged = self.judge_elements(ev, &at, wide.as_ref(), ku * self.gradient_roundoff);
         // The numbers the notebook would print: central (or Richardson) differences.
         let approx: Vec<f64> = match (&wide, self.stencil) {
             (Some(w), 4) => at
@@ -754,15 +745,7 @@ impl Rules {
             .unzip();
         let kinks = eval.kinks.iter().filter(|&&k| k != 0).count();
         let difference = difference(grad, &approx);
-        // "gpu (adapter name)" from the evaluator: split.
-        let (backend, adapter) = match eval
-            .backend
-            .strip_prefix("gpu (")
-            .and_then(|a| a.strip_suffix(')'))
-        {
-            Some(a) => ("gpu".to_string(), Some(a.to_string())),
-            None => (eval.backend.clone(), None),
-        };
+        let (backend, adapter) = backend_and_adapter(&eval.backend);
         Report {
             schema_version: SCHEMA_VERSION,
             gradcheck_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -801,6 +784,28 @@ impl Rules {
             minus: eval.minus.clone(),
             wrong_elements: judged.iter().map(|j| j.status == Status::Wrong).collect(),
         }
+    }
+
+    /// Every element's verdict, in two passes: each element's own truncation estimate
+    /// first, then per tensor a shared allowance and whether its ε is in the asymptotic
+    /// range ([`shared_floors`]), then the verdicts with them. `kg`: the analytic side's
+    /// rounding factor.
+    fn judge_elements(
+        &self,
+        ev: &Evidence<'_>,
+        at: &Side<'_>,
+        wide: Option<&Side<'_>>,
+        kg: f64,
+    ) -> Vec<Judged> {
+        let grad = ev.grad;
+        let sizes = term_sizes_of(ev, at);
+        let first: Vec<Judged> = (0..grad.len())
+            .map(|i| self.judge_element(i, grad[i], at, wide, kg, sizes[i], 0.0, true))
+            .collect();
+        let (floor, provable) = shared_floors(ev.layout, &first);
+        (0..grad.len())
+            .map(|i| self.judge_element(i, grad[i], at, wide, kg, sizes[i], floor[i], provable[i]))
+            .collect()
     }
 
     /// The verdict on element i (see the module doc). `sizes` are the numeric and analytic
