@@ -44,73 +44,15 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
     let mut layers: Vec<Arc<dyn Layer>> = Vec::new();
     let mut names: Vec<String> = Vec::new();
     let mut output = Activation::Identity;
-    let mut numbered = 0;
     let last = spec.layers.len().saturating_sub(1);
     for (k, ls) in spec.layers.iter().enumerate() {
         let at = |msg: String| Error::Spec(format!("layer {} ({}): {msg}", k + 1, kind_of(ls)));
-        let mut activation = Activation::Identity;
-        let (layer, shape): (Arc<dyn Layer>, Shape) = match ls {
-            LayerSpec::Conv2d {
-                filters,
-                kernel,
-                stride,
-                padding,
-                activation: a,
-                names: given,
-            } => {
-                numbered += 1;
-                push_names(&mut names, given.as_ref(), numbered, true);
-                activation = *a;
-                let conv = conv_of(
-                    *filters,
-                    kernel.hw(),
-                    *stride,
-                    padding,
-                    (h, w, c),
-                    spec.layout,
-                )
-                .map_err(&at)?;
-                let shape = (conv.oh, conv.ow, conv.cout);
-                (Arc::new(conv), shape)
-            }
-            LayerSpec::MaxPool { size, stride } | LayerSpec::AvgPool { size, stride } => {
-                let max = matches!(ls, LayerSpec::MaxPool { .. });
-                pool_of(size.hw(), *stride, max, (h, w, c)).map_err(&at)?
-            }
-            LayerSpec::Flatten => {
-                let flat = Flatten {
-                    positions: h * w,
-                    channels: c,
-                    layout: spec.layout,
-                };
-                (Arc::new(flat), (1, 1, h * w * c))
-            }
-            LayerSpec::Dense {
-                units,
-                activation: a,
-                bias,
-                names: given,
-            } => {
-                if h * w != 1 {
-                    return Err(at(format!(
-                        "its input is {h}×{w}×{c}: put a flatten layer before it"
-                    )));
-                }
-                if *units == 0 {
-                    return Err(at("units must be ≥ 1".into()));
-                }
-                numbered += 1;
-                push_names(&mut names, given.as_ref(), numbered, *bias);
-                activation = *a;
-                let dense = Dense {
-                    n_in: c,
-                    n_out: *units,
-                    bias: *bias,
-                    layout: spec.layout,
-                };
-                (Arc::new(dense), (1, 1, *units))
-            }
-        };
+        let numbered = 1 + spec.layers[..k]
+            .iter()
+            .filter(|l| matches!(l, LayerSpec::Conv2d { .. } | LayerSpec::Dense { .. }))
+            .count();
+        let (layer, shape, activation) =
+            layer_of(ls, (h, w, c), spec.layout, numbered, &mut names).map_err(at)?;
         layers.push(layer);
         (h, w, c) = shape;
         if !fits(h, w, c) {
@@ -139,6 +81,69 @@ pub fn build(spec: &NetSpec) -> Result<Model> {
         input_shape: spec.input_shape.clone(),
         array_layout: spec.layout,
         spec: Some(spec.clone()),
+    })
+}
+
+/// One layer of a spec on an (h, w, c) input: the layer type, its output shape and the
+/// activation that follows it; its tensors' names pushed (`numbered`: its number among the
+/// layers with parameters). The error says what does not fit (the caller names the layer).
+fn layer_of(
+    ls: &LayerSpec,
+    (h, w, c): Shape,
+    layout: ArrayLayout,
+    numbered: usize,
+    names: &mut Vec<String>,
+) -> std::result::Result<(Arc<dyn Layer>, Shape, Activation), String> {
+    Ok(match ls {
+        LayerSpec::Conv2d {
+            filters,
+            kernel,
+            stride,
+            padding,
+            activation,
+            names: given,
+        } => {
+            push_names(names, given.as_ref(), numbered, true);
+            let conv = conv_of(*filters, kernel.hw(), *stride, padding, (h, w, c), layout)?;
+            let shape = (conv.oh, conv.ow, conv.cout);
+            (Arc::new(conv), shape, *activation)
+        }
+        LayerSpec::MaxPool { size, stride } | LayerSpec::AvgPool { size, stride } => {
+            let max = matches!(ls, LayerSpec::MaxPool { .. });
+            let (layer, shape) = pool_of(size.hw(), *stride, max, (h, w, c))?;
+            (layer, shape, Activation::Identity)
+        }
+        LayerSpec::Flatten => {
+            let flat = Flatten {
+                positions: h * w,
+                channels: c,
+                layout,
+            };
+            (Arc::new(flat), (1, 1, h * w * c), Activation::Identity)
+        }
+        LayerSpec::Dense {
+            units,
+            activation,
+            bias,
+            names: given,
+        } => {
+            if h * w != 1 {
+                return Err(format!(
+                    "its input is {h}×{w}×{c}: put a flatten layer before it"
+                ));
+            }
+            if *units == 0 {
+                return Err("units must be ≥ 1".into());
+            }
+            push_names(names, given.as_ref(), numbered, *bias);
+            let dense = Dense {
+                n_in: c,
+                n_out: *units,
+                bias: *bias,
+                layout,
+            };
+            (Arc::new(dense), (1, 1, *units), *activation)
+        }
     })
 }
 
