@@ -12,11 +12,11 @@
 //! |---|---|---|
 //! | base | [`error`], [`metric`], [`rng`] | the error type, the difference formula, the RNG |
 //! | model | [`model`] | networks (the MLP shorthand, or layer types: the [`model::Layer`] trait), activations, losses, parameter layout, data and masks |
-//! | net | [`net`] | the reference math: built-in layer types (conv2d, pooling, flatten, dense), forward, built-in backprop, closed-form Δ |
-//! | eval | [`eval`], [`eval::cpu`], `eval::gpu` | the [`eval::Evaluator`] trait, the CPU f64 reference, the GPU (feature `gpu`) |
+//! | net | [`net`] | the reference math: built-in layer types (conv2d, pooling, flatten, dense), forward, built-in backprop, closed-form Δ, the MLP's shortcut tables |
+//! | eval | [`eval`], [`eval::cpu`], [`eval::layered`], `eval::gpu`, [`eval::backend`] | the [`eval::Evaluator`] trait and [`eval::Progress`]; the CPU f64 evaluators (MLP, layer types); the GPU (feature `gpu`: MLP kernels, and `shaders/layered.wgsl` for layer types); the choice of backend |
 //! | verdict | [`verdict`] | central differences against the gradient: differences, pass/fail |
 //! | diagnose | [`diagnose`] | what kind of mistake a failing tensor is |
-//! | check | [`check`] | the one-call [`GradCheck`]: evaluate → verdict → diagnose; the fast mode |
+//! | check | [`check`], [`plan`] | the engine [`GradCheck`] (evaluate → verdict → diagnose; the fast mode) and the one call: [`plan::Plan`] + [`problem::Problem`] → [`Report`] |
 //! | report | [`report`] | text and JSON of a report |
 //! | files | [`io`], [`problem`], [`examples`] | reading .npz/JSON, assembling a problem, the built-in seed |
 //! | front ends | [`shard`], [`sweep`], [`batch`], `compare` | split/merge, ε sweeps, manifests, GPU-vs-CPU numerics |

@@ -1009,3 +1009,50 @@ fn wide_nets_whose_gradients_came_from_another_forward_pass_never_fail() {
     }
     assert!(fails.is_empty(), "{fails:#?}");
 }
+
+#[test]
+fn a_unit_exactly_at_its_kink_accepts_either_relu_derivative_there() {
+    // 1-1-1 net, x = 0 and b1 = 0: z1 = 0 exactly, relu'(0) is any value in [0, 1]. The
+    // +ε step of b1 crosses the kink: the judged difference is the backward one (0); a
+    // backprop with relu'(0) = 1 (a `Z >= 0` mask) gives db1 = W2·(z2 − y), the forward
+    // one. Both are subgradients and must not FAIL; anything outside [0, 1]·W2·(z2 − y)
+    // is wrong. Closed form: z2 = b2 = 0.1, z2 − y = −0.3, W2·(z2 − y) = −0.21.
+    let spec = ModelSpec {
+        layers: vec![1, 1, 1],
+        activations: vec!["relu".parse().unwrap(), "identity".parse().unwrap()],
+        loss: Loss::MeanSquaredError,
+        l2: 0.0,
+        dropout: None,
+    };
+    let model = Model::new(spec).unwrap();
+    let params = Params::new(model.layout().clone(), vec![0.5, 0.0, 0.7, 0.1]).unwrap();
+    let x = Array2::from_shape_vec((1, 1), vec![0.0]).unwrap();
+    let y = Array2::from_shape_vec((1, 1), vec![0.4]).unwrap();
+    let data = Data::new(&model, x, y).unwrap();
+    let grads_with = |db1: f64| {
+        // dW1 = dz1·x = 0, db1 as given, dW2 = dz2·a1 = 0, db2 = z2 − y.
+        Grads::new(model.layout().clone(), vec![0.0, db1, 0.0, -0.3]).unwrap()
+    };
+    for precision in [Precision::F64, Precision::F64Plain] {
+        for (db1, ok) in [
+            (0.0, true),
+            (-0.21, true),
+            (-0.1, true),
+            (0.21, false),
+            (-0.63, false),
+        ] {
+            let r = cpu_check(precision, None, &model, &params, &data, &grads_with(db1));
+            let b1 = &r.tensors[1];
+            if ok {
+                assert_ne!(
+                    b1.verdict,
+                    Verdict::Fail,
+                    "{precision:?} db1 = {db1}: {:?}",
+                    b1.reason
+                );
+            } else {
+                assert_eq!(b1.verdict, Verdict::Fail, "{precision:?} db1 = {db1}");
+            }
+        }
+    }
+}
