@@ -47,7 +47,7 @@ pub const F32_PLAIN_THRESHOLD: f64 = 1e-2;
 pub enum Verdict {
     /// Every resolved element consistent, and the bounds resolve 1 % of every tensor.
     Pass,
-    /// Some element is off by more than [`FAIL_MARGIN`] times its bound: a bug.
+    /// Some element is off by more than [`FAIL_MARGIN`](super::FAIL_MARGIN) times its bound: a bug.
     Fail,
     /// Neither could be shown; the report says why.
     Inconclusive,
@@ -95,9 +95,9 @@ pub enum Method {
 pub enum Status {
     /// |analytic − numeric| ≤ bound.
     Consistent,
-    /// Between 1 and [`FAIL_MARGIN`] bounds off.
+    /// Between 1 and [`FAIL_MARGIN`](super::FAIL_MARGIN) bounds off.
     Suspicious,
-    /// More than [`FAIL_MARGIN`] bounds off (or not finite).
+    /// More than [`FAIL_MARGIN`](super::FAIL_MARGIN) bounds off (or not finite).
     Wrong,
     /// Both ±ε steps cross kinks.
     KinkBothSides,
@@ -207,9 +207,9 @@ pub struct TensorReport {
     /// verdict == Pass.
     pub passed: bool,
     /// ‖bounds‖ / ‖gradient‖ over the resolved elements: the relative error this check can
-    /// see in this tensor (PASS needs ≤ [`RESOLUTION`]).
+    /// see in this tensor (PASS needs ≤ [`RESOLUTION`](super::RESOLUTION)).
     pub resolution: f64,
-    /// The largest |analytic − numeric| / bound (> [`FAIL_MARGIN`]: wrong).
+    /// The largest |analytic − numeric| / bound (> [`FAIL_MARGIN`](super::FAIL_MARGIN): wrong).
     pub max_excess: f64,
     /// Elements whose ±ε step crossed a kink.
     pub kinks: usize,
@@ -217,11 +217,11 @@ pub struct TensorReport {
     pub one_sided: usize,
     /// Elements no difference could judge at this ε.
     pub unresolved: usize,
-    /// Elements off by more than [`FAIL_MARGIN`] bounds.
+    /// Elements off by more than [`FAIL_MARGIN`](super::FAIL_MARGIN) bounds.
     pub wrong: usize,
-    /// Elements between 1 and [`FAIL_MARGIN`] bounds off.
+    /// Elements between 1 and [`FAIL_MARGIN`](super::FAIL_MARGIN) bounds off.
     pub suspicious: usize,
-    /// Nonzero elements judged consistent whose own bound exceeds [`RESOLUTION`] of their
+    /// Nonzero elements judged consistent whose own bound exceeds [`RESOLUTION`](super::RESOLUTION) of their
     /// value: a 1 % error of such an element alone would not have shown; it was checked
     /// only as part of the tensor (the tensor's resolution covers it).
     pub coarse: usize,
@@ -327,7 +327,7 @@ pub struct Report {
     /// Every J(θ − ε·e_i) (ΔJ on the Δ paths; omitted from JSON).
     #[serde(skip)]
     pub minus: Vec<f64>,
-    /// Per element, whether it was judged wrong (beyond [`FAIL_MARGIN`] bounds: what the
+    /// Per element, whether it was judged wrong (beyond [`FAIL_MARGIN`](super::FAIL_MARGIN) bounds: what the
     /// diagnoses' "wrong in k of n" counts; omitted from JSON).
     #[serde(skip)]
     pub wrong_elements: Vec<bool>,
