@@ -298,6 +298,7 @@ impl Ctx<'_> {
 
     /// Row r of Z_l, the only row the step changes: the samples where it moved into
     /// `s.cols`, their new values into `s.vals`; whether one crossed a kink.
+    #[inline(always)]
     fn changed_row(
         &self,
         s: &mut Scratch,
@@ -333,6 +334,7 @@ impl Ctx<'_> {
     }
 
     /// Output layer: the changed row goes straight into the changed samples' losses.
+    #[inline(always)]
     fn output_row_losses(&self, s: &mut Scratch, l: usize, r: usize) {
         let g = self.model.activation(l);
         for (&j, &z1) in s.cols.iter().zip(&s.vals) {
@@ -348,6 +350,7 @@ impl Ctx<'_> {
     /// A hidden layer's changed row: its activation change, the rank-1 update of layer
     /// l + 1, the dense layers after it for the changed samples only, their losses;
     /// whether a unit crossed a kink.
+    #[inline(always)]
     fn hidden_row_losses(&self, s: &mut Scratch, l: usize, r: usize) -> bool {
         let (model, fwd) = (self.model, self.fwd);
         let depth = model.depth();
@@ -398,6 +401,7 @@ impl Ctx<'_> {
 
     /// Layer q of the changed samples: A_{q−1} = g(Z_{q−1}) (dropout applied) in place,
     /// then Z_q = W_q·A_{q−1} + b_q (FMA in index order) into `s.cur`.
+    #[inline(always)]
     fn dense_layer(&self, s: &mut Scratch, q: usize, width: usize) -> bool {
         let (model, fwd) = (self.model, self.fwd);
         let gq = model.activation(q - 1);
@@ -749,6 +753,7 @@ impl<'a> DeltaCtx<'a> {
 
     /// ΔZ_l[r, j] of the step d for the samples it moves (`s.cols`, `s.vals`); whether one
     /// crossed a kink.
+    #[inline(always)]
     fn delta_row(
         &self,
         s: &mut Scratch,
@@ -783,6 +788,7 @@ impl<'a> DeltaCtx<'a> {
 
     /// ΔA_l[r, j] from ΔZ_l[r, j] in place, keeping the samples whose activation really
     /// moved.
+    #[inline(always)]
     fn activation_change(&self, s: &mut Scratch, l: usize, r: usize) {
         let m = self.data.m();
         let z_row = &self.zr[l][r * m..(r + 1) * m];
@@ -806,6 +812,7 @@ impl<'a> DeltaCtx<'a> {
     /// Samples whose t stays inside the shortcut's interval go straight to the output (well
     /// inside: a relative margin keeps rounding off the edge) and into the sum; the others
     /// stay listed for the exact path.
+    #[inline(always)]
     fn through_shortcut(
         &self,
         s: &mut Scratch,
@@ -838,6 +845,7 @@ impl<'a> DeltaCtx<'a> {
 
     /// Layer l+1: ΔZ = W[:, r]·ΔA_l[r, j] (rank 1) into `s.cur`; whether a unit crossed a
     /// kink.
+    #[inline(always)]
     fn rank1(&self, s: &mut Scratch, l: usize, r: usize) -> bool {
         let p = l + 1;
         let np = self.model.sizes()[p + 1];
@@ -859,6 +867,7 @@ impl<'a> DeltaCtx<'a> {
 
     /// Layer q of the listed samples: ΔA_{q−1} in place, then ΔZ_q = W_q·ΔA_{q−1} into
     /// `s.cur`; whether a unit crossed a kink.
+    #[inline(always)]
     fn delta_layer(&self, s: &mut Scratch, q: usize, width: usize) -> bool {
         for (k, &j) in s.cols.iter().enumerate() {
             let z0 = &self.zt[q - 1][j * width..(j + 1) * width];
