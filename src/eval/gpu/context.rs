@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use super::pipelines::{self, Job, PipelineCache, Pipelines};
+use super::pipelines::{self, Job, KernelSet, PipelineCache, Pipelines};
 use crate::error::{Error, Result};
 
 /// One adapter's device, queue and pipelines, shared by every check of a process.
@@ -190,9 +190,14 @@ impl GpuContext {
         Ok(c)
     }
 
-    /// The pipelines of f64 (or f32), built on first use.
+    /// The MLP kernels' pipelines in f64 (or f32), built on first use.
     pub(super) fn pipelines(&self, f64: bool) -> Result<Arc<Pipelines>> {
-        self.pipelines.get(&self.device, f64)
+        self.pipelines.get(&self.device, f64, KernelSet::Mlp)
+    }
+
+    /// The layer types' kernels (`shaders/layered.wgsl`), built on first use.
+    pub(super) fn layered_pipelines(&self, f64: bool) -> Result<Arc<Pipelines>> {
+        self.pipelines.get(&self.device, f64, KernelSet::Layered)
     }
 
     /// The uniform buffer of a list of jobs and its stride (see [`pipelines::jobs_buffer`]).

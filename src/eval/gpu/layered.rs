@@ -115,7 +115,7 @@ impl GpuContext {
         fwd: &net::Forward,
         delta: bool,
     ) -> Result<Vec<LayeredOutput>> {
-        let pipes = self.pipelines(R::IS_F64)?;
+        let pipes = self.layered_pipelines(R::IS_F64)?;
         let host = Host::new(model, net, kernels, params, fwd, delta)?;
         let plan = self.plan_layered::<R>(model, net, kernels, &host, opts, delta)?;
         let scope_oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);

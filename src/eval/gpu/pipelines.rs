@@ -72,24 +72,43 @@ pub(super) struct Pipelines {
     pub(super) by_entry: HashMap<&'static str, wgpu::ComputePipeline>,
 }
 
-/// The pipelines of each precision, built on first use (a context keeps one cache).
+/// Which kernels a set of pipelines holds: the MLP's families (and the math probe), or the
+/// layer types' (`layered`). Each set is compiled only when first used: a software
+/// adapter compiles a family in tens of milliseconds, which an MLP check should not pay
+/// for conv kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum KernelSet {
+    Mlp,
+    Layered,
+}
+
+/// The pipelines of each precision and kernel set, built on first use (a context keeps
+/// one cache).
 #[derive(Default)]
-pub(super) struct PipelineCache(Mutex<HashMap<bool, Arc<Pipelines>>>);
+pub(super) struct PipelineCache(Mutex<HashMap<(bool, KernelSet), Arc<Pipelines>>>);
 
 impl PipelineCache {
-    /// The pipelines of f64 (or f32) on `device`, built once.
-    pub(super) fn get(&self, device: &wgpu::Device, f64: bool) -> Result<Arc<Pipelines>> {
-        if let Some(p) = self.0.lock().expect("pipelines").get(&f64) {
+    /// The pipelines of f64 (or f32) and `set` on `device`, built once.
+    pub(super) fn get(
+        &self,
+        device: &wgpu::Device,
+        f64: bool,
+        set: KernelSet,
+    ) -> Result<Arc<Pipelines>> {
+        if let Some(p) = self.0.lock().expect("pipelines").get(&(f64, set)) {
             return Ok(p.clone());
         }
-        let built = Arc::new(build(device, f64)?);
-        self.0.lock().expect("pipelines").insert(f64, built.clone());
+        let built = Arc::new(build(device, f64, set)?);
+        self.0
+            .lock()
+            .expect("pipelines")
+            .insert((f64, set), built.clone());
         Ok(built)
     }
 }
 
 /// The bind group layout, the pipeline layout and every family's pipelines at a precision.
-fn build(device: &wgpu::Device, f64: bool) -> Result<Pipelines> {
+fn build(device: &wgpu::Device, f64: bool, set: KernelSet) -> Result<Pipelines> {
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
         binding,
@@ -129,7 +148,10 @@ fn build(device: &wgpu::Device, f64: bool) -> Result<Pipelines> {
         immediate_size: 0,
     });
     let mut by_entry = HashMap::new();
-    for (name, parts, entries) in source::families() {
+    for (name, parts, entries) in source::families()
+        .into_iter()
+        .filter(|f| (f.0 == "layered") == (set == KernelSet::Layered))
+    {
         let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(name),
             source: wgpu::ShaderSource::Wgsl(source::module_for_build(parts, f64).into()),
