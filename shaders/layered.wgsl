@@ -86,6 +86,19 @@ fn param(at: u32) -> real {
     return model[at];
 }
 
+// A thread's item of the chunk: perturbation k (2·(p − first) + 0 for +ε, 1 for −ε), sample j.
+struct Item {
+    k: u32,
+    j: u32,
+    p: u32,
+}
+
+fn item_of(tid: u32) -> Item {
+    let item = job.item0 + tid;
+    let k = item / job.m;
+    return Item(k, item % job.m, job.first + k / 2u);
+}
+
 // The tensor holding flat parameter p: (layer, tensor of the layer, index in it, weight?).
 struct Owner {
     layer: u32,
@@ -535,10 +548,10 @@ fn layered_delta(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     let m = job.m;
-    let item = job.item0 + tid_;
-    let k = item / m;
-    let j = item % m;
-    let p = job.first + k / 2u;
+    let it = item_of(tid_);
+    let k = it.k;
+    let j = it.j;
+    let p = it.p;
     let plus = k % 2u == 0u;
     let d = sign_of(k) * model[0];
     let o = owner_of(p);
@@ -721,10 +734,10 @@ fn layered_plain(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         return;
     }
     let m = job.m;
-    let item = job.item0 + tid_;
-    let k = item / m;
-    let j = item % m;
-    let p = job.first + k / 2u;
+    let it = item_of(tid_);
+    let k = it.k;
+    let j = it.j;
+    let p = it.p;
     let o = owner_of(p);
     pert_at = job.theta_off + p;
     pert_val = model[pert_at] + sign_of(k) * model[0];

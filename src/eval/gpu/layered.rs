@@ -14,7 +14,6 @@ use wgpu::util::DeviceExt;
 use super::context::GpuContext;
 use super::pipelines::Pipelines;
 use super::run::{Dispatch, sample_windows, to_u32};
-use super::timing::Profiler;
 use super::{EvalOptions, Real};
 use crate::error::{Error, GpuErrorKind, Result};
 use crate::eval::{Evaluation, Precision};
@@ -326,18 +325,8 @@ impl GpuContext {
         delta: bool,
     ) -> Result<LayeredOutput> {
         let n = bufs.n;
-        self.queue.write_buffer(
-            &bufs.model,
-            0,
-            bytemuck::cast_slice(&R::convert(&[epsilon])),
-        );
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("gradcheck layered"),
-            });
-        enc.clear_buffer(&bufs.kinks, 0, None);
-        let mut profiler = (timings && self.has_timestamps).then(Profiler::new);
+        let (mut enc, mut profiler) =
+            self.begin_evaluation::<R>(&bufs.model, &bufs.kinks, epsilon, timings);
         let group = &bufs.group;
         self.record(
             &mut enc,

@@ -268,6 +268,27 @@ impl GpuContext {
         Ok(outs)
     }
 
+    /// The start of one evaluation's submission: ε into the model buffer's header, an
+    /// encoder whose first command clears the kink flags, and the profiler when per-kernel
+    /// times are asked for (and the adapter has timestamps).
+    pub(super) fn begin_evaluation<R: Real>(
+        &self,
+        model: &wgpu::Buffer,
+        kinks: &wgpu::Buffer,
+        epsilon: f64,
+        timings: bool,
+    ) -> (wgpu::CommandEncoder, Option<Profiler>) {
+        self.queue
+            .write_buffer(model, 0, bytemuck::cast_slice(&R::convert(&[epsilon])));
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("gradcheck"),
+            });
+        enc.clear_buffer(kinks, 0, None);
+        (enc, (timings && self.has_timestamps).then(Profiler::new))
+    }
+
     /// A buffer initialised with `contents` (storage; COPY_DST where it is written later).
     fn upload(&self, label: &str, contents: &[u8], writable: bool) -> wgpu::Buffer {
         let mut usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC;
@@ -360,18 +381,8 @@ impl GpuContext {
         timings: bool,
         delta: bool,
     ) -> Result<RunOutput> {
-        self.queue.write_buffer(
-            &bufs.model,
-            0,
-            bytemuck::cast_slice(&R::convert(&[epsilon])),
-        );
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("gradcheck"),
-            });
-        enc.clear_buffer(&bufs.kinks, 0, None);
-        let mut profiler = (timings && self.has_timestamps).then(Profiler::new);
+        let (mut enc, mut profiler) =
+            self.begin_evaluation::<R>(&bufs.model, &bufs.kinks, epsilon, timings);
         for (jobs, _, stride, [a, b]) in phases {
             self.record(&mut enc, pipes, jobs, *stride, [a, b], profiler.as_mut());
         }
