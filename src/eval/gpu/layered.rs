@@ -167,10 +167,15 @@ impl GpuContext {
             .min(self.limits.max_buffer_size)
             .min(2 << 30);
         let regions = if delta { DELTA_REGIONS } else { PLAIN_REGIONS };
-        let threads =
-            (scratch_bytes as usize / R::SIZE / (regions * widest)).min(1 << 18) / 64 * 64;
         // Parameters per chunk: their Δloss (and tie widths) per sample in the batch buffer.
         let per_chunk = self.batch_capacity(R::SIZE as u64) as usize / (2 * m) / 2;
+        // No more threads than a chunk has items (a small net allocates a small scratch).
+        let most_items = (2 * per_chunk.min(wanted.len()).max(1) * m).next_multiple_of(64);
+        let threads = (scratch_bytes as usize / R::SIZE / (regions * widest))
+            .min(1 << 18)
+            .min(most_items)
+            / 64
+            * 64;
         if threads == 0 || per_chunk == 0 {
             return Err(Error::gpu(
                 GpuErrorKind::Limit,
