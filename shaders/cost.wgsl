@@ -14,42 +14,7 @@ fn sample_loss(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         dst[col] = sample_loss_delta(col % job.m, col);
         return;
     }
-    let j = col % job.m;
-    let n = job.out_dim;
-    var s: real = 0.0;
-    switch job.loss {
-        case 0u: {
-            // Binary cross-entropy, the notebook's expression.
-            for (var i = 0u; i < n; i++) {
-                let a = act(job.act, src[i * job.cols + col]);
-                let y = model[job.y_off + i * job.m + j];
-                s += (-log_r(a)) * y + (-log_r(1.0 - a)) * (1.0 - y);
-            }
-        }
-        case 1u: {
-            // Softmax cross-entropy through log-sum-exp.
-            var mx = src[col];
-            for (var i = 1u; i < n; i++) {
-                mx = max(mx, src[i * job.cols + col]);
-            }
-            var se: real = 0.0;
-            for (var i = 0u; i < n; i++) {
-                se += exp_r(src[i * job.cols + col] - mx);
-            }
-            let lse = mx + log_r(se);
-            for (var i = 0u; i < n; i++) {
-                s += model[job.y_off + i * job.m + j] * (lse - src[i * job.cols + col]);
-            }
-        }
-        default: {
-            // Mean squared error with the ½.
-            for (var i = 0u; i < n; i++) {
-                let d = act(job.act, src[i * job.cols + col]) - model[job.y_off + i * job.m + j];
-                s += 0.5 * d * d;
-            }
-        }
-    }
-    dst[col] = s;
+    dst[col] = sample_loss_plain(col % job.m, col);
 }
 
 // One thread per perturbation k: J = (1/m)·Σ_j loss + (λ/(2m))·(Σ‖W‖² − θ² + θ'²).

@@ -348,15 +348,27 @@ fn conv_delta(q: u32, n: u32, nx: u32) -> u32 {
     return positions * cout;
 }
 
-// The pool outputs whose windows read a changed entry, marked `1` once each, listed in
-// the order met.
-fn pool_touched(q: u32, n: u32, nx: u32) -> u32 {
+// The pool windows reading input position `pos` (y·W + x): oy0..=oy1 × ox0..=ox1 as (x, y,
+// z, w) — windows o with o·s ≤ v < o·s + f (the CPU's reach table).
+fn reach(q: u32, pos: u32) -> vec4<u32> {
     let w = lt(q, 9u);
-    let c = lt(q, 10u);
     let fh = lt(q, 11u);
     let fw = lt(q, 12u);
     let s = lt(q, 13u);
-    let oh = lt(q, 14u);
+    let y = pos / w;
+    let x = pos % w;
+    return vec4<u32>(
+        (max(y + 1u, fh) - fh + s - 1u) / s,
+        min(y / s, lt(q, 14u) - 1u),
+        (max(x + 1u, fw) - fw + s - 1u) / s,
+        min(x / s, lt(q, 15u) - 1u),
+    );
+}
+
+// The pool outputs whose windows read a changed entry, marked `1` once each, listed in
+// the order met.
+fn pool_touched(q: u32, n: u32, nx: u32) -> u32 {
+    let c = lt(q, 10u);
     let ow = lt(q, 15u);
     var out = 0u;
     for (var t = 0u; t < n; t++) {
@@ -364,17 +376,10 @@ fn pool_touched(q: u32, n: u32, nx: u32) -> u32 {
         if (val(cur_, k) == 0.0) {
             continue;
         }
-        let pos = k / c;
         let ch = k % c;
-        let y = pos / w;
-        let x = pos % w;
-        // Windows o with o·s ≤ v < o·s + f (the CPU's reach table).
-        let oy0 = (max(y + 1u, fh) - fh + s - 1u) / s;
-        let oy1 = min(y / s, oh - 1u);
-        let ox0 = (max(x + 1u, fw) - fw + s - 1u) / s;
-        let ox1 = min(x / s, ow - 1u);
-        for (var oy = oy0; oy <= oy1; oy++) {
-            for (var ox = ox0; ox <= ox1; ox++) {
+        let r = reach(q, k / c);
+        for (var oy = r.x; oy <= r.y; oy++) {
+            for (var ox = r.z; ox <= r.w; ox++) {
                 let e = (oy * ow + ox) * c + ch;
                 if (mark(e) == 0.0) {
                     set_mark(e, 1.0);
@@ -412,12 +417,9 @@ fn avg_pool_delta(q: u32, n: u32, nx: u32) -> u32 {
 // |∂J/∂y| being the tie width (the CPU's MaxPool::delta_lanes, one lane).
 fn max_pool_delta(q: u32, j: u32, n: u32, nx: u32, side: ptr<function, Side>) -> u32 {
     let out = pool_touched(q, n, nx);
-    let w = lt(q, 9u);
     let c = lt(q, 10u);
     let fh = lt(q, 11u);
     let fw = lt(q, 12u);
-    let s = lt(q, 13u);
-    let oh = lt(q, 14u);
     let ow = lt(q, 15u);
     for (var t = 0u; t < n; t++) {
         let k = list_at(cur_, t);
@@ -425,17 +427,11 @@ fn max_pool_delta(q: u32, j: u32, n: u32, nx: u32, side: ptr<function, Side>) ->
         if (d == 0.0) {
             continue;
         }
-        let pos = k / c;
         let ch = k % c;
-        let y = pos / w;
-        let x = pos % w;
-        let oy0 = (max(y + 1u, fh) - fh + s - 1u) / s;
-        let oy1 = min(y / s, oh - 1u);
-        let ox0 = (max(x + 1u, fw) - fw + s - 1u) / s;
-        let ox1 = min(x / s, ow - 1u);
+        let r = reach(q, k / c);
         let xk = input_of(q, j, k);
-        for (var oy = oy0; oy <= oy1; oy++) {
-            for (var ox = ox0; ox <= ox1; ox++) {
+        for (var oy = r.x; oy <= r.y; oy++) {
+            for (var ox = r.z; ox <= r.w; ox++) {
                 let e = (oy * ow + ox) * c + ch;
                 let top = output_of(q, j, e);
                 if (xk == top) {
@@ -692,39 +688,9 @@ fn layer_forward(q: u32, j: u32, x_reg: u32, y_reg: u32, only: u32) {
 
 // The loss of one sample from the output in region r (the CPU's `math::sample_loss`).
 fn plain_loss(r: u32, j: u32) -> real {
-    let m = job.m;
-    let n = job.n_out;
-    var s: real = 0.0;
-    switch job.loss {
-        case 0u: {
-            for (var i = 0u; i < n; i++) {
-                let a = act_with(job.out_act, model[job.out_slope], val(r, i));
-                let y = model[job.y_off + i * m + j];
-                s += (-log_r(a)) * y + (-log_r(1.0 - a)) * (1.0 - y);
-            }
-        }
-        case 1u: {
-            var mx = val(r, 0u);
-            for (var i = 1u; i < n; i++) {
-                mx = max(mx, val(r, i));
-            }
-            var se: real = 0.0;
-            for (var i = 0u; i < n; i++) {
-                se += exp_r(val(r, i) - mx);
-            }
-            let lse = mx + log_r(se);
-            for (var i = 0u; i < n; i++) {
-                s += model[job.y_off + i * m + j] * (lse - val(r, i));
-            }
-        }
-        default: {
-            for (var i = 0u; i < n; i++) {
-                let d = act_with(job.out_act, model[job.out_slope], val(r, i)) - model[job.y_off + i * m + j];
-                s += 0.5 * d * d;
-            }
-        }
-    }
-    return s;
+    cur_ = r;
+    fz_mode = 3u;
+    return sample_loss_plain(j, 0u);
 }
 
 @compute @workgroup_size(64)

@@ -14,6 +14,49 @@ fn out_dz(c: u32, col: u32) -> real {
     }
 }
 
+// The loss of sample j from the output pre-activations z (`out_dz` of the plain kernels:
+// the staged path's batch column, the layered kernels' scratch), the notebook's
+// expressions in the CPU's order (`math::sample_loss`).
+fn sample_loss_plain(j: u32, col: u32) -> real {
+    let m = job.m;
+    let n = job.n_out;
+    let slope = model[job.out_slope];
+    var s: real = 0.0;
+    switch job.loss {
+        case 0u: {
+            // Binary cross-entropy, the notebook's expression.
+            for (var i = 0u; i < n; i++) {
+                let a = act_with(job.out_act, slope, out_dz(i, col));
+                let y = model[job.y_off + i * m + j];
+                s += (-log_r(a)) * y + (-log_r(1.0 - a)) * (1.0 - y);
+            }
+        }
+        case 1u: {
+            // Softmax cross-entropy through log-sum-exp.
+            var mx = out_dz(0u, col);
+            for (var i = 1u; i < n; i++) {
+                mx = max(mx, out_dz(i, col));
+            }
+            var se: real = 0.0;
+            for (var i = 0u; i < n; i++) {
+                se += exp_r(out_dz(i, col) - mx);
+            }
+            let lse = mx + log_r(se);
+            for (var i = 0u; i < n; i++) {
+                s += model[job.y_off + i * m + j] * (lse - out_dz(i, col));
+            }
+        }
+        default: {
+            // Mean squared error with the ½.
+            for (var i = 0u; i < n; i++) {
+                let d = act_with(job.out_act, slope, out_dz(i, col)) - model[job.y_off + i * m + j];
+                s += 0.5 * d * d;
+            }
+        }
+    }
+    return s;
+}
+
 // loss(z0 + Δz) − loss(z0) of sample j, from the output's base pre-activations z0 (base
 // buffer) and their changes Δz (`out_dz`), through closed forms that never subtract two
 // nearly equal rounded numbers (the CPU's `loss_delta`, term for term).
