@@ -108,6 +108,9 @@ fn gpu_f64_delta_path_equals_the_cpu_on_random_conv_nets() {
             }
             match (&cpu.ties, &gpu.tie_widths) {
                 (Some(c), Some(g)) => {
+                    // Tie widths are sums over samples and windows of |∂J/∂y|·(spread of
+                    // the tied Δx), the same products in another order (the GPU sums
+                    // per sample, then over samples): rounding ≈ 1e-15 relative.
                     for (i, (a, b)) in c.iter().zip(g).enumerate() {
                         assert!(
                             (a - b).abs() <= 1e-12 * a.abs().max(1e-300),
@@ -180,6 +183,7 @@ fn max_pool_ties_give_the_cpus_tie_widths_on_the_gpu() {
     let (c, g) = (cpu.ties.unwrap(), gpu.tie_widths.unwrap());
     let tied = c.iter().filter(|&&t| t > 0.0).count();
     assert!(tied > 10, "the net was meant to tie: {tied}");
+    // The same products summed in another order (see above): rounding ≈ 1e-15 relative.
     for i in 0..n {
         assert!(
             (c[i] - g[i]).abs() <= 1e-12 * c[i].abs(),
@@ -231,6 +235,8 @@ fn gpu_f64_plain_costs_equal_the_cpus() {
             )
             .unwrap();
         assert!(!gpu.deltas && gpu.precision == gradcheck::eval::Precision::F64Plain);
+        // J(θ) is computed on the host either way, from the same forward pass, in two
+        // loops over the samples: a few ulps at most.
         assert!((gpu.cost - cpu.cost).abs() <= 1e-15 * cpu.cost.abs());
         let mut worst = 0.0f64;
         for i in 0..model.n_params() {
